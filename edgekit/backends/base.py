@@ -1,0 +1,67 @@
+"""The contract every backend implements, and the registry of backends."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+
+from ..core import Artifact, BackendUnavailableError, UsageError
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    threads: Optional[int] = None  # intra-op threads; None lets the runtime choose
+    device: str = "cpu"
+
+
+class Session(Protocol):
+    """A loaded model: ``run`` takes an NCHW float32 batch and returns logits."""
+
+    precision: str  # what actually runs, e.g. "fp32"
+    providers: tuple[str, ...]  # execution providers / devices in use
+    threads: Optional[int]
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class Backend(Protocol):
+    name: str
+    pip_extra: Optional[str]  # `pip install edgekit[<extra>]` brings the runtime
+
+    def check_available(self) -> None:
+        """Raise BackendUnavailableError (naming the extra) when the runtime is missing."""
+
+    def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
+        """Build whatever the backend needs next to the artifact; return what ``load`` reads."""
+
+    def load(self, artifact: Artifact, options: BackendOptions) -> Session: ...
+
+    def size_mb(self, artifact: Artifact) -> Optional[float]:
+        """Size of what this backend deploys."""
+
+
+def require_module(module: str, backend: str, extra: Optional[str]) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        how = f"pip install 'edgekit[{extra}]'" if extra else f"pip install {module}"
+        raise BackendUnavailableError(f"backend {backend} needs {module} ({e.msg}); install it with: {how}") from None
+
+
+def file_size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+BACKENDS: Registry[str] = Registry("backend", UsageError)
+BACKENDS.register("pytorch", "edgekit.backends.pytorch:PyTorchBackend")
+BACKENDS.register("onnxruntime", "edgekit.backends.onnxruntime:OnnxRuntimeBackend")
+
+
+def get_backend(name: str) -> Backend:
+    module_name, class_name = BACKENDS.get(name).split(":")
+    return getattr(importlib.import_module(module_name), class_name)()

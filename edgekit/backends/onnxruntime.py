@@ -1,0 +1,61 @@
+"""ONNX Runtime: CPU, or CUDA where onnxruntime-gpu and a GPU are present."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..core import Artifact, UsageError
+from .base import BackendOptions, file_size_mb, require_module
+
+
+class OnnxRuntimeSession:
+    def __init__(self, artifact: Artifact, options: BackendOptions):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        providers = _providers(options.device, ort.get_available_providers())
+        self._session = ort.InferenceSession(str(artifact.onnx_path), so, providers=providers)
+        self._input = self._session.get_inputs()[0].name
+        self.precision = artifact.manifest.get("variant", "fp32")
+        self.providers = tuple(self._session.get_providers())
+        self.threads = options.threads
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch})[0]
+
+
+def _providers(device: str, available: list[str]) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise UsageError(
+                "ONNX Runtime has no CUDA provider here (available: "
+                + ", ".join(available)
+                + "); install onnxruntime-gpu on a machine with an NVIDIA GPU"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise UsageError(f"unknown device {device!r} for onnxruntime; use cpu or cuda")
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    pip_extra = None  # a core dependency
+
+    def check_available(self) -> None:
+        require_module("onnxruntime", self.name, None)
+
+    def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
+        return artifact  # ONNX Runtime reads the ONNX file directly
+
+    def load(self, artifact: Artifact, options: BackendOptions) -> OnnxRuntimeSession:
+        self.check_available()
+        return OnnxRuntimeSession(artifact, options)
+
+    def size_mb(self, artifact: Artifact) -> Optional[float]:
+        return file_size_mb(artifact.onnx_path)

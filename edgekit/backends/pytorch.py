@@ -1,0 +1,63 @@
+"""PyTorch eager: the baseline every other backend is compared against.
+
+It rebuilds the exact module the artifact was exported from (same name, same weights),
+so the comparison needs no pickled model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..core import Artifact
+from .base import BackendOptions, require_module
+
+
+class PyTorchSession:
+    def __init__(self, module, threads: Optional[int], device: str):
+        import torch
+
+        self._torch = torch
+        self._module = module.to(device)
+        self._device = device
+        self.precision = "fp32"
+        self.providers = (f"torch {torch.__version__} eager ({device})",)
+        self.threads = torch.get_num_threads()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(batch).to(self._device))
+        return out.float().cpu().numpy()
+
+
+class PyTorchBackend:
+    name = "pytorch"
+    pip_extra = None
+
+    def check_available(self) -> None:
+        require_module("torch", self.name, None)
+
+    def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
+        return artifact
+
+    def load(self, artifact: Artifact, options: BackendOptions) -> PyTorchSession:
+        import torch
+
+        from ..models import load_model
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        model = artifact.manifest["model"]
+        source = model["weights_source"]
+        loaded = load_model(
+            model["name"],
+            weights_file=Path(source["path"]) if source["kind"] == "file" else None,
+            random_init=source["kind"] == "random-init",
+        )
+        return PyTorchSession(loaded.module, options.threads, options.device)
+
+    def size_mb(self, artifact: Artifact) -> Optional[float]:
+        return None  # the eager model is not a deployable file

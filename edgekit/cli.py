@@ -1,0 +1,264 @@
+"""Thin click commands: options -> dataclasses -> pipeline -> report.
+
+Heavy imports (torch, onnx, runtimes) happen inside the commands, so ``edgekit --help``
+is instant and works without them.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .core import EdgekitError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+class EdgekitGroup(click.Group):
+    """Turns EdgekitError into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        warnings.formatwarning = _one_line_warning
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing half-written was kept", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=EdgekitGroup)
+@click.version_option(package_name="edgekit")
+def main() -> None:
+    """Take pretrained image classifiers to edge hardware, and measure what that cost."""
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=200)
+
+
+def _table_console():
+    """Tables go to stdout; when piped, still wide enough for every column."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _progress_reporter(progress, tasks: dict):
+    def report(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
+        key = backend
+        description = f"{backend}: {stage}"
+        if key not in tasks:
+            tasks[key] = progress.add_task(description, total=total)
+        progress.update(tasks[key], description=description, total=total, completed=done or 0)
+
+    return report
+
+
+# --------------------------------------------------------------------------- models
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+@click.option("--offline-only", is_flag=True, help="Only models whose pretrained weights load without a network.")
+@click.option("--no-measure", is_flag=True, help="Skip counting params/GMACs from the built model (faster).")
+def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool) -> None:
+    """List registered models with params and GMACs counted from the built model.
+
+    PATTERN filters by substring. timm models are not listed (there are ~1,200);
+    any of them works as timm/<name>.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from . import models
+
+    names = [n for n in models.list_model_names() if not pattern or pattern.lower() in n.lower()]
+    table = Table(title="edgekit models (GMACs: multiply-adds x 1e9, torchvision's 'GFLOPS')", title_justify="left")
+    for col in ("name", "family", "input", "params M", "GMACs", "ref params M", "ref GMACs", "ref top-1", "weights offline"):
+        table.add_column(col, justify="left" if col in ("name", "family", "weights offline") else "right")
+    with Progress(console=_console(), transient=True) as progress:
+        task = progress.add_task("building models on the meta device", total=len(names))
+        for name in names:
+            spec = models.get_spec(name)
+            progress.advance(task)
+            if offline_only and not spec.offline_weights:
+                continue
+            measured = ("-", "-")
+            if not no_measure:
+                try:
+                    params, gmacs = models.complexity_of(name)
+                    measured = (f"{params:.2f}", f"{gmacs:.3f}")
+                except Exception as e:  # a model that cannot run on meta still keeps its row
+                    measured = (f"n/a ({type(e).__name__})", "-")
+            ref = spec.reference
+            table.add_row(
+                name,
+                spec.family,
+                str(spec.preprocessing.input_size),
+                *measured,
+                "-" if ref.params_m is None else f"{ref.params_m:.2f}",
+                "-" if ref.gflops is None else f"{ref.gflops:.3f}",
+                "-" if ref.top1 is None else f"{ref.top1:.2f}",
+                "yes" if spec.offline_weights else "no (--random-init)",
+            )
+    _table_console().print(table)
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _model_options(f):
+    f = click.option("--weights", "weights_file", type=click.Path(path_type=Path), help="Local checkpoint (state_dict), loaded with weights_only=True.")(f)
+    f = click.option("--random-init", is_flag=True, help="Seeded random weights, for architecture-only work.")(f)
+    f = click.option("--input-size", type=click.IntRange(16, 2048), help="Export at this resolution instead of the model's own.")(f)
+    f = click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23))(f)
+    f = click.option("--static", is_flag=True, help="Fixed batch of 1 instead of a dynamic batch axis.")(f)
+    f = click.option("--no-slim", is_flag=True, help="Keep the exporter's graph as is (no onnxslim folding).")(f)
+    f = click.option("--out", "out_dir", default="exported", show_default=True, type=click.Path(path_type=Path), help="Artifact root.")(f)
+    return f
+
+
+def _build(model: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console):
+    from rich.progress import Progress
+
+    from .export import ExportOptions
+    from .pipeline import ModelRequest, build_artifact
+
+    if weights_file is not None and random_init:
+        raise click.UsageError("--weights and --random-init exclude each other")
+    options = ExportOptions(opset=opset, dynamic_batch=not static, slim=not no_slim)
+    with Progress(console=console, transient=True) as progress:
+        report = _progress_reporter(progress, {})
+        artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
+    return artifact, reused
+
+
+def _open_target(target: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console):
+    """A model name, an artifact folder or an ONNX file -> (artifact, reused)."""
+    from .core import Artifact
+    from .export import import_onnx_file
+
+    path = Path(target)
+    if path.is_dir():
+        artifact = Artifact.load(path)
+        tampered = artifact.verify_files()
+        if tampered:
+            raise EdgekitError(f"{target}: {', '.join(tampered)} no longer match the manifest hashes; export again")
+        return artifact, True
+    if path.suffix.lower() == ".onnx" or path.is_file():
+        return import_onnx_file(path, out_dir)
+    return _build(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+
+
+def _describe_artifact(artifact, reused: bool, console) -> None:
+    parity = artifact.manifest.get("parity")
+    if parity is None:
+        console.print(f"{'reused' if reused else 'imported'} {artifact.model_name} -> {artifact.path}")
+        return
+    console.print(
+        f"{'reused' if reused else 'exported'} {artifact.model_name} -> {artifact.path}  "
+        f"[{artifact.manifest['model']['weights']}]  parity vs PyTorch on {parity.get('images')} real images: "
+        f"max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, top-1 agreement {parity.get('top1_agreement', float('nan')):.1f}%"
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+@main.command("export")
+@click.argument("model")
+@_model_options
+def export_command(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir) -> None:
+    """Export MODEL to an ONNX artifact under exported/ (reused when identical)."""
+    console = _console()
+    artifact, reused = _build(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+    _describe_artifact(artifact, reused, console)
+    click.echo(str(artifact.path))
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@main.command("bench")
+@click.argument("target", default=DEFAULT_MODEL)
+@_model_options
+@click.option("--backend", "backends", multiple=True, default=("pytorch", "onnxruntime"), show_default=True, help="Repeat or comma-separate: pytorch, onnxruntime.")
+@click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="Batch size(s) to time; repeat for several.")
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--max-seconds", default=15.0, show_default=True, type=click.FloatRange(0.1), help="Time budget per batch size (at least 10 iterations run).")
+@click.option("--threads", type=click.IntRange(1), help="Intra-op threads for every backend (default: the runtime's choice).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
+@click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
+@click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
+def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, data_dir, labels_file, views, limit, json_path) -> None:
+    """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
+
+    Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
+    top-1 drop, agreement and mean KL vs PyTorch on the same images.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .backends import BACKENDS, BackendOptions
+    from .bench import TimingOptions
+    from .pipeline import BenchRequest, ImageRequest, run_bench
+    from .report import results_document, rich_table, write_json
+
+    console = _console()
+    backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
+    for name in backend_names:
+        BACKENDS.get(name)
+    images = ImageRequest(data_dir, labels_file, views, limit)
+    images.resolve()  # a bad image folder fails before any export work
+
+    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+    _describe_artifact(artifact, reused, console)
+    if artifact.manifest["model"].get("weights_source") is None and "pytorch" in backend_names:
+        console.print(f"note: {target} has no PyTorch original; accuracy is judged on labels only")
+        backend_names = tuple(b for b in backend_names if b != "pytorch")
+        if not backend_names:
+            raise EdgekitError("nothing to run: only the pytorch backend was asked for an imported ONNX file")
+    request = BenchRequest(
+        backends=backend_names,
+        options=BackendOptions(threads=threads, device=device),
+        timing=TimingOptions(batch_sizes=tuple(batch_sizes), warmup=warmup, iterations=iterations, max_seconds=max_seconds),
+        images=images,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        run = run_bench(artifact, request, _progress_reporter(progress, {}))
+
+    title = f"{artifact.model_name} [{artifact.key}] on {run.images.description}; accuracy vs PyTorch on the same {len(run.images)} images"
+    _table_console().print(rich_table(run.results, title))
+    document = results_document(
+        run.results,
+        artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
+        images={"description": run.images.description, "count": len(run.images), "identity": run.images.identity, "labelled": run.images.labelled},
+        command=" ".join(["edgekit"] + sys.argv[1:]),
+    )
+    path = write_json(document, json_path or artifact.path / "results.json")
+    console.print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

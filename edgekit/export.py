@@ -1,0 +1,312 @@
+"""nn.Module -> ONNX artifact, checked with onnx.checker and against PyTorch on real images.
+
+Artifacts are content-addressed: the folder name hashes everything that decides the
+ONNX file (model, exact weights, preprocessing, export options, format version), so an
+identical request finds the finished folder and reuses it. Writes go to a temporary
+folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .core import (
+    MANIFEST_NAME,
+    ONNX_NAME,
+    Artifact,
+    ExportError,
+    InvalidModelFileError,
+    sha256_file,
+    stable_hash,
+    write_manifest,
+)
+from .data import ImageSet, load_all
+from .models import LoadedModel, measure_complexity
+
+ARTIFACT_FORMAT = "edgekit-artifact/1"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PARITY_TOLERANCE = 1e-3  # max |logit diff| above which FP32 export is reported as drifting
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = 17
+    dynamic_batch: bool = True
+    slim: bool = True  # fold shape arithmetic and constants with onnxslim
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """How the PyTorch baseline rebuilds the exact same module later."""
+
+    kind: str  # "pretrained" | "random-init" | "file"
+    path: Optional[str] = None
+
+
+def artifact_dir_name(model_name: str) -> str:
+    return model_name.replace("/", "--")
+
+
+def export_key(loaded: LoadedModel, options: ExportOptions) -> str:
+    return stable_hash(
+        {
+            "format": ARTIFACT_FORMAT,
+            "model": loaded.spec.name,
+            "weights": loaded.weights_id,
+            "preprocessing": loaded.spec.preprocessing.to_dict(),
+            "options": asdict(options),
+        }
+    )
+
+
+def find_existing(root: Path, model_name: str, key: str) -> Optional[Artifact]:
+    """A finished, intact artifact for this key, or None."""
+    folder = Path(root) / artifact_dir_name(model_name) / key
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    try:
+        artifact = Artifact.load(folder)
+    except InvalidModelFileError:
+        return None
+    return artifact if not artifact.verify_files() else None
+
+
+def export_model(
+    loaded: LoadedModel,
+    weights_source: WeightsSource,
+    parity_images: ImageSet,
+    options: ExportOptions = ExportOptions(),
+    root: Path = Path("exported"),
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[Artifact, bool]:
+    """Export (or reuse) the artifact. Returns (artifact, reused)."""
+    key = export_key(loaded, options)
+    existing = find_existing(root, loaded.spec.name, key)
+    if existing is not None:
+        return existing, True
+    final = Path(root) / artifact_dir_name(loaded.spec.name) / key
+    if final.exists():  # tampered or half-deleted: rebuild from scratch
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+    try:
+        onnx_path = staging / ONNX_NAME
+        progress("exporting to ONNX")
+        _torch_export(loaded, onnx_path, options)
+        if options.slim:
+            progress("simplifying the graph (onnxslim)")
+            _slim(onnx_path)
+        check_onnx_file(onnx_path)
+        progress(f"checking parity with PyTorch on {len(parity_images)} real images")
+        parity = measure_parity(loaded, onnx_path, parity_images)
+        manifest = _manifest(loaded, weights_source, options, key, onnx_path, parity)
+        write_manifest(staging, manifest)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        try:
+            os.rename(staging, final)
+        except OSError:  # another process finished the same artifact first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Artifact.load(final), False
+
+
+def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifact, bool]:
+    """Wrap a foreign ONNX classifier as an artifact (no PyTorch original to compare with).
+
+    Preprocessing defaults to ImageNet's at the graph's input size; accuracy is then
+    judged on labels only.
+    """
+    import onnx
+
+    from .core import Preprocessing
+
+    path = Path(path)
+    check_onnx_file(path)
+    digest = sha256_file(path)
+    key = stable_hash({"format": ARTIFACT_FORMAT, "onnx": digest})
+    name = path.stem
+    existing = find_existing(root, name, key)
+    if existing is not None:
+        return existing, True
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidModelFileError(f"{path}: expected one image input, found {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch") for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3 or not isinstance(dims[2], int) or dims[2] != dims[3]:
+        raise InvalidModelFileError(f"{path}: input {inputs[0].name} has shape {dims}; expected [N, 3, S, S]")
+    prep = Preprocessing().with_input_size(dims[2])
+    final = Path(root) / artifact_dir_name(name) / key
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+    try:
+        shutil.copyfile(path, staging / ONNX_NAME)
+        manifest = {
+            "format": ARTIFACT_FORMAT,
+            "key": key,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None},
+            "preprocessing": prep.to_dict(),
+            "input": {"name": inputs[0].name, "shape": dims, "dtype": "float32"},
+            "variant": "fp32",
+            "files": {"onnx": ONNX_NAME},
+            "sha256": {ONNX_NAME: digest},
+            "steps": [{"step": "import", "parent": None, "origin": str(path.resolve())}],
+            "tools": tool_versions(),
+        }
+        write_manifest(staging, manifest)
+        staging.chmod(0o755)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Artifact.load(final), False
+
+
+def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> None:
+    import torch
+
+    size = loaded.spec.preprocessing.input_size
+    dummy = torch.zeros(1, 3, size, size)
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
+        try:
+            # The TorchScript exporter gives opset-17 graphs that every backend reads; the
+            # dynamo exporter cannot lower some models (e.g. timm's same-padding) to 17.
+            torch.onnx.export(
+                loaded.module,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                opset_version=options.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        except Exception as e:  # the exporter raises many types; all mean "cannot export"
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"{loaded.spec.name} cannot be exported to ONNX opset {options.opset}: {message}") from None
+
+
+def _slim(path: Path) -> None:
+    import onnx
+    import onnxslim
+
+    slimmed = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(slimmed, str(path))
+
+
+def check_onnx_file(path: Path) -> None:
+    """Raise InvalidModelFileError unless ``path`` is a well-formed ONNX model."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelFileError(f"{path} does not exist")
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:  # type: ignore[attr-defined]
+        raise InvalidModelFileError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # protobuf DecodeError and friends for truncated or foreign files
+        raise InvalidModelFileError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
+
+
+def measure_parity(loaded: LoadedModel, onnx_path: Path, images: ImageSet) -> dict[str, Any]:
+    """Max |logit diff| and top-1 agreement of ONNX Runtime vs PyTorch on real images."""
+    import onnxruntime as ort
+    import torch
+
+    x, _ = load_all(images, loaded.spec.preprocessing)
+    with torch.no_grad():
+        reference = loaded.module(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    dynamic = not isinstance(session.get_inputs()[0].shape[0], int)
+    if dynamic:
+        exported = session.run(None, {INPUT_NAME: x})[0]
+    else:
+        exported = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))])
+    diff = float(np.abs(exported - reference).max())
+    agreement = float((exported.argmax(1) == reference.argmax(1)).mean() * 100)
+    if diff > PARITY_TOLERANCE:
+        warnings.warn(f"ONNX logits differ from PyTorch by up to {diff:.2e}", stacklevel=2)
+    return {
+        "images": int(len(x)),
+        "image_set": images.identity,
+        "max_abs_diff": diff,
+        "top1_agreement": agreement,
+        "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("edgekit", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxslim"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _manifest(
+    loaded: LoadedModel,
+    weights_source: WeightsSource,
+    options: ExportOptions,
+    key: str,
+    onnx_path: Path,
+    parity: dict[str, Any],
+) -> dict[str, Any]:
+    spec = loaded.spec
+    size = spec.preprocessing.input_size
+    params_m, gmacs = measure_complexity(loaded.module, size)
+    return {
+        "format": ARTIFACT_FORMAT,
+        "key": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": spec.name,
+            "family": spec.family,
+            "source": spec.source,
+            "num_classes": spec.num_classes,
+            "weights_id": loaded.weights_id,
+            "weights": loaded.weights_desc,
+            "weights_source": asdict(weights_source),
+            "reference": asdict(spec.reference),
+            "params_m": params_m,
+            "gmacs": gmacs,
+        },
+        "preprocessing": spec.preprocessing.to_dict(),
+        "input": {"name": INPUT_NAME, "shape": ["batch" if options.dynamic_batch else 1, 3, size, size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch" if options.dynamic_batch else 1, spec.num_classes]},
+        "variant": "fp32",
+        "files": {"onnx": ONNX_NAME},
+        "sha256": {ONNX_NAME: sha256_file(onnx_path)},
+        "steps": [
+            {
+                "step": "export",
+                "parent": None,
+                "exporter": "torch.onnx (TorchScript)",
+                **asdict(options),
+            }
+        ],
+        "parity": parity,
+        "tools": tool_versions(),
+    }

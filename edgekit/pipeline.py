@@ -1,0 +1,200 @@
+"""The only place that knows stage order: model -> artifact (cached) -> backends -> results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .backends import BACKENDS, BackendOptions
+from .bench import TimingOptions, compare_to_baseline
+from .core import Artifact, BenchResult, EdgekitError, LatencyStats, UsageError
+from .data import ImageSet, make_image_set, bundled_images, resolve_images
+from .export import ExportOptions, WeightsSource, export_model
+from .worker import image_set_to_job
+
+BASELINE = "pytorch"
+PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
+
+# (backend, stage, done, total) -> None
+Progress = Callable[[str, str, Optional[int], Optional[int]], None]
+
+
+def _no_progress(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    name: str
+    weights_file: Optional[Path] = None
+    random_init: bool = False
+    input_size: Optional[int] = None  # export at another resolution than the model's own
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        if self.weights_file is not None:
+            return WeightsSource("file", str(Path(self.weights_file).resolve()))
+        return WeightsSource("random-init" if self.random_init else "pretrained")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    data_dir: Optional[Path] = None
+    labels_file: Optional[Path] = None
+    views_per_image: int = 16
+    limit: Optional[int] = None
+
+    def resolve(self) -> ImageSet:
+        return resolve_images(self.data_dir, self.labels_file, self.views_per_image, self.limit)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    backends: tuple[str, ...] = ("pytorch", "onnxruntime")
+    options: BackendOptions = BackendOptions()
+    timing: TimingOptions = TimingOptions()
+    images: ImageRequest = ImageRequest()
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    artifact: Artifact
+    artifact_reused: bool
+    images: ImageSet
+    results: tuple[BenchResult, ...]
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def build_artifact(
+    model: ModelRequest,
+    export_options: ExportOptions = ExportOptions(),
+    root: Path = Path("exported"),
+    progress: Progress = _no_progress,
+) -> tuple[Artifact, bool]:
+    from .models import load_model
+
+    progress("export", f"loading {model.name}", None, None)
+    loaded = load_model(model.name, weights_file=model.weights_file, random_init=model.random_init)
+    if model.input_size is not None:
+        loaded = loaded.at_input_size(model.input_size)
+    parity_images = make_image_set(bundled_images(), PARITY_VIEWS, "bundled photos (parity)")
+    return export_model(
+        loaded,
+        model.weights_source,
+        parity_images,
+        export_options,
+        root,
+        progress=lambda message: progress("export", message, None, None),
+    )
+
+
+def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _no_progress) -> BenchRun:
+    """Run every requested backend (each in its own process) and compare with PyTorch."""
+    for name in request.backends:
+        BACKENDS.get(name)  # unknown names fail before any work starts
+    shape = artifact.manifest["input"]["shape"]
+    if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
+        raise UsageError(f"artifact {artifact.key} has a static batch of {shape[0]}; export without --static")
+    has_original = artifact.manifest["model"].get("weights_source") is not None
+    if not has_original and BASELINE in request.backends:
+        raise UsageError(f"{artifact.path} was imported from an ONNX file: there is no PyTorch original to run")
+    images = request.images.resolve()
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        outputs = {}
+        order = ([BASELINE] if has_original else []) + [b for b in request.backends if b != BASELINE]
+        for name in order:
+            timed = name in request.backends
+            outputs[name] = _run_worker(artifact, name, request, images, Path(tmp), timed, progress)
+        labels = [v.image.labels for v in images.views]
+        baseline_logits = outputs[BASELINE][1] if has_original else None
+        results = []
+        for name in request.backends:
+            raw, logits = outputs[name]
+            accuracy = compare_to_baseline(logits, baseline_logits, labels)
+            results.append(
+                BenchResult(
+                    model=artifact.model_name,
+                    backend=name,
+                    variant=artifact.manifest.get("variant", "fp32"),
+                    artifact_key=artifact.key,
+                    precision=raw["precision"],
+                    providers=tuple(raw["providers"]),
+                    threads=raw["threads"],
+                    latency=tuple(LatencyStats(**x) for x in raw["latency"]),
+                    peak_rss_mb=raw["peak_rss_mb"],
+                    size_mb=raw["size_mb"],
+                    accuracy=accuracy,
+                    environment=raw["environment"],
+                )
+            )
+    return BenchRun(artifact=artifact, artifact_reused=False, images=images, results=tuple(results))
+
+
+def _run_worker(
+    artifact: Artifact,
+    backend: str,
+    request: BenchRequest,
+    images: ImageSet,
+    tmp: Path,
+    timed: bool,
+    progress: Progress,
+) -> tuple[dict, np.ndarray]:
+    job = {
+        "backend": backend,
+        "artifact": str(artifact.path.resolve()),
+        "options": {"threads": request.options.threads, "device": request.options.device},
+        "images": image_set_to_job(images),
+        "timing": (
+            {
+                "batch_sizes": list(request.timing.batch_sizes),
+                "warmup": request.timing.warmup,
+                "iterations": request.timing.iterations,
+                "max_seconds": request.timing.max_seconds,
+                "min_iterations": request.timing.min_iterations,
+            }
+            if timed
+            else None
+        ),
+        "logits_out": str(tmp / f"{backend}.npy"),
+        "result_out": str(tmp / f"{backend}.json"),
+    }
+    job_path = tmp / f"{backend}.job.json"
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    stderr_path = tmp / f"{backend}.stderr"
+    error = None
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.worker", str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a runtime printing to stdout
+            if "error" in message:
+                error = message["error"]
+            elif "stage" in message:
+                progress(backend, message["stage"], message.get("done"), message.get("total"))
+        proc.wait()
+    if proc.returncode != 0:
+        if error is None:
+            tail = stderr_path.read_text().strip().splitlines()
+            error = f"{backend} worker exited with code {proc.returncode}" + (f": {tail[-1]}" if tail else "")
+        raise EdgekitError(error)
+    return json.loads(Path(job["result_out"]).read_text()), np.load(job["logits_out"])
