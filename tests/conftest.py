@@ -1,0 +1,57 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `edgekit` entry point in a fresh process."""
+    import os
+
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int | None = None) -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    if code is not None:
+        assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def exported_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("exported")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(exported_root):
+    """A small real torchvision model (random init, 64 px) exported once per session."""
+    from edgekit.pipeline import ModelRequest, build_artifact
+
+    artifact, _ = build_artifact(ModelRequest("mobilenet_v3_small", random_init=True, input_size=64), root=exported_root)
+    return artifact
+
+
+@pytest.fixture(scope="session")
+def lite0_artifact(exported_root):
+    """EfficientNet-Lite0 with its real ImageNet weights."""
+    from edgekit.pipeline import ModelRequest, build_artifact
+
+    artifact, _ = build_artifact(ModelRequest("efficientnet_lite0"), root=exported_root)
+    return artifact
