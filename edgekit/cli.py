@@ -82,7 +82,6 @@ def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool)
     PATTERN filters by substring. timm models are not listed (there are ~1,200);
     any of them works as timm/<name>.
     """
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
@@ -216,7 +215,6 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
     top-1 drop, agreement and mean KL vs PyTorch on the same images.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .backends import BACKENDS, BackendOptions

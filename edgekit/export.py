@@ -8,10 +8,7 @@ folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,20 +16,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .core import (
-    MANIFEST_NAME,
-    ONNX_NAME,
-    Artifact,
-    ExportError,
-    InvalidModelFileError,
-    sha256_file,
-    stable_hash,
-    write_manifest,
-)
+from .artifacts import ARTIFACT_FORMAT, build_artifact_folder
+from .core import ONNX_NAME, Artifact, ExportError, InvalidModelFileError, sha256_file, stable_hash
 from .data import ImageSet, load_all
 from .models import LoadedModel, measure_complexity
 
-ARTIFACT_FORMAT = "edgekit-artifact/1"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-3  # max |logit diff| above which FP32 export is reported as drifting
@@ -53,10 +41,6 @@ class WeightsSource:
     path: Optional[str] = None
 
 
-def artifact_dir_name(model_name: str) -> str:
-    return model_name.replace("/", "--")
-
-
 def export_key(loaded: LoadedModel, options: ExportOptions) -> str:
     return stable_hash(
         {
@@ -69,18 +53,6 @@ def export_key(loaded: LoadedModel, options: ExportOptions) -> str:
     )
 
 
-def find_existing(root: Path, model_name: str, key: str) -> Optional[Artifact]:
-    """A finished, intact artifact for this key, or None."""
-    folder = Path(root) / artifact_dir_name(model_name) / key
-    if not (folder / MANIFEST_NAME).is_file():
-        return None
-    try:
-        artifact = Artifact.load(folder)
-    except InvalidModelFileError:
-        return None
-    return artifact if not artifact.verify_files() else None
-
-
 def export_model(
     loaded: LoadedModel,
     weights_source: WeightsSource,
@@ -91,15 +63,8 @@ def export_model(
 ) -> tuple[Artifact, bool]:
     """Export (or reuse) the artifact. Returns (artifact, reused)."""
     key = export_key(loaded, options)
-    existing = find_existing(root, loaded.spec.name, key)
-    if existing is not None:
-        return existing, True
-    final = Path(root) / artifact_dir_name(loaded.spec.name) / key
-    if final.exists():  # tampered or half-deleted: rebuild from scratch
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
-    try:
+
+    def populate(staging: Path) -> dict[str, Any]:
         onnx_path = staging / ONNX_NAME
         progress("exporting to ONNX")
         _torch_export(loaded, onnx_path, options)
@@ -109,17 +74,9 @@ def export_model(
         check_onnx_file(onnx_path)
         progress(f"checking parity with PyTorch on {len(parity_images)} real images")
         parity = measure_parity(loaded, onnx_path, parity_images)
-        manifest = _manifest(loaded, weights_source, options, key, onnx_path, parity)
-        write_manifest(staging, manifest)
-        staging.chmod(0o755)  # mkdtemp makes it private
-        try:
-            os.rename(staging, final)
-        except OSError:  # another process finished the same artifact first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return Artifact.load(final), False
+        return _manifest(loaded, weights_source, options, parity)
+
+    return build_artifact_folder(root, loaded.spec.name, key, populate)
 
 
 def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifact, bool]:
@@ -137,9 +94,6 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
     digest = sha256_file(path)
     key = stable_hash({"format": ARTIFACT_FORMAT, "onnx": digest})
     name = path.stem
-    existing = find_existing(root, name, key)
-    if existing is not None:
-        return existing, True
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
@@ -149,31 +103,20 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
     if len(dims) != 4 or dims[1] != 3 or not isinstance(dims[2], int) or dims[2] != dims[3]:
         raise InvalidModelFileError(f"{path}: input {inputs[0].name} has shape {dims}; expected [N, 3, S, S]")
     prep = Preprocessing().with_input_size(dims[2])
-    final = Path(root) / artifact_dir_name(name) / key
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
-    try:
+
+    def populate(staging: Path) -> dict[str, Any]:
         shutil.copyfile(path, staging / ONNX_NAME)
-        manifest = {
-            "format": ARTIFACT_FORMAT,
-            "key": key,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        return {
             "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None},
             "preprocessing": prep.to_dict(),
             "input": {"name": inputs[0].name, "shape": dims, "dtype": "float32"},
             "variant": "fp32",
             "files": {"onnx": ONNX_NAME},
-            "sha256": {ONNX_NAME: digest},
             "steps": [{"step": "import", "parent": None, "origin": str(path.resolve())}],
             "tools": tool_versions(),
         }
-        write_manifest(staging, manifest)
-        staging.chmod(0o755)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return Artifact.load(final), False
+
+    return build_artifact_folder(root, name, key, populate)
 
 
 def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> None:
@@ -270,17 +213,12 @@ def _manifest(
     loaded: LoadedModel,
     weights_source: WeightsSource,
     options: ExportOptions,
-    key: str,
-    onnx_path: Path,
     parity: dict[str, Any],
 ) -> dict[str, Any]:
     spec = loaded.spec
     size = spec.preprocessing.input_size
     params_m, gmacs = measure_complexity(loaded.module, size)
     return {
-        "format": ARTIFACT_FORMAT,
-        "key": key,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": spec.name,
             "family": spec.family,
@@ -298,7 +236,6 @@ def _manifest(
         "output": {"name": OUTPUT_NAME, "shape": ["batch" if options.dynamic_batch else 1, spec.num_classes]},
         "variant": "fp32",
         "files": {"onnx": ONNX_NAME},
-        "sha256": {ONNX_NAME: sha256_file(onnx_path)},
         "steps": [
             {
                 "step": "export",
