@@ -133,22 +133,110 @@ def _model_options(f):
     return f
 
 
-def _build(model: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console):
-    from rich.progress import Progress
+def _variant_options(f):
+    """INT8 / FP16 options shared by export and bench."""
+    options = [
+        click.option("--int8", is_flag=True, help="INT8 QDQ artifact (TensorRT/OpenVINO/ONNX Runtime), calibrated on real images."),
+        click.option("--fp16", is_flag=True, help="FP16 artifact (inputs and outputs stay FP32)."),
+        click.option("--calib", "calib_dir", type=click.Path(path_type=Path), help="Calibration images (default: the bundled photos' odd views)."),
+        click.option("--calib-labels", type=click.Path(path_type=Path), help="Labels for a flat calibration folder (enables --max-drop)."),
+        click.option("--calib-limit", default=200, show_default=True, type=click.IntRange(8), help="At most this many calibration files (seeded sample)."),
+        click.option("--calib-method", default="percentile", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"])),
+        click.option("--percentile", default=99.999, show_default=True, type=float, help="For --calib-method percentile."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling calibration files."),
+        click.option("--max-drop", type=float, help="Budget: top-1 drop in points vs FP32 (needs labelled calibration images)."),
+        click.option("--min-agreement", type=float, help="Budget: top-1 agreement with FP32, percent (default 98 when no budget is given)."),
+        click.option("--max-kl", type=float, help="Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given)."),
+        click.option("--max-fallback", default=8, show_default=True, type=click.IntRange(0), help="At most this many nodes go back to float."),
+        click.option("--no-bias-correction", is_flag=True),
+        click.option("--strict", is_flag=True, help="Exit 1 when the budget is not met (the best artifact is still kept)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _quantize_options(v: dict):
+    from .transforms.quantize import Budget, QuantizeOptions
+
+    if v["max_drop"] is None and v["min_agreement"] is None and v["max_kl"] is None:
+        budget = Budget()  # agreement >= 98% and KL <= 0.004 vs FP32
+    else:
+        budget = Budget(max_top1_drop=v["max_drop"], min_agreement=v["min_agreement"], max_kl=v["max_kl"])
+    return QuantizeOptions(
+        method=v["calib_method"],
+        percentile=v["percentile"],
+        bias_correction=not v["no_bias_correction"],
+        fallback=v["max_fallback"] > 0,
+        max_fallback_nodes=v["max_fallback"],
+        budget=budget,
+    )
+
+
+def _build(model: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant: Optional[dict] = None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .export import ExportOptions
-    from .pipeline import ModelRequest, build_artifact
+    from .pipeline import ModelRequest, build_artifact, default_calibration
+    from .variants import fp16_artifact, quantize_artifact
 
+    variant = variant or {}
     if weights_file is not None and random_init:
         raise click.UsageError("--weights and --random-init exclude each other")
+    if variant.get("int8") and variant.get("fp16"):
+        raise click.UsageError("--int8 and --fp16 exclude each other")
     options = ExportOptions(opset=opset, dynamic_batch=not static, slim=not no_slim)
-    with Progress(console=console, transient=True) as progress:
+    calibration = None
+    if variant.get("int8"):
+        quantize_options = _quantize_options(variant)
+        calibration = default_calibration(variant["calib_dir"], variant["calib_labels"], variant["calib_limit"], variant["seed"]).resolve()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
         report = _progress_reporter(progress, {})
         artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
+        if calibration is not None:
+            _describe_artifact(artifact, reused, console)
+            artifact, reused = quantize_artifact(
+                artifact, calibration, quantize_options, out_dir, lambda stage, done, total: report("int8", stage, done, total)
+            )
+        elif variant.get("fp16"):
+            _describe_artifact(artifact, reused, console)
+            artifact, reused = fp16_artifact(artifact, out_dir)
     return artifact, reused
 
 
-def _open_target(target: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console):
+def _print_quantization(artifact, console, top: int = 8) -> None:
+    q = artifact.manifest.get("quantization")
+    if not q:
+        return
+    from rich.table import Table
+
+    from .transforms.quantize import Budget
+
+    initial, final = q["initial"], q["final"]
+    console.print(
+        f"INT8 ({q['options']['method']}, {q['calibration_images']} calibration images): {q['quantized_nodes']} nodes INT8, "
+        f"in float: {q['float_nodes'] or 'none'}; on the calibration images vs FP32: all-INT8 agreement "
+        f"{initial['agreement']:.1f}% KL {initial['mean_kl']:.4f} -> kept {final['agreement']:.1f}% KL {final['mean_kl']:.4f}; "
+        f"bias correction {'applied' if q['bias_correction_applied'] else 'not applied'}; "
+        f"budget ({Budget(**q['options']['budget']).describe()}) {'met' if q['budget_met'] else 'NOT met'}"
+    )
+    table = Table(title=f"most sensitive nodes (KL vs FP32 when the node alone reads float; all-INT8: {initial['mean_kl']:.4f})", title_justify="left")
+    for col in ("node", "op", "output rel. error", "KL if float", "fell back"):
+        table.add_column(col, justify="left" if col in ("node", "op", "fell back") else "right")
+    fell_back = {f["node"]: f for f in q["fallback"]}
+    for s in q["sensitivity"][:top]:
+        step = fell_back.get(s["node"])
+        table.add_row(
+            s["node"], s["op_type"], f"{s['output_rel_error']:.3f}", f"{s['kl_if_float']:.4f}" if s["kl_if_float"] is not None else "-",
+            f"yes (after: KL {step['after']['mean_kl']:.4f})" if step else "",
+        )
+    console.print(table)
+    for note in q.get("notes", []):
+        console.print(f"note: {note}")
+
+
+def _open_target(target: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant=None):
     """A model name, an artifact folder or an ONNX file -> (artifact, reused)."""
     from .core import Artifact
     from .export import import_onnx_file
@@ -162,7 +250,7 @@ def _open_target(target: str, weights_file, random_init, input_size, opset, stat
         return artifact, True
     if path.suffix.lower() == ".onnx" or path.is_file():
         return import_onnx_file(path, out_dir)
-    return _build(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+    return _build(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
 
 
 def _describe_artifact(artifact, reused: bool, console) -> None:
@@ -183,12 +271,34 @@ def _describe_artifact(artifact, reused: bool, console) -> None:
 @main.command("export")
 @click.argument("model")
 @_model_options
-def export_command(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir) -> None:
+@_variant_options
+def export_command(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, **variant) -> None:
     """Export MODEL to an ONNX artifact under exported/ (reused when identical)."""
     console = _console()
-    artifact, reused = _build(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+    artifact, reused = _build(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
     _describe_artifact(artifact, reused, console)
+    _print_quantization(artifact, console)
     click.echo(str(artifact.path))
+    _exit_if_budget_missed(artifact, variant)
+
+
+def _exit_if_budget_missed(artifact, variant: dict) -> None:
+    q = artifact.manifest.get("quantization")
+    if q and not q["budget_met"] and variant.get("strict"):
+        raise EdgekitError(f"INT8 budget not met (kept the best artifact: {artifact.path})")
+
+
+@main.command("inspect")
+@click.argument("artifact_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def inspect_command(artifact_dir: Path) -> None:
+    """Show an artifact's lineage and, for INT8, its sensitivity report."""
+    from .core import Artifact
+
+    console = _console()
+    artifact = Artifact.load(artifact_dir)
+    for step in artifact.manifest.get("steps", []):
+        console.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
+    _print_quantization(artifact, console, top=50)
 
 
 # --------------------------------------------------------------------------- bench
@@ -197,6 +307,7 @@ def export_command(model, weights_file, random_init, input_size, opset, static, 
 @main.command("bench")
 @click.argument("target", default=DEFAULT_MODEL)
 @_model_options
+@_variant_options
 @click.option("--backend", "backends", multiple=True, default=("pytorch", "onnxruntime"), show_default=True, help="Repeat or comma-separate: pytorch, onnxruntime.")
 @click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="Batch size(s) to time; repeat for several.")
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(1))
@@ -209,7 +320,7 @@ def export_command(model, weights_file, random_init, input_size, opset, static, 
 @click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
 @click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
-def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, data_dir, labels_file, views, limit, json_path) -> None:
+def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, data_dir, labels_file, views, limit, json_path, **variant) -> None:
     """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
@@ -219,7 +330,7 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
 
     from .backends import BACKENDS, BackendOptions
     from .bench import TimingOptions
-    from .pipeline import BenchRequest, ImageRequest, run_bench
+    from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
     from .report import results_document, rich_table, write_json
 
     console = _console()
@@ -229,8 +340,12 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     images = ImageRequest(data_dir, labels_file, views, limit)
     images.resolve()  # a bad image folder fails before any export work
 
-    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console)
+    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
     _describe_artifact(artifact, reused, console)
+    _print_quantization(artifact, console, top=5)
+    if data_dir is None and _calibrated_on_bundled_photos(artifact):
+        images = HELD_OUT_EVALUATION
+        console.print("note: calibrated on the bundled photos' odd views; evaluating on their even views (held out)")
     if artifact.manifest["model"].get("weights_source") is None and "pytorch" in backend_names:
         console.print(f"note: {target} has no PyTorch original; accuracy is judged on labels only")
         backend_names = tuple(b for b in backend_names if b != "pytorch")
@@ -256,6 +371,12 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     )
     path = write_json(document, json_path or artifact.path / "results.json")
     console.print(f"results: {path}")
+    _exit_if_budget_missed(artifact, variant)
+
+
+def _calibrated_on_bundled_photos(artifact) -> bool:
+    calibration = next((s.get("calibration") for s in artifact.manifest.get("steps", []) if s.get("step") == "quantize"), None)
+    return bool(calibration) and calibration["description"].startswith("bundled photos")
 
 
 if __name__ == "__main__":

@@ -168,10 +168,24 @@ def _read_label_file(path: Path) -> dict[str, int]:
     return table
 
 
-def make_image_set(images: Sequence[LabelledImage], views_per_image: int, description: str) -> ImageSet:
-    if not 1 <= views_per_image <= MAX_VIEWS:
-        raise DataError(f"views per image must be between 1 and {MAX_VIEWS}, got {views_per_image}")
-    views = tuple(ImageView(img, v) for img in images for v in range(views_per_image))
+# Calibration and held-out evaluation on the same photos use disjoint views.
+EVEN_VIEWS = (0, 2)  # (offset, stride): views 0, 2, 4...
+ODD_VIEWS = (1, 2)
+
+
+def make_image_set(
+    images: Sequence[LabelledImage],
+    views_per_image: int,
+    description: str,
+    view_offset: int = 0,
+    view_stride: int = 1,
+) -> ImageSet:
+    """Views ``offset, offset + stride, ...`` of every image (at most ``views_per_image``)."""
+    available = len(range(view_offset, MAX_VIEWS, view_stride))
+    if not 1 <= views_per_image <= available:
+        raise DataError(f"views per image must be between 1 and {available}, got {views_per_image}")
+    indices = range(view_offset, view_offset + views_per_image * view_stride, view_stride)
+    views = tuple(ImageView(img, v) for img in images for v in indices)
     return ImageSet(views=views, description=description)
 
 
@@ -180,17 +194,24 @@ def resolve_images(
     labels_file: Optional[Path] = None,
     views_per_image: int = 16,
     limit: Optional[int] = None,
+    view_offset: int = 0,
+    view_stride: int = 1,
+    seed: Optional[int] = None,
 ) -> ImageSet:
-    """The evaluation set: bundled photos by default, else ``data_dir``; ``limit`` caps files."""
-    if data_dir is None:
-        images = bundled_images()
-        description = f"bundled photos ({len(images)}) x {views_per_image} views"
-    else:
-        images = folder_images(data_dir, labels_file)
-        description = f"{data_dir} ({len(images)} images) x {views_per_image} views"
-    if limit is not None:
-        images = images[:limit]
-    return make_image_set(images, views_per_image, description)
+    """Bundled photos by default, else ``data_dir``; ``limit`` caps the files (a seeded
+    random sample when ``seed`` is given, else the first ones)."""
+    images = bundled_images() if data_dir is None else folder_images(data_dir, labels_file)
+    if limit is not None and limit < len(images):
+        if seed is None:
+            images = images[:limit]
+        else:
+            import random
+
+            images = sorted(random.Random(seed).sample(images, limit), key=lambda i: str(i.path))
+    source = f"bundled photos ({len(images)})" if data_dir is None else f"{data_dir} ({len(images)} images)"
+    which = "" if (view_offset, view_stride) == (0, 1) else (" odd" if view_offset % 2 else " even")
+    description = f"{source} x {views_per_image}{which} views"
+    return make_image_set(images, views_per_image, description, view_offset, view_stride)
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -16,7 +16,7 @@ import numpy as np
 from .backends import BACKENDS, BackendOptions
 from .bench import TimingOptions, compare_to_baseline
 from .core import Artifact, BenchResult, EdgekitError, LatencyStats, UsageError
-from .data import ImageSet, make_image_set, bundled_images, resolve_images
+from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
 from .export import ExportOptions, WeightsSource, export_model
 from .worker import image_set_to_job
 
@@ -51,9 +51,25 @@ class ImageRequest:
     labels_file: Optional[Path] = None
     views_per_image: int = 16
     limit: Optional[int] = None
+    view_offset: int = 0
+    view_stride: int = 1
+    seed: Optional[int] = None
 
     def resolve(self) -> ImageSet:
-        return resolve_images(self.data_dir, self.labels_file, self.views_per_image, self.limit)
+        return resolve_images(
+            self.data_dir, self.labels_file, self.views_per_image, self.limit, self.view_offset, self.view_stride, self.seed
+        )
+
+
+def default_calibration(data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, limit: int = 200, seed: int = 0) -> ImageRequest:
+    """Bundled photos: their odd views (bench holds out the even ones). A folder: one
+    centre crop per image, a seeded sample of at most ``limit`` files."""
+    if data_dir is None:
+        return ImageRequest(views_per_image=11, view_offset=ODD_VIEWS[0], view_stride=ODD_VIEWS[1])
+    return ImageRequest(data_dir, labels_file, views_per_image=1, limit=limit, seed=seed)
+
+
+HELD_OUT_EVALUATION = ImageRequest(views_per_image=11, view_offset=EVEN_VIEWS[0], view_stride=EVEN_VIEWS[1])
 
 
 @dataclass(frozen=True)

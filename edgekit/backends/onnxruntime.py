@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -10,18 +11,22 @@ from ..core import Artifact, UsageError
 from .base import BackendOptions, file_size_mb, require_module
 
 
+CPU_INT8_NAME = "model.ort-cpu.onnx"
+
+
 class OnnxRuntimeSession:
     def __init__(self, artifact: Artifact, options: BackendOptions):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # QDQ graphs draw a warning per unused zero point
         if options.threads:
             so.intra_op_num_threads = options.threads
         providers = _providers(options.device, ort.get_available_providers())
         self._session = ort.InferenceSession(str(artifact.onnx_path), so, providers=providers)
         self._input = self._session.get_inputs()[0].name
-        self.precision = artifact.manifest.get("variant", "fp32")
+        self.precision = artifact.manifest.get("variant_detail", artifact.manifest.get("variant", "fp32"))
         self.providers = tuple(self._session.get_providers())
         self.threads = options.threads
 
@@ -51,7 +56,24 @@ class OnnxRuntimeBackend:
         require_module("onnxruntime", self.name, None)
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
-        return artifact  # ONNX Runtime reads the ONNX file directly
+        """FP32/FP16 graphs run as they are; an INT8 QDQ graph is lowered to the form the
+        CPU provider fuses into integer kernels (see ort_lowering), cached beside it."""
+        if artifact.manifest.get("variant") != "int8" or options.device != "cpu":
+            return artifact
+        lowered = artifact.path / CPU_INT8_NAME
+        if not lowered.is_file():
+            import onnx
+
+            from .ort_lowering import lower_qdq_for_cpu
+
+            model = onnx.load(str(artifact.onnx_path))
+            lower_qdq_for_cpu(model)
+            tmp = lowered.with_suffix(f".tmp{os.getpid()}")
+            onnx.save(model, str(tmp))
+            os.replace(tmp, lowered)  # atomic: a half-written file is never read
+        manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "onnx": CPU_INT8_NAME}}
+        manifest["variant_detail"] = "int8 (CPU form: uint8 activations)"
+        return Artifact(path=artifact.path, manifest=manifest)
 
     def load(self, artifact: Artifact, options: BackendOptions) -> OnnxRuntimeSession:
         self.check_available()

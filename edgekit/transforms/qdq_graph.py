@@ -1,0 +1,129 @@
+"""Small ONNX graph utilities shared by the quantization steps (onnx + onnxruntime only)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+COMPUTE_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+
+def session(model_or_path, threads: Optional[int] = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # ORT warns about every unused zero-point initializer
+    if threads:
+        so.intra_op_num_threads = threads
+    source = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def run_logits(model_or_path, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    sess = session(model_or_path)
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch_size
+    return np.concatenate([sess.run(None, {name: x[i : i + step]})[0] for i in range(0, len(x), step)])
+
+
+def compute_nodes(model) -> list:
+    return [n for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES]
+
+
+def node_label(node) -> str:
+    return node.name or node.output[0]
+
+
+def producers(model) -> dict:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def quantized_node_labels(model) -> set[str]:
+    """Compute nodes whose activation input comes through DequantizeLinear."""
+    made_by = producers(model)
+    labels = set()
+    for node in compute_nodes(model):
+        producer = made_by.get(node.input[0])
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            labels.add(node_label(node))
+    return labels
+
+
+def copy_model(model):
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def with_outputs(model, names: Iterable[str]):
+    import onnx
+
+    m = copy_model(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def strip_output_qdq(model) -> int:
+    """Keep graph outputs (logits) in float: drop a Q->DQ pair that feeds a graph output."""
+    made_by = producers(model)
+    removed = 0
+    for output in model.graph.output:
+        dq = made_by.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = made_by.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = made_by.get(q.input[0])
+        if source is None:
+            continue
+        source.output[list(source.output).index(q.input[0])] = output.name
+        model.graph.node.remove(dq)
+        model.graph.node.remove(q)
+        removed += 1
+    drop_unused_initializers(model)
+    return removed
+
+
+def drop_unused_initializers(model) -> None:
+    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def bypass_quantization(model, fp32_model, labels: Sequence[str]):
+    """A copy of the QDQ ``model`` where the named compute nodes read float inputs and weights.
+
+    Used to measure what leaving a node in float would buy without re-quantizing.
+    """
+    m = copy_model(model)
+    made_by = producers(m)
+    fp32_nodes = {node_label(n): n for n in compute_nodes(fp32_model)}
+    fp32_inits = {i.name: i for i in fp32_model.graph.initializer}
+    wanted = set(labels)
+    for node in compute_nodes(m):
+        label = node_label(node)
+        if label not in wanted or label not in fp32_nodes:
+            continue
+        dq = made_by.get(node.input[0])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = made_by.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[0] = q.input[0]
+        source = fp32_nodes[label]
+        for k in range(1, min(len(source.input), len(node.input))):
+            if source.input[k] in fp32_inits:
+                copy = type(fp32_inits[source.input[k]])()
+                copy.CopyFrom(fp32_inits[source.input[k]])
+                copy.name = f"{source.input[k]}__float_{label}"
+                m.graph.initializer.append(copy)
+                node.input[k] = copy.name
+    return m

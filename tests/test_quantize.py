@@ -1,0 +1,119 @@
+"""INT8 (and FP16) against true labels, TensorRT's QDQ rules, the CPU lowering, bad input."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from digits import export_digits_onnx, load_digits_split, onnx_accuracy, train_digits_net
+from edgekit.backends.ort_lowering import lower_qdq_for_cpu
+from edgekit.core import DataError, UsageError
+from edgekit.transforms.qdq_graph import run_logits
+from edgekit.transforms.quantize import Budget, QuantizeOptions, float_ops, quantize_onnx
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A CNN trained on scikit-learn's real digits, exported to ONNX, and its data."""
+    folder = tmp_path_factory.mktemp("digits")
+    model, accuracy = train_digits_net(seed=0)
+    path = folder / "digits.onnx"
+    export_digits_onnx(model, path)
+    x_train, y_train, x_test, y_test = load_digits_split(seed=0)
+    assert accuracy >= 95.0
+    return path, x_train, y_train, x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def digits_int8(digits, tmp_path_factory):
+    path, x_train, y_train, _, _ = digits
+    out = tmp_path_factory.mktemp("digits-int8") / "int8.onnx"
+    labels = [(int(y),) for y in y_train[:256]]
+    report = quantize_onnx(path, out, x_train[:256], labels, QuantizeOptions(method="percentile"))
+    return out, report
+
+
+def test_int8_keeps_true_label_accuracy(digits, digits_int8):
+    path, _, _, x_test, y_test = digits
+    int8_path, report = digits_int8
+    fp32_top1 = onnx_accuracy(path, x_test, y_test)
+    int8_top1 = onnx_accuracy(int8_path, x_test, y_test)
+    assert fp32_top1 >= 95.0
+    assert fp32_top1 - int8_top1 <= 1.5, (fp32_top1, int8_top1)  # 540 held-out, truly labelled digits
+    assert report.quantized_nodes >= 3  # the rest may fall back to float to meet the budget
+
+
+def test_qdq_graph_follows_tensorrt_rules(digits_int8):
+    model = onnx.load(str(digits_int8[0]))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantizers
+    for q in quantizers:  # signed INT8 activations, zero point 0
+        assert inits[q.input[2]].dtype == np.int8 and not inits[q.input[2]].any()
+    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8]
+    assert weight_dqs
+    for dq in weight_dqs:  # per-channel symmetric weights
+        weights, scale = inits[dq.input[0]], inits[dq.input[1]]
+        assert scale.shape == (weights.shape[0],) and not inits[dq.input[2]].any()
+    # logits stay in float
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    assert made_by[model.graph.output[0].name].op_type in ("Gemm", "MatMul", "Add")
+
+
+def test_cpu_lowering_keeps_accuracy_and_uses_uint8(digits, digits_int8):
+    _, _, _, x_test, y_test = digits
+    model = onnx.load(str(digits_int8[0]))
+    changed = lower_qdq_for_cpu(model)
+    assert changed > 0
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        assert inits[q.input[2]].dtype == np.uint8
+    portable = run_logits(digits_int8[0], x_test).argmax(1)
+    lowered = run_logits(model, x_test).argmax(1)
+    assert (portable == lowered).mean() >= 0.97
+    assert (lowered == y_test).mean() * 100 >= onnx_accuracy(digits_int8[0], x_test, y_test) - 1.0
+
+
+def test_unmeetable_budget_keeps_the_best_model(digits, tmp_path):
+    path, x_train, _, _, _ = digits
+    out = tmp_path / "int8.onnx"
+    options = QuantizeOptions(method="minmax", budget=Budget(min_agreement=100.0, max_kl=0.0), max_fallback_nodes=2)
+    report = quantize_onnx(path, out, x_train[:64], None, options)
+    assert not report.budget_met and out.is_file()
+    assert report.final.mean_kl <= report.initial.mean_kl
+    assert {f.node for f in report.fallback} <= {s.node for s in report.sensitivity}
+    assert len(report.sensitivity) >= report.quantized_nodes
+
+
+def test_too_few_calibration_images(digits, tmp_path):
+    path, x_train, _, _, _ = digits
+    with pytest.raises(DataError, match="at least 8"):
+        quantize_onnx(path, tmp_path / "x.onnx", x_train[:3])
+
+
+def test_unknown_method_is_a_usage_error():
+    with pytest.raises(UsageError, match="entropy"):
+        QuantizeOptions(method="kmeans")
+
+
+def test_operators_left_in_float_are_reported(tmp_path):
+    """A Softmax the quantizer does not handle stays in float and is named in the report."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Softmax", ["c"], ["s"], name="softmax", axis=1),
+            helper.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["logits"], name="flatten"),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
+        [w],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    report = quantize_onnx(path, tmp_path / "q.onnx", rng.normal(size=(16, 3, 8, 8)).astype(np.float32), options=QuantizeOptions(method="minmax", max_fallback_nodes=0))
+    assert report.quantized_nodes == 1
+    assert "Softmax" in float_ops(onnx.load(str(tmp_path / "q.onnx"))) or "Softmax" in report.float_nodes
