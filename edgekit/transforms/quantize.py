@@ -48,6 +48,14 @@ from .qdq_graph import (
 )
 
 METHODS = ("minmax", "percentile", "entropy")
+# Operators given Q/DQ: those with integer kernels (or free requantization) on ONNX
+# Runtime, OpenVINO and TensorRT. Anything else (Exp, Erf, Div, Sqrt...) stays in float
+# and is listed in the report.
+QUANTIZABLE_OP_TYPES = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad",
+    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Softmax",
+)
 MIN_CALIBRATION_IMAGES = 8
 SENSITIVITY_IMAGES = 48  # images used to rank nodes; fewer keeps the analysis quick
 BIAS_CORRECTION_IMAGES = 64
@@ -193,6 +201,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
+                op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
                 nodes_to_exclude=list(exclude),
                 extra_options=extra,
                 calibration_cache_path=str(cache),
@@ -304,14 +313,16 @@ _SHAPE_OPS = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Shape
 
 
 def float_ops(model) -> dict[str, int]:
-    """Op type -> count of nodes that compute in float: no input arrives through DequantizeLinear
-    (compute nodes left out, and operators the quantizer does not handle)."""
+    """Op type -> count of nodes that compute in float: operators outside
+    QUANTIZABLE_OP_TYPES (a backend dequantizes around them), and quantizable ones whose
+    input does not arrive through DequantizeLinear (left out, e.g. by fallback)."""
     made_by = producers(model)
     counts: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type in _SHAPE_OPS:
             continue
-        if not any(getattr(made_by.get(i), "op_type", None) == "DequantizeLinear" for i in node.input):
+        dequantized_input = bool(node.input) and getattr(made_by.get(node.input[0]), "op_type", None) == "DequantizeLinear"
+        if node.op_type not in QUANTIZABLE_OP_TYPES or not dequantized_input:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
@@ -360,9 +371,14 @@ def quantize_onnx(
         progress(f"all nodes INT8: agreement {initial.agreement:.1f}%, KL {initial.mean_kl:.4f}", None, None)
         model = onnx.load(str(best_path))
         sample = calibration[:SENSITIVITY_IMAGES]
-        report_nodes = sensitivity(model, fp32_model, sample, reference[:SENSITIVITY_IMAGES], progress)
-
         fallback: list[FallbackStep] = []
+        if options.budget.met(initial) or not options.fallback:
+            # no decision rests on it, so only the cheap per-node output error is reported
+            types = {node_label(n): n.op_type for n in compute_nodes(model)}
+            errors = output_errors(model, fp32_model, sample)
+            report_nodes = [NodeSensitivity(k, types[k], v, None) for k, v in errors.items() if k in quantized_node_labels(model)]
+        else:
+            report_nodes = sensitivity(model, fp32_model, sample, reference[:SENSITIVITY_IMAGES], progress)
         if not options.budget.met(initial) and options.fallback:
             ranked = sorted((s for s in report_nodes if s.kl_if_float is not None), key=lambda s: s.kl_if_float)
             plain_kl = compare_to_baseline(run_logits(model, sample), reference[:SENSITIVITY_IMAGES], [None] * len(sample)).mean_kl
@@ -410,7 +426,7 @@ def quantize_onnx(
         final=final,
         budget_met=options.budget.met(final),
         bias_correction_applied=corrected,
-        sensitivity=tuple(sorted(report_nodes, key=lambda s: s.kl_if_float if s.kl_if_float is not None else 0.0)),
+        sensitivity=tuple(sorted(report_nodes, key=lambda s: (s.kl_if_float if s.kl_if_float is not None else 0.0, -s.output_rel_error))),
         fallback=tuple(fallback),
         notes=tuple(notes),
     )
