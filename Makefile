@@ -21,9 +21,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Recorded benchmarks (benchmarks/results/*.json and *.md).
+# Recorded benchmarks (benchmarks/results/*.json and *.md); NNCF is the INT8 baseline.
 bench: venv
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/fp32_onnxruntime.py
+	$(BIN)/python benchmarks/int8_onnxruntime.py
 
 clean:
 	rm -rf $(VENV) exported/*/ .pytest_cache

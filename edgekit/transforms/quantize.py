@@ -152,7 +152,7 @@ class QuantizationReport:
 
 
 class _ArrayReader:
-    """Feeds calibration images one at a time (ORT's histogram collectors need batch 1)."""
+    """Feeds images one at a time (ORT's histogram collectors need batch 1)."""
 
     def __init__(self, input_name: str, x: np.ndarray):
         self._input_name = input_name
@@ -170,44 +170,85 @@ class _ArrayReader:
         self._i = 0
 
 
-def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: QuantizeOptions, exclude: Sequence[str], cache: Path) -> None:
-    """One QDQ model; ranges come from ``cache`` when it exists (calibrate once, re-use)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[options.method]
+    return getattr(CalibrationMethod, name)
+
+
+_CALIBRATION_METHODS = {
+    "minmax": lambda: _method("MinMax"),
+    "percentile": lambda: _method("Percentile"),
+    "entropy": lambda: _method("Entropy"),
+}
+
+
+def calibrate_ranges(fp32_path: Path, x: np.ndarray, options: QuantizeOptions, cache: Path, chunk: int = 16) -> None:
+    """Activation ranges into ``cache`` (ONNX Runtime's calibration-cache format).
+
+    The calibrator is fed in chunks, so its memory stays bounded however many images
+    there are (ORT's MinMax keeps every intermediate output of one collect call, and its
+    max_intermediate_outputs option drops data). Histogram methods get 2048 bins: through
+    quantize_static, entropy would get 128 bins, the same as its 128 quantized levels, and
+    silently degrade to min/max.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, save_tensors_data
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    method = _CALIBRATION_METHODS[options.method]()
+    extra: dict = {"symmetric": True}
+    if options.method == "entropy":
+        extra.update(num_bins=2048, num_quantized_bins=128)
+    elif options.method == "percentile":
+        extra.update(num_bins=2048, percentile=options.percentile)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    reader = None
-    if not cache.is_file():
-        reader = type("Reader", (_ArrayReader, CalibrationDataReader), {})(input_name, x)
-    extra = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "CalibPercentile": options.percentile,
-        # not CalibMaxIntermediateOutputs: ORT 1.32's MinMax calibrator drops what it has
-        # collected when that limit is reached instead of merging it
-    }
+    reader_type = type("Reader", (_ArrayReader, CalibrationDataReader), {})
+    with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp, _quiet_quantizer():
+        calibrator = create_calibrator(
+            Path(fp32_path), list(QUANTIZABLE_OP_TYPES), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=method, extra_options=extra,
+        )
+        for start in range(0, len(x), chunk):
+            calibrator.collect_data(reader_type(input_name, x[start : start + chunk]))
+        save_tensors_data(calibrator.compute_data(), cache)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ORT's quantizer logs advice and histograms, and prints calibration progress."""
     root_logger = logging.getLogger()
     level = root_logger.level
-    root_logger.setLevel(logging.ERROR)  # the quantizer logs advice and every histogram
+    root_logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # ...and prints its calibration progress
-            quantize_static(
-                str(fp32_path),
-                str(out_path),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
-                nodes_to_exclude=list(exclude),
-                extra_options=extra,
-                calibration_cache_path=str(cache),
-            )
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root_logger.setLevel(level)
+
+
+def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: QuantizeOptions, exclude: Sequence[str], cache: Path) -> None:
+    """One QDQ model; activation ranges are calibrated once into ``cache`` and re-used."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if not cache.is_file():
+        calibrate_ranges(fp32_path, x, options, cache)
+    with _quiet_quantizer():
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_CALIBRATION_METHODS[options.method](),
+            op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
+            nodes_to_exclude=list(exclude),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            calibration_cache_path=str(cache),
+        )
     model = onnx.load(str(out_path))
     strip_output_qdq(model)
     onnx.save(model, str(out_path))
@@ -380,23 +421,24 @@ def quantize_onnx(
         else:
             report_nodes = sensitivity(model, fp32_model, sample, reference[:SENSITIVITY_IMAGES], progress)
         if not options.budget.met(initial) and options.fallback:
-            ranked = sorted((s for s in report_nodes if s.kl_if_float is not None), key=lambda s: s.kl_if_float)
+            # Greedy and cumulative: nodes interact (two neighbours may only help together),
+            # so a node that does not help yet stays in the set; the best prefix is kept.
             plain_kl = compare_to_baseline(run_logits(model, sample), reference[:SENSITIVITY_IMAGES], [None] * len(sample)).mean_kl
+            ranked = sorted((s for s in report_nodes if s.kl_if_float is not None), key=lambda s: s.kl_if_float)
             ranked = [s for s in ranked if s.kl_if_float < plain_kl][: options.max_fallback_nodes]
-            excluded: list[str] = []
+            tried: list[FallbackStep] = []
+            kept = 0
             for step, entry in enumerate(ranked, 1):
-                excluded.append(entry.node)
                 progress("fallback to float", step, len(ranked))
-                path, stats = build(excluded)
+                path, stats = build([t.node for t in tried] + [entry.node])
                 reason = f"reading it in float alone takes KL from {plain_kl:.4f} to {entry.kl_if_float:.4f}"
-                fallback.append(FallbackStep(entry.node, reason, stats))
+                tried.append(FallbackStep(entry.node, reason, stats))
                 if options.budget.met(stats) or stats.mean_kl < final.mean_kl:
-                    best_path, final = path, stats
+                    best_path, final, kept = path, stats, step
                 if options.budget.met(stats):
                     break
-            keep = next((i for i, f in enumerate(fallback) if f.after is final), None)
-            fallback = fallback[: keep + 1] if keep is not None else []
-            if keep is None and ranked:
+            fallback = tried[:kept]
+            if ranked and not fallback:
                 notes.append("no fallback improved on the all-INT8 model; it is kept")
         elif not options.budget.met(initial):
             notes.append("budget not met and fallback disabled")
