@@ -118,7 +118,8 @@ def folder_images(root: Path, labels_file: Optional[Path] = None) -> list[Labell
 
     Class folders named by WordNet synset (``n01440764``) or class index give labels;
     a flat folder takes labels from ``labels_file`` (lines ``<file name> <label>``, label
-    a class index or synset, e.g. ILSVRC2012 val converted to synsets), else none.
+    a class index or synset; Kaggle's LOC_val_solution.csv for ILSVRC2012 val reads as
+    is), else none.
     """
     root = Path(root)
     if not root.is_dir():
@@ -159,8 +160,8 @@ def _read_label_file(path: Path) -> dict[str, int]:
         raise DataError(f"cannot read label file {path}: {e.strerror}") from None
     table = {}
     for number, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
+        if not line.strip() or line.startswith("#") or (number == 1 and line.startswith("ImageId")):
+            continue  # blank, comment, or the header of Kaggle's LOC_val_solution.csv
         parts = re.split(r"[\s,]+", line.strip())
         if len(parts) < 2:
             raise DataError(f"{path}:{number}: expected '<file name> <label>', got {line.strip()!r}")

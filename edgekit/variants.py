@@ -17,6 +17,10 @@ from .core import ONNX_NAME, Artifact, UsageError, stable_hash
 from .data import ImageSet, load_all
 from .transforms.quantize import QuantizeOptions, quantize_onnx
 
+# Bump when the quantizer's output changes for the same settings, so cached artifacts
+# built by older code are not reused.
+QUANTIZER_VERSION = 2
+
 # (stage, done, total) -> None
 Progress = Callable[[str, Optional[int], Optional[int]], None]
 
@@ -63,7 +67,7 @@ def quantize_artifact(
     _require_fp32(parent)
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
-    key = stable_hash({"parent": parent.key, "int8": settings, "calibration": identity})
+    key = stable_hash({"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": QUANTIZER_VERSION})
 
     def populate(staging: Path) -> dict[str, Any]:
         progress(f"loading {len(calibration)} calibration images", None, None)

@@ -62,6 +62,13 @@ def test_flat_folder_with_label_file(tmp_path):
     assert [img.labels for img in images] == [(65,), (0,)]
 
 
+def test_flat_folder_with_kaggle_val_solution(tmp_path):
+    _write_png(tmp_path / "ILSVRC2012_val_00008726.png")
+    solution = tmp_path.parent / "LOC_val_solution.csv"
+    solution.write_text("ImageId,PredictionString\nILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295 \n")
+    assert [img.labels for img in data.folder_images(tmp_path, solution)] == [(data.parse_label("n02119789"),)]
+
+
 def test_flat_folder_missing_label_is_an_error(tmp_path):
     _write_png(tmp_path / "x.png")
     labels = tmp_path.parent / "labels2.txt"
