@@ -40,11 +40,6 @@ def write_json(document: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def read_results(path: Path) -> list[BenchResult]:
-    document = json.loads(Path(path).read_text())
-    return [BenchResult.from_dict(r) for r in document["results"]]
-
-
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
