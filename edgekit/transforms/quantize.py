@@ -417,7 +417,8 @@ def quantize_onnx(
             # no decision rests on it, so only the cheap per-node output error is reported
             types = {node_label(n): n.op_type for n in compute_nodes(model)}
             errors = output_errors(model, fp32_model, sample)
-            report_nodes = [NodeSensitivity(k, types[k], v, None) for k, v in errors.items() if k in quantized_node_labels(model)]
+            quantized_now = quantized_node_labels(model)
+            report_nodes = [NodeSensitivity(k, types[k], v, None) for k, v in errors.items() if k in quantized_now]
         else:
             report_nodes = sensitivity(model, fp32_model, sample, reference[:SENSITIVITY_IMAGES], progress)
         if not options.budget.met(initial) and options.fallback:
