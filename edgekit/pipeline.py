@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -83,10 +83,8 @@ class BenchRequest:
 @dataclass(frozen=True)
 class BenchRun:
     artifact: Artifact
-    artifact_reused: bool
     images: ImageSet
     results: tuple[BenchResult, ...]
-    warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
 def build_artifact(
@@ -151,7 +149,7 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
                     environment=raw["environment"],
                 )
             )
-    return BenchRun(artifact=artifact, artifact_reused=False, images=images, results=tuple(results))
+    return BenchRun(artifact=artifact, images=images, results=tuple(results))
 
 
 def _run_worker(
