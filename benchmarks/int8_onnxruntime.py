@@ -88,6 +88,8 @@ def main() -> int:
         row["portable_graph_accuracy"] = portable_row["accuracy"]
         row["portable_graph_latency"] = portable_row["latency"]
         row["fallback"] = [f["node"] for f in q["fallback"]]
+        row["calibration_views_all_int8"] = q["initial"]  # before any fallback
+        row["calibration_views_kept"] = q["final"]
         row["bias_correction_applied"] = q["bias_correction_applied"]
         row["budget_met_on_calibration"] = q["budget_met"]
         document["fidelity"].append({"quantizer": f"edgekit ({method})", **row})
@@ -137,17 +139,19 @@ def markdown(doc: dict, iterations: int) -> str:
         "edgekit's artifact is TensorRT-legal (signed INT8, zero point 0); ONNX Runtime runs its CPU form",
         "(uint8 activations); 'portable graph' is the artifact itself run as is.",
         "",
-        "| quantizer | top-1 agreement % | mean KL | top-1 vs labels % | p50 ms | vs FP32 | size MB | portable graph: agreement % / KL / p50 ms | fell back to float |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| quantizer | top-1 agreement % | mean KL | top-1 vs labels % | p50 ms | vs FP32 | size MB | portable graph: agreement % / KL / p50 ms | fell back to float | calibration views: KL all-INT8 -> kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["fidelity"]:
         acc, lat = row["accuracy"], row["latency"]
         portable = row.get("portable_graph_accuracy")
+        before, kept = row.get("calibration_views_all_int8"), row.get("calibration_views_kept")
+        calibration_cell = "-" if not before else f"{before['mean_kl']:.4f} -> {kept['mean_kl']:.4f}"
         portable_cell = "-" if not portable else f"{portable['agreement']:.1f} / {portable['mean_kl']:.4f} / {row['portable_graph_latency']['p50_ms']:.2f}"
         lines.append(
             f"| {row['quantizer']} | {acc['agreement']:.1f} | {acc['mean_kl']:.4f} | {acc['top1']:.1f} | {lat['p50_ms']:.2f} | "
             f"{fp32_p50 / lat['p50_ms']:.2f}x | {row['size_mb']:.1f} | "
-            f"{portable_cell} | {len(row.get('fallback', [])) or '-'} |"
+            f"{portable_cell} | {len(row.get('fallback', [])) or '-'} | {calibration_cell} |"
         )
     lines += ["", "## INT8 vs FP32 latency (random init; accuracy not meaningful)", "", "| model | FP32 p50 ms | edgekit INT8 p50 ms | speed-up | ORT default INT8 p50 ms | speed-up |", "|---|---|---|---|---|---|"]
     for row in doc["latency"]:

@@ -43,28 +43,20 @@ def main() -> None:
     """Take pretrained image classifiers to edge hardware, and measure what that cost."""
 
 
-def _console():
+def _console(stderr: bool = True):
+    """Messages go to stderr, tables to stdout; when piped, still wide enough for every column."""
     from rich.console import Console
 
-    console = Console(stderr=True)
-    return console if console.is_terminal else Console(stderr=True, width=200)
-
-
-def _table_console():
-    """Tables go to stdout; when piped, still wide enough for every column."""
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
 
 
 def _progress_reporter(progress, tasks: dict):
     def report(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
-        key = backend
         description = f"{backend}: {stage}"
-        if key not in tasks:
-            tasks[key] = progress.add_task(description, total=total)
-        progress.update(tasks[key], description=description, total=total, completed=done or 0)
+        if backend not in tasks:
+            tasks[backend] = progress.add_task(description, total=total)
+        progress.update(tasks[backend], description=description, total=total, completed=done or 0)
 
     return report
 
@@ -116,7 +108,7 @@ def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool)
                 "-" if ref.top1 is None else f"{ref.top1:.2f}",
                 "yes" if spec.offline_weights else "no (--random-init)",
             )
-    _table_console().print(table)
+    _console(stderr=False).print(table)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -362,7 +354,7 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
         run = run_bench(artifact, request, _progress_reporter(progress, {}))
 
     title = f"{artifact.model_name} [{artifact.key}] on {run.images.description}; accuracy vs PyTorch on the same {len(run.images)} images"
-    _table_console().print(rich_table(run.results, title))
+    _console(stderr=False).print(rich_table(run.results, title))
     document = results_document(
         run.results,
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},

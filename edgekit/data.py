@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -312,7 +312,3 @@ def load_all(image_set: ImageSet, prep: Preprocessing) -> tuple[np.ndarray, list
         arrays.append(x)
         labels += y
     return np.concatenate(arrays), labels
-
-
-def describe_views(views: Iterable[int]) -> list[str]:
-    return [f"scale={VIEW_GRID[v][0]} pos=({VIEW_GRID[v][1]},{VIEW_GRID[v][2]}) flip={VIEW_GRID[v][3]}" for v in views]

@@ -64,7 +64,6 @@ class LoadedModel:
 
 def _torchvision_entry(name: str) -> ModelEntry:
     import torchvision.models as tvm
-    from torchvision.transforms import InterpolationMode  # noqa: F401  (keywords hold it)
 
     builder = tvm.get_model_builder(name)
     weights_enum = tvm.get_model_weights(name)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .artifacts import build_artifact_folder
 from .core import ONNX_NAME, Artifact, UsageError, stable_hash
 from .data import ImageSet, load_all
-from .transforms.quantize import QuantizeOptions, quantize_onnx
+from .transforms.quantize import Progress, QuantizeOptions, quantize_onnx
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
 QUANTIZER_VERSION = 2
 
-# (stage, done, total) -> None
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
 def _child_manifest(parent: Artifact, variant: str, step: dict[str, Any]) -> dict[str, Any]:

@@ -170,17 +170,10 @@ class _ArrayReader:
         self._i = 0
 
 
-def _method(name: str):
+def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return getattr(CalibrationMethod, name)
-
-
-_CALIBRATION_METHODS = {
-    "minmax": lambda: _method("MinMax"),
-    "percentile": lambda: _method("Percentile"),
-    "entropy": lambda: _method("Entropy"),
-}
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[name]
 
 
 def calibrate_ranges(fp32_path: Path, x: np.ndarray, options: QuantizeOptions, cache: Path, chunk: int = 16) -> None:
@@ -196,7 +189,7 @@ def calibrate_ranges(fp32_path: Path, x: np.ndarray, options: QuantizeOptions, c
     from onnxruntime.quantization import CalibrationDataReader, save_tensors_data
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    method = _CALIBRATION_METHODS[options.method]()
+    method = _calibration_method(options.method)
     extra: dict = {"symmetric": True}
     if options.method == "entropy":
         extra.update(num_bins=2048, num_quantized_bins=128)
@@ -243,7 +236,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=_CALIBRATION_METHODS[options.method](),
+            calibrate_method=_calibration_method(options.method),
             op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
             nodes_to_exclude=list(exclude),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
