@@ -47,7 +47,7 @@ def test_calibration_and_held_out_views_are_disjoint():
 def test_onnxruntime_runs_int8_through_its_cpu_form(int8_artifact, tiny_artifact):
     backend = get_backend("onnxruntime")
     compiled = backend.compile(int8_artifact, BackendOptions())
-    assert compiled.onnx_path.name == "model.ort-cpu.onnx" and compiled.onnx_path.is_file()
+    assert compiled.onnx_path.name.startswith("model.ort-cpu-") and compiled.onnx_path.is_file()
     x, _ = load_all(HELD_OUT_EVALUATION.resolve(), tiny_artifact.preprocessing)
     int8 = backend.load(compiled, BackendOptions()).run(x[:8])
     fp32 = backend.load(tiny_artifact, BackendOptions()).run(x[:8])

@@ -11,7 +11,7 @@ from ..core import Artifact, UsageError
 from .base import BackendOptions, file_size_mb, require_module
 
 
-CPU_INT8_NAME = "model.ort-cpu.onnx"
+CPU_LOWERING_VERSION = 2  # bump when ort_lowering changes: lowered files are cached by name
 
 
 class OnnxRuntimeSession:
@@ -60,19 +60,23 @@ class OnnxRuntimeBackend:
         CPU provider fuses into integer kernels (see ort_lowering), cached beside it."""
         if artifact.manifest.get("variant") != "int8" or options.device != "cpu":
             return artifact
-        lowered = artifact.path / CPU_INT8_NAME
+        from .ort_lowering import weight_form
+
+        form = weight_form()
+        lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
         if not lowered.is_file():
             import onnx
 
             from .ort_lowering import lower_qdq_for_cpu
 
             model = onnx.load(str(artifact.onnx_path))
-            lower_qdq_for_cpu(model)
+            lower_qdq_for_cpu(model, form)
             tmp = lowered.with_suffix(f".tmp{os.getpid()}")
             onnx.save(model, str(tmp))
             os.replace(tmp, lowered)  # atomic: a half-written file is never read
-        manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "onnx": CPU_INT8_NAME}}
-        manifest["variant_detail"] = "int8 (CPU form: uint8 activations)"
+        manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "onnx": lowered.name}}
+        weights = "int8 weights" if form == "u8s8" else "uint8 weights: no VNNI"
+        manifest["variant_detail"] = f"int8 (CPU form: uint8 activations, {weights})"
         return Artifact(path=artifact.path, manifest=manifest)
 
     def load(self, artifact: Artifact, options: BackendOptions) -> OnnxRuntimeSession:

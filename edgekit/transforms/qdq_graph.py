@@ -9,10 +9,19 @@ import numpy as np
 COMPUTE_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
-def session(model_or_path, threads: Optional[int] = None):
+def session(model_or_path, threads: Optional[int] = None, optimize: bool = False):
+    """A CPU session; by default it computes a QDQ graph exactly as written (float ops
+    between Q/DQ), the model's meaning on every backend.
+
+    Graph optimizations stay off unless asked for: with them ONNX Runtime fuses Q/DQ into
+    integer kernels whose int16 intermediate sums saturate on x86 CPUs without VNNI, and
+    the quantizer would be judging that CPU's kernels instead of the quantized model.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3  # ORT warns about every unused zero-point initializer
     if threads:
         so.intra_op_num_threads = threads
@@ -20,8 +29,8 @@ def session(model_or_path, threads: Optional[int] = None):
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 
-def run_logits(model_or_path, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    sess = session(model_or_path)
+def run_logits(model_or_path, x: np.ndarray, batch_size: int = 16, optimize: bool = False) -> np.ndarray:
+    sess = session(model_or_path, optimize=optimize)
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch_size
@@ -127,3 +136,47 @@ def bypass_quantization(model, fp32_model, labels: Sequence[str]):
                 m.graph.initializer.append(copy)
                 node.input[k] = copy.name
     return m
+
+
+CLAMPING_ACTIVATIONS = ("Relu", "Clip")
+FUSING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+
+
+def consumers(model) -> dict:
+    found: dict = {}
+    for n in model.graph.node:
+        for name in n.input:
+            found.setdefault(name, []).append(n)
+    return found
+
+
+def fold_activation_qdq(model) -> int:
+    """Drop the Q/DQ pair between a Conv/Gemm/MatMul/Add and the Relu/Clip it feeds.
+
+    Backends fuse the activation into the producer and quantize only its output
+    (TensorRT's placement rule), and a pre-activation tensor's range can be tens of times
+    the clamped one: quantizing it as well wastes most of the INT8 levels. Returns the
+    number of pairs removed.
+    """
+    made_by = producers(model)
+    used_by = consumers(model)
+    outputs = {o.name for o in model.graph.output}
+    removed = 0
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        source = made_by.get(q.input[0])
+        readers = used_by.get(q.output[0], [])
+        if source is None or source.op_type not in FUSING_PRODUCERS or len(readers) != 1:
+            continue
+        dq = readers[0]
+        activations = used_by.get(dq.output[0], [])
+        if dq.op_type != "DequantizeLinear" or dq.output[0] in outputs or not activations:
+            continue
+        if any(a.op_type not in CLAMPING_ACTIVATIONS for a in activations):
+            continue
+        for activation in activations:
+            activation.input[0] = q.input[0]
+        model.graph.node.remove(q)
+        model.graph.node.remove(dq)
+        removed += 1
+    drop_unused_initializers(model)
+    return removed

@@ -38,6 +38,7 @@ from ..core import AccuracyStats, DataError, UsageError
 from .qdq_graph import (
     bypass_quantization,
     compute_nodes,
+    fold_activation_qdq,
     node_label,
     producers,
     quantized_node_labels,
@@ -244,6 +245,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
         )
     model = onnx.load(str(out_path))
     strip_output_qdq(model)
+    fold_activation_qdq(model)
     onnx.save(model, str(out_path))
 
 
