@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,openvino]'
 	touch $(STAMP)
 
 # EfficientNet-Lite0 (real ImageNet weights) -> ONNX -> ONNX Runtime vs PyTorch, bundled photos.
@@ -26,6 +26,7 @@ bench: venv
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/fp32_onnxruntime.py
 	$(BIN)/python benchmarks/int8_onnxruntime.py
+	$(BIN)/python benchmarks/openvino_cpu.py
 
 clean:
 	rm -rf $(VENV) exported/*/ .pytest_cache

@@ -6,6 +6,7 @@ is instant and works without them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -300,19 +301,22 @@ def inspect_command(artifact_dir: Path) -> None:
 @click.argument("target", default=DEFAULT_MODEL)
 @_model_options
 @_variant_options
-@click.option("--backend", "backends", multiple=True, default=("pytorch", "onnxruntime"), show_default=True, help="Repeat or comma-separate: pytorch, onnxruntime.")
+@click.option("--backend", "backends", multiple=True, default=("pytorch", "onnxruntime"), show_default=True, help="Repeat or comma-separate: pytorch, onnxruntime, openvino.")
 @click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="Batch size(s) to time; repeat for several.")
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
 @click.option("--max-seconds", default=15.0, show_default=True, type=click.FloatRange(0.1), help="Time budget per batch size (at least 10 iterations run).")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads for every backend (default: the runtime's choice).")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--device", default="cpu", show_default=True, help="cpu; cuda (onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
+@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can).")
+@click.option("--ov-fp16-weights", is_flag=True, help="OpenVINO: compress the IR's weights to FP16.")
+@click.option("--throughput", "throughput_seconds", type=click.FloatRange(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
 @click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
 @click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
-def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, data_dir, labels_file, views, limit, json_path, **variant) -> None:
+def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, throughput_seconds, data_dir, labels_file, views, limit, json_path, **variant) -> None:
     """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
@@ -323,12 +327,14 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     from .backends import BACKENDS, BackendOptions
     from .bench import TimingOptions
     from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
-    from .report import results_document, rich_table, write_json
+    from .report import parity_table, results_document, rich_table, throughput_table, write_json
 
     console = _console()
     backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
     for name in backend_names:
         BACKENDS.get(name)
+    if (precision or ov_fp16_weights) and "openvino" not in backend_names:
+        raise click.UsageError("--precision and --ov-fp16-weights apply to the openvino backend; add --backend openvino")
     images = ImageRequest(data_dir, labels_file, views, limit)
     images.resolve()  # a bad image folder fails before any export work
 
@@ -345,18 +351,25 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
             raise EdgekitError("nothing to run: only the pytorch backend was asked for an imported ONNX file")
     request = BenchRequest(
         backends=backend_names,
-        options=BackendOptions(threads=threads, device=device),
+        options=BackendOptions(threads=threads, device=device, precision=precision, compress_fp16=ov_fp16_weights),
         timing=TimingOptions(batch_sizes=tuple(batch_sizes), warmup=warmup, iterations=iterations, max_seconds=max_seconds),
         images=images,
+        throughput_seconds=throughput_seconds,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         run = run_bench(artifact, request, _progress_reporter(progress, {}))
 
     title = f"{artifact.model_name} [{artifact.key}] on {run.images.description}; accuracy vs PyTorch on the same {len(run.images)} images"
-    _console(stderr=False).print(rich_table(run.results, title))
+    out = _console(stderr=False)
+    out.print(rich_table(run.results, title))
+    if any(r.throughput for r in run.results):
+        out.print(throughput_table(run.results))
+    if len(run.parity) > 1:
+        out.print(parity_table(run.parity, f"cross-backend parity on the same {len(run.images)} images"))
     document = results_document(
         run.results,
+        parity=[dataclasses.asdict(p) for p in run.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
         images={"description": run.images.description, "count": len(run.images), "identity": run.images.identity, "labelled": run.images.labelled},
         command=" ".join(["edgekit"] + sys.argv[1:]),

@@ -206,6 +206,16 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class ThroughputStats:
+    batch_size: int
+    requests: int  # infer requests in flight
+    streams: int
+    inferences: int
+    seconds: float
+    throughput_ips: float
+
+
+@dataclass(frozen=True)
 class AccuracyStats:
     images: int
     top1: Optional[float]  # percent, None without labels
@@ -230,6 +240,7 @@ class BenchResult:
     size_mb: Optional[float]
     accuracy: Optional[AccuracyStats]
     environment: dict[str, Any] = field(default_factory=dict)
+    throughput: tuple[ThroughputStats, ...] = ()  # asynchronous-request mode, where the backend has one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -250,4 +261,5 @@ class BenchResult:
             size_mb=d.get("size_mb"),
             accuracy=AccuracyStats(**acc) if acc else None,
             environment=d.get("environment", {}),
+            throughput=tuple(ThroughputStats(**x) for x in d.get("throughput", ())),
         )

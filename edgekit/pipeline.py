@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 
 from .backends import BACKENDS, BackendOptions
 from .bench import TimingOptions, compare_to_baseline
-from .core import Artifact, BenchResult, EdgekitError, LatencyStats, UsageError
+from .core import Artifact, BenchResult, EdgekitError, LatencyStats, ThroughputStats, UsageError
 from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
 from .export import ExportOptions, WeightsSource, export_model
 from .worker import image_set_to_job
@@ -78,6 +79,17 @@ class BenchRequest:
     options: BackendOptions = BackendOptions()
     timing: TimingOptions = TimingOptions()
     images: ImageRequest = ImageRequest()
+    throughput_seconds: Optional[float] = None  # also time asynchronous throughput mode where a backend has one
+
+
+@dataclass(frozen=True)
+class BackendParity:
+    """Two backends' outputs for one artifact on the same images."""
+
+    first: str
+    second: str
+    agreement: float  # percent of images with the same top-1
+    max_abs_diff: float  # largest logit difference
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,20 @@ class BenchRun:
     artifact: Artifact
     images: ImageSet
     results: tuple[BenchResult, ...]
+    parity: tuple[BackendParity, ...] = ()
+
+
+def cross_parity(logits: dict[str, np.ndarray]) -> tuple[BackendParity, ...]:
+    names = list(logits)
+    return tuple(
+        BackendParity(
+            a, b,
+            float((logits[a].argmax(1) == logits[b].argmax(1)).mean() * 100),
+            float(np.abs(logits[a].astype(np.float64) - logits[b]).max()),
+        )
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    )
 
 
 def build_artifact(
@@ -147,9 +173,11 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
                     size_mb=raw["size_mb"],
                     accuracy=accuracy,
                     environment=raw["environment"],
+                    throughput=tuple(ThroughputStats(**x) for x in raw.get("throughput", ())),
                 )
             )
-    return BenchRun(artifact=artifact, images=images, results=tuple(results))
+        parity = cross_parity({name: logits for name, (_, logits) in outputs.items()})
+    return BenchRun(artifact=artifact, images=images, results=tuple(results), parity=parity)
 
 
 def _run_worker(
@@ -164,7 +192,8 @@ def _run_worker(
     job = {
         "backend": backend,
         "artifact": str(artifact.path.resolve()),
-        "options": {"threads": request.options.threads, "device": request.options.device},
+        # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
+        "options": dataclasses.asdict(request.options if timed else BackendOptions(threads=request.options.threads)),
         "images": image_set_to_job(images),
         "timing": (
             {
@@ -175,6 +204,11 @@ def _run_worker(
                 "min_iterations": request.timing.min_iterations,
             }
             if timed
+            else None
+        ),
+        "throughput": (
+            {"batch_sizes": list(request.timing.batch_sizes), "seconds": request.throughput_seconds}
+            if timed and request.throughput_seconds
             else None
         ),
         "logits_out": str(tmp / f"{backend}.npy"),

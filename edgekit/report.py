@@ -18,6 +18,7 @@ def results_document(
     artifact: Optional[dict[str, Any]] = None,
     images: Optional[dict[str, Any]] = None,
     command: Optional[str] = None,
+    parity: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     machine = results[0].environment if results else {}
     return {
@@ -28,6 +29,7 @@ def results_document(
         "artifact": artifact,
         "images": images,
         "results": [r.to_dict() for r in results],
+        "parity": parity or [],
     }
 
 
@@ -103,4 +105,30 @@ def rich_table(results: Sequence[BenchResult], title: str):
         table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
     for row in result_rows(results):
         table.add_row(*row)
+    return table
+
+
+def throughput_table(results: Sequence[BenchResult]):
+    """Asynchronous-request (throughput mode) figures beside the latency-mode ones."""
+    from rich.table import Table
+
+    table = Table(title="throughput mode (asynchronous requests)", title_justify="left")
+    for name in ("backend", "batch", "requests", "streams", "img/s", "latency-mode img/s"):
+        table.add_column(name, justify="left" if name == "backend" else "right")
+    for r in results:
+        latency_mode = {s.batch_size: s.throughput_ips for s in r.latency}
+        for t in r.throughput:
+            table.add_row(r.backend, str(t.batch_size), str(t.requests), str(t.streams), f"{t.throughput_ips:.1f}", _fmt(latency_mode.get(t.batch_size), ".1f"))
+    return table
+
+
+def parity_table(parity, title: str):
+    """Pairwise top-1 agreement and max logit difference between backends."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name in ("backends", "top-1 agreement %", "max |logit diff|"):
+        table.add_column(name, justify="left" if name == "backends" else "right")
+    for p in parity:
+        table.add_row(f"{p.first} vs {p.second}", f"{p.agreement:.1f}", f"{p.max_abs_diff:.4g}")
     return table

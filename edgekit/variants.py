@@ -19,7 +19,7 @@ from .transforms.quantize import Progress, QuantizeOptions, quantize_onnx
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
-QUANTIZER_VERSION = 2
+QUANTIZER_VERSION = 3
 
 
 

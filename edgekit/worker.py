@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BackendOptions, get_backend
-from .bench import TimingOptions, machine_info, peak_rss_mb, time_session
+from .bench import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
 from .core import Artifact, EdgekitError
 from .data import ImageSet, ImageView, LabelledImage, load_all
 
@@ -78,11 +78,23 @@ def run_job(job: dict) -> dict:
                 on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
             )
             latency.append(asdict(stats))
+    throughput = []
+    if job.get("throughput") and hasattr(session, "throughput"):
+        for batch_size in job["throughput"]["batch_sizes"]:
+            label = f"throughput batch {batch_size}"
+            throughput.append(
+                session.throughput(
+                    make_batch(images, batch_size),
+                    job["throughput"]["seconds"],
+                    on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
+                )
+            )
     return {
         "precision": session.precision,
         "providers": list(session.providers),
         "threads": session.threads,
         "latency": latency,
+        "throughput": throughput,
         "peak_rss_mb": peak_rss_mb(),
         "size_mb": backend.size_mb(compiled),
         "environment": {**machine_info(), "runtime": _runtime_version(job["backend"])},

@@ -55,3 +55,41 @@ def lite0_artifact(exported_root):
 
     artifact, _ = build_artifact(ModelRequest("efficientnet_lite0"), root=exported_root)
     return artifact
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(tiny_artifact, exported_root):
+    """The tiny model quantized quickly (minmax, one fallback node at most)."""
+    from edgekit.pipeline import default_calibration
+    from edgekit.transforms.quantize import Budget, QuantizeOptions
+    from edgekit.variants import quantize_artifact
+
+    fast = QuantizeOptions(method="minmax", max_fallback_nodes=1, bias_correction=False, budget=Budget(min_agreement=50.0, max_kl=None))
+    artifact, _ = quantize_artifact(tiny_artifact, default_calibration().resolve(), fast, exported_root)
+    return artifact
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A CNN trained on scikit-learn's real digits, exported to ONNX, and its data."""
+    from digits import export_digits_onnx, load_digits_split, train_digits_net
+
+    folder = tmp_path_factory.mktemp("digits")
+    model, accuracy = train_digits_net(seed=0)
+    path = folder / "digits.onnx"
+    export_digits_onnx(model, path)
+    x_train, y_train, x_test, y_test = load_digits_split(seed=0)
+    assert accuracy >= 95.0
+    return path, x_train, y_train, x_test, y_test
+
+
+@pytest.fixture(scope="session")
+def digits_int8(digits, tmp_path_factory):
+    from edgekit.transforms.quantize import Budget, QuantizeOptions, quantize_onnx
+
+    path, x_train, y_train, _, _ = digits
+    out = tmp_path_factory.mktemp("digits-int8") / "int8.onnx"
+    labels = [(int(y),) for y in y_train[:256]]
+    budget = Budget(max_top1_drop=0.5, min_agreement=None, max_kl=None)  # on true labels
+    report = quantize_onnx(path, out, x_train[:256], labels, QuantizeOptions(method="percentile", budget=budget))
+    return out, report

@@ -5,33 +5,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from digits import export_digits_onnx, load_digits_split, onnx_accuracy, train_digits_net
+from digits import onnx_accuracy
 from edgekit.backends.ort_lowering import lower_qdq_for_cpu, weight_form
 from edgekit.core import DataError, UsageError
 from edgekit.transforms.qdq_graph import run_logits
 from edgekit.transforms.quantize import Budget, QuantizeOptions, float_ops, quantize_onnx
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """A CNN trained on scikit-learn's real digits, exported to ONNX, and its data."""
-    folder = tmp_path_factory.mktemp("digits")
-    model, accuracy = train_digits_net(seed=0)
-    path = folder / "digits.onnx"
-    export_digits_onnx(model, path)
-    x_train, y_train, x_test, y_test = load_digits_split(seed=0)
-    assert accuracy >= 95.0
-    return path, x_train, y_train, x_test, y_test
-
-
-@pytest.fixture(scope="module")
-def digits_int8(digits, tmp_path_factory):
-    path, x_train, y_train, _, _ = digits
-    out = tmp_path_factory.mktemp("digits-int8") / "int8.onnx"
-    labels = [(int(y),) for y in y_train[:256]]
-    budget = Budget(max_top1_drop=0.5, min_agreement=None, max_kl=None)  # on true labels
-    report = quantize_onnx(path, out, x_train[:256], labels, QuantizeOptions(method="percentile", budget=budget))
-    return out, report
 
 
 def test_int8_keeps_true_label_accuracy(digits, digits_int8):

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error, run_cli
@@ -14,12 +13,6 @@ from edgekit.transforms.quantize import Budget, QuantizeOptions
 from edgekit.variants import fp16_artifact, quantize_artifact
 
 FAST = QuantizeOptions(method="minmax", max_fallback_nodes=1, bias_correction=False, budget=Budget(min_agreement=50.0, max_kl=None))
-
-
-@pytest.fixture(scope="module")
-def int8_artifact(tiny_artifact, exported_root):
-    artifact, reused = quantize_artifact(tiny_artifact, default_calibration().resolve(), FAST, exported_root)
-    return artifact
 
 
 def test_int8_artifact_records_its_lineage(int8_artifact, tiny_artifact):

@@ -17,6 +17,8 @@ from ..registry import Registry
 class BackendOptions:
     threads: Optional[int] = None  # intra-op threads; None lets the runtime choose
     device: str = "cpu"
+    precision: Optional[str] = None  # OpenVINO inference precision (f32, bf16, f16); None: f32
+    compress_fp16: bool = False  # OpenVINO: store IR weights in FP16
 
 
 class Session(Protocol):
@@ -60,6 +62,7 @@ def file_size_mb(path: Path) -> float:
 BACKENDS: Registry[str] = Registry("backend", UsageError)
 BACKENDS.register("pytorch", "edgekit.backends.pytorch:PyTorchBackend")
 BACKENDS.register("onnxruntime", "edgekit.backends.onnxruntime:OnnxRuntimeBackend")
+BACKENDS.register("openvino", "edgekit.backends.openvino:OpenVinoBackend")
 
 
 def get_backend(name: str) -> Backend:

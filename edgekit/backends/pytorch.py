@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core import Artifact
+from ..core import Artifact, UsageError
 from .base import BackendOptions, require_module
 
 
@@ -48,6 +48,8 @@ class PyTorchBackend:
 
         from ..models import load_model
 
+        if options.device not in ("cpu", "cuda"):
+            raise UsageError(f"unknown device {options.device!r} for pytorch; use cpu or cuda")
         if options.threads:
             torch.set_num_threads(options.threads)
         model = artifact.manifest["model"]

@@ -1,0 +1,214 @@
+"""OpenVINO: ONNX -> IR (.xml/.bin) kept beside the artifact, run on CPU (or GPU/NPU).
+
+Precision is explicit. On CPUs with bf16 support OpenVINO silently runs "FP32" models in
+bf16 (INFERENCE_PRECISION_HINT), so edgekit asks for f32 unless told otherwise and
+reports the precision the compiled model says it runs.
+
+Each input shape gets its own compiled model (static shapes are what benchmark_app times
+and what the CPU plugin optimises best); they are compiled on first use and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..core import Artifact, UsageError, sha256_file
+from .base import BackendOptions, require_module
+
+IR_FOLDER = "openvino"
+IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def ov_device(device: str) -> str:
+    """edgekit's device names (cpu, gpu, npu, gpu.1...) -> OpenVINO's (CPU, GPU, NPU, GPU.1)."""
+    return device.upper()
+
+
+def check_device(core, device: str) -> str:
+    name = ov_device(device)
+    available = list(core.available_devices)
+    if name not in available and name.split(".")[0] not in {d.split(".")[0] for d in available}:
+        raise UsageError(f"OpenVINO has no device {name!r} here; available: {', '.join(available)}")
+    return name
+
+
+# --------------------------------------------------------------------------- IR on disk
+
+
+def ir_folder(artifact: Artifact, compress_fp16: bool) -> Path:
+    return artifact.path / IR_FOLDER / ("fp16-weights" if compress_fp16 else "as-exported")
+
+
+def _ir_manifest(source: Path, compress_fp16: bool) -> dict:
+    import openvino
+
+    return {
+        "ir_format": IR_FORMAT,
+        "openvino": openvino.__version__,
+        "source_onnx": source.name,
+        "source_sha256": sha256_file(source),
+        "compress_to_fp16": compress_fp16,
+    }
+
+
+def ir_is_intact(folder: Path, expected: dict) -> bool:
+    """The IR matches its recorded hashes and was made from this ONNX the same way."""
+    try:
+        recorded = json.loads((folder / "ir.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if any(recorded.get(k) != v for k, v in expected.items()):
+        return False
+    files = recorded.get("files", {})
+    return bool(files) and all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
+
+
+def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
+    """Convert ``source`` to ``folder``/model.xml (+ .bin) unless an intact IR is there.
+
+    Written to a staging folder and renamed, so a half-written IR is never used; a folder
+    whose files no longer match their hashes is rebuilt.
+    """
+    import openvino as ov
+
+    expected = _ir_manifest(source, compress_fp16)
+    if ir_is_intact(folder, expected):
+        return folder / "model.xml"
+    staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        model = ov.convert_model(str(source))
+        # save_model compresses weights to FP16 unless told not to
+        ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=compress_fp16)
+        files = {name: sha256_file(staging / name) for name in ("model.xml", "model.bin")}
+        (staging / "ir.json").write_text(json.dumps({**expected, "files": files}, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / "model.xml"
+
+
+# --------------------------------------------------------------------------- session
+
+
+class OpenVinoSession:
+    def __init__(self, xml: Path, artifact: Artifact, options: BackendOptions):
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._device = check_device(self._core, options.device)
+        self._model = self._core.read_model(str(xml))
+        self._precision_hint = options.precision or "f32"
+        self._threads = options.threads
+        self._compiled: dict[tuple[int, ...], object] = {}
+        self._requests: dict[tuple[int, ...], object] = {}
+        variant = artifact.manifest.get("variant", "fp32")
+        self.inference_precision = self._compile((1, *self._input_shape_tail())).get_property("INFERENCE_PRECISION_HINT")
+        self.precision = f"{variant} (OpenVINO {self._device} inference precision {_type_name(self.inference_precision)})"
+        self.providers = (f"openvino {ov.__version__} {self._device}",)
+        self.threads = options.threads
+
+    def _input_shape_tail(self) -> list[int]:
+        shape = self._model.inputs[0].get_partial_shape()
+        return [d.get_length() for d in list(shape)[1:]]
+
+    def _config(self, hint: str) -> dict:
+        config = {"PERFORMANCE_HINT": hint}
+        if self._device.startswith("CPU") or self._precision_hint != "f32":
+            config["INFERENCE_PRECISION_HINT"] = self._precision_hint
+        if self._threads:
+            config["INFERENCE_NUM_THREADS"] = self._threads
+        return config
+
+    def _compile(self, shape: tuple[int, ...], hint: str = "LATENCY"):
+        key = (hint, *shape)
+        if key not in self._compiled:
+            model = self._model.clone()
+            model.reshape({model.inputs[0]: list(shape)})
+            self._compiled[key] = self._core.compile_model(model, self._device, self._config(hint))
+        return self._compiled[key]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        key = tuple(batch.shape)
+        request = self._requests.get(key)
+        if request is None:
+            request = self._requests[key] = self._compile(key).create_infer_request()
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+    def throughput(self, batch: np.ndarray, seconds: float, on_step=lambda done, total: None) -> dict:
+        """Asynchronous requests, as many as the device asks for, for about ``seconds``."""
+        import time
+
+        import openvino as ov
+
+        compiled = self._compile(tuple(batch.shape), "THROUGHPUT")
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(compiled, requests)
+        data = {0: np.ascontiguousarray(batch, dtype=np.float32)}
+        for _ in range(requests):  # warm-up: one round on every request
+            queue.start_async(data)
+        queue.wait_all()
+        started = time.perf_counter()
+        deadline = started + seconds
+        done = 0
+        while time.perf_counter() < deadline:
+            queue.start_async(data)
+            done += 1
+            if done % 50 == 0:
+                on_step(min(int(time.perf_counter() - started), int(seconds)), int(seconds))
+        queue.wait_all()
+        elapsed = time.perf_counter() - started
+        return {
+            "batch_size": int(batch.shape[0]),
+            "requests": requests,
+            "streams": int(compiled.get_property("NUM_STREAMS")),
+            "inferences": done,
+            "seconds": elapsed,
+            "throughput_ips": done * batch.shape[0] / elapsed,
+        }
+
+
+def _type_name(element_type) -> str:
+    name = getattr(element_type, "get_type_name", lambda: str(element_type))()
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    pip_extra = "openvino"
+
+    def check_available(self) -> None:
+        require_module("openvino", self.name, self.pip_extra)
+
+    def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
+        """ONNX (FP32, FP16 or the INT8 QDQ graph, as is) -> IR in <artifact>/openvino/."""
+        self.check_available()
+        if options.precision is not None and options.precision not in PRECISIONS:
+            raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
+        xml = build_ir(artifact.onnx_path, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
+        manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "openvino_xml": str(xml.relative_to(artifact.path))}}
+        return Artifact(path=artifact.path, manifest=manifest)
+
+    def load(self, artifact: Artifact, options: BackendOptions) -> OpenVinoSession:
+        self.check_available()
+        xml = artifact.path / artifact.manifest["files"].get("openvino_xml", "")
+        if not xml.is_file():
+            artifact = self.compile(artifact, options)
+            xml = artifact.path / artifact.manifest["files"]["openvino_xml"]
+        return OpenVinoSession(xml, artifact, options)
+
+    def size_mb(self, artifact: Artifact) -> Optional[float]:
+        xml = artifact.path / artifact.manifest["files"].get("openvino_xml", "")
+        if not xml.is_file():
+            return None
+        return (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
