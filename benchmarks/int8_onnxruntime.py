@@ -125,7 +125,7 @@ def main() -> int:
 
 
 def _weight_form_note() -> str:
-    from edgekit.backends.ort_lowering import weight_form
+    from edgekit.backends.int8_cpu_form import weight_form
 
     return "int8 weights" if weight_form() == "u8s8" else "uint8 weights, as this CPU has no VNNI"
 

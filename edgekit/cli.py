@@ -134,7 +134,7 @@ def _variant_options(f):
         click.option("--calib", "calib_dir", type=click.Path(path_type=Path), help="Calibration images (default: the bundled photos' odd views)."),
         click.option("--calib-labels", type=click.Path(path_type=Path), help="Labels for a flat calibration folder (enables --max-drop)."),
         click.option("--calib-limit", default=200, show_default=True, type=click.IntRange(8), help="At most this many calibration files (seeded sample)."),
-        click.option("--calib-method", default="percentile", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"]), help="entropy (ORT's KL threshold) clips too hard on EfficientNet-Lite0; see benchmarks/results/int8_onnxruntime.md"),
+        click.option("--calib-method", default="percentile", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"]), help="entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md"),
         click.option("--percentile", default=99.999, show_default=True, type=float, help="For --calib-method percentile."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling calibration files."),
         click.option("--max-drop", type=float, help="Budget: top-1 drop in points vs FP32 (needs labelled calibration images)."),

@@ -20,6 +20,7 @@ from .transforms.quantize import Progress, QuantizeOptions, quantize_onnx
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
 QUANTIZER_VERSION = 3
+ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
 
 
 
@@ -65,7 +66,8 @@ def quantize_artifact(
     _require_fp32(parent)
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
-    key = stable_hash({"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": QUANTIZER_VERSION})
+    version = QUANTIZER_VERSION if options.method != "entropy" else f"{QUANTIZER_VERSION}-{ENTROPY_SEARCH}"
+    key = stable_hash({"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": version})
 
     def populate(staging: Path) -> dict[str, Any]:
         progress(f"loading {len(calibration)} calibration images", None, None)

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from digits import onnx_accuracy
-from edgekit.backends.ort_lowering import lower_qdq_for_cpu, weight_form
+from edgekit.backends.int8_cpu_form import lower_qdq_for_cpu, weight_form
 from edgekit.core import DataError, UsageError
 from edgekit.transforms.qdq_graph import run_logits
 from edgekit.transforms.quantize import Budget, QuantizeOptions, float_ops, quantize_onnx

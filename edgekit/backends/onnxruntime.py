@@ -11,7 +11,7 @@ from ..core import Artifact, UsageError
 from .base import BackendOptions, file_size_mb, require_module
 
 
-CPU_LOWERING_VERSION = 2  # bump when ort_lowering changes: lowered files are cached by name
+CPU_LOWERING_VERSION = 2  # bump when int8_cpu_form changes: lowered files are cached by name
 
 
 class OnnxRuntimeSession:
@@ -57,17 +57,17 @@ class OnnxRuntimeBackend:
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         """FP32/FP16 graphs run as they are; an INT8 QDQ graph is lowered to the form the
-        CPU provider fuses into integer kernels (see ort_lowering), cached beside it."""
+        CPU provider fuses into integer kernels (see int8_cpu_form), cached beside it."""
         if artifact.manifest.get("variant") != "int8" or options.device != "cpu":
             return artifact
-        from .ort_lowering import weight_form
+        from .int8_cpu_form import weight_form
 
         form = weight_form()
         lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
         if not lowered.is_file():
             import onnx
 
-            from .ort_lowering import lower_qdq_for_cpu
+            from .int8_cpu_form import lower_qdq_for_cpu
 
             model = onnx.load(str(artifact.onnx_path))
             lower_qdq_for_cpu(model, form)

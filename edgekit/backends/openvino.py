@@ -24,6 +24,7 @@ from .base import BackendOptions, require_module
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
+CPU_FORM_VERSION = 1  # bump when the INT8 CPU form changes: the lowered file is cached by name
 
 
 def ov_device(device: str) -> str:
@@ -97,6 +98,22 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
     return folder / "model.xml"
 
 
+def _cpu_form(artifact: Artifact) -> Path:
+    """The INT8 graph with uint8 activations (non-negative ones at 0..127), cached."""
+    lowered = artifact.path / f"model.ov-cpu-v{CPU_FORM_VERSION}.onnx"
+    if not lowered.is_file():
+        import onnx
+
+        from .int8_cpu_form import lower_qdq_for_cpu
+
+        model = onnx.load(str(artifact.onnx_path))
+        lower_qdq_for_cpu(model, "u8s8", widen_clamped=False)
+        tmp = lowered.with_suffix(f".tmp{os.getpid()}")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, lowered)
+    return lowered
+
+
 # --------------------------------------------------------------------------- session
 
 
@@ -142,7 +159,10 @@ class OpenVinoSession:
         request = self._requests.get(key)
         if request is None:
             request = self._requests[key] = self._compile(key).create_infer_request()
-        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        import openvino as ov
+
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(batch, dtype=np.float32), shared_memory=True))
+        request.infer()
         return request.get_output_tensor(0).data.copy()
 
     def throughput(self, batch: np.ndarray, seconds: float, on_step=lambda done, total: None) -> dict:
@@ -191,11 +211,15 @@ class OpenVinoBackend:
         require_module("openvino", self.name, self.pip_extra)
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
-        """ONNX (FP32, FP16 or the INT8 QDQ graph, as is) -> IR in <artifact>/openvino/."""
+        """ONNX -> IR in <artifact>/openvino/. FP32 and FP16 graphs convert as they are; an
+        INT8 QDQ graph bound for the CPU is first put in its CPU form (see int8_cpu_form)."""
         self.check_available()
         if options.precision is not None and options.precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
-        xml = build_ir(artifact.onnx_path, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
+        source = artifact.onnx_path
+        if artifact.manifest.get("variant") == "int8" and ov_device(options.device).startswith("CPU"):
+            source = _cpu_form(artifact)
+        xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
         manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "openvino_xml": str(xml.relative_to(artifact.path))}}
         return Artifact(path=artifact.path, manifest=manifest)
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..bench import compare_to_baseline
 from ..core import AccuracyStats, DataError, UsageError
+from .entropy import kl_threshold
 from .qdq_graph import (
     bypass_quantization,
     compute_nodes,
@@ -182,19 +183,17 @@ def calibrate_ranges(fp32_path: Path, x: np.ndarray, options: QuantizeOptions, c
 
     The calibrator is fed in chunks, so its memory stays bounded however many images
     there are (ORT's MinMax keeps every intermediate output of one collect call, and its
-    max_intermediate_outputs option drops data). Histogram methods get 2048 bins: through
-    quantize_static, entropy would get 128 bins, the same as its 128 quantized levels, and
-    silently degrade to min/max.
+    max_intermediate_outputs option drops data). Histogram methods get 2048 bins of |x|;
+    entropy thresholds are then found by edgekit's TensorRT-style search (see entropy.py).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, save_tensors_data
-    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator
 
-    method = _calibration_method(options.method)
+    histogram_based = options.method in ("percentile", "entropy")
+    method = CalibrationMethod.Percentile if histogram_based else CalibrationMethod.MinMax
     extra: dict = {"symmetric": True}
-    if options.method == "entropy":
-        extra.update(num_bins=2048, num_quantized_bins=128)
-    elif options.method == "percentile":
+    if histogram_based:
         extra.update(num_bins=2048, percentile=options.percentile)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     reader_type = type("Reader", (_ArrayReader, CalibrationDataReader), {})
@@ -205,7 +204,15 @@ def calibrate_ranges(fp32_path: Path, x: np.ndarray, options: QuantizeOptions, c
         )
         for start in range(0, len(x), chunk):
             calibrator.collect_data(reader_type(input_name, x[start : start + chunk]))
-        save_tensors_data(calibrator.compute_data(), cache)
+        if options.method == "entropy":
+            ranges = {}
+            for name, (hist, edges, *_) in calibrator.collector.histogram_dict.items():
+                t = np.float32(kl_threshold(hist, edges))
+                ranges[name] = TensorData(lowest=-t, highest=t)
+            data = TensorsData(CalibrationMethod.Entropy, ranges)
+        else:
+            data = calibrator.compute_data()
+        save_tensors_data(data, cache)
 
 
 @contextlib.contextmanager
@@ -237,7 +244,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=_calibration_method(options.method),
+            calibrate_method=_calibration_method(options.method),  # must match the cache's
             op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
             nodes_to_exclude=list(exclude),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
