@@ -25,12 +25,13 @@ class TimingOptions:
     iterations: int = 100
     max_seconds: float = 15.0  # per batch size; stops early (after >= min_iterations) past it
     min_iterations: int = 10
+    repeats: int = 1  # rounds of `iterations`; the spread of their p50s shows the noise
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UsageError(f"batch sizes must be positive integers, got {self.batch_sizes}")
-        if self.iterations < 1 or self.warmup < 0:
-            raise UsageError("iterations must be >= 1 and warm-up >= 0")
+        if self.iterations < 1 or self.warmup < 0 or self.repeats < 1:
+            raise UsageError("iterations and repeats must be >= 1 and warm-up >= 0")
 
 
 def make_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -50,14 +51,20 @@ def time_session(
     for _ in range(options.warmup):
         run(batch)
     samples_ns: list[int] = []
-    deadline = time.perf_counter() + options.max_seconds
-    for i in range(options.iterations):
-        start = time.perf_counter_ns()
-        run(batch)
-        samples_ns.append(time.perf_counter_ns() - start)
-        on_step(i + 1, options.iterations)
-        if i + 1 >= options.min_iterations and time.perf_counter() > deadline:
-            break
+    round_p50s: list[float] = []
+    total = options.iterations * options.repeats
+    for _ in range(options.repeats):
+        round_ns: list[int] = []
+        deadline = time.perf_counter() + options.max_seconds
+        for i in range(options.iterations):
+            start = time.perf_counter_ns()
+            run(batch)
+            round_ns.append(time.perf_counter_ns() - start)
+            on_step(len(samples_ns) + i + 1, total)
+            if i + 1 >= options.min_iterations and time.perf_counter() > deadline:
+                break
+        samples_ns += round_ns
+        round_p50s.append(float(np.percentile(np.asarray(round_ns, dtype=np.float64) / 1e6, 50)))
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     mean = float(ms.mean())
     return LatencyStats(
@@ -68,6 +75,7 @@ def time_session(
         p99_ms=float(np.percentile(ms, 99)),
         mean_ms=mean,
         throughput_ips=batch_size * 1000.0 / mean,
+        p50_rounds=tuple(round_p50s) if options.repeats > 1 else (),
     )
 
 

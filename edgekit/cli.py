@@ -384,5 +384,106 @@ def _calibrated_on_bundled_photos(artifact) -> bool:
     return bool(calibration) and calibration["description"].startswith("bundled photos")
 
 
+# --------------------------------------------------------------------------- run / report / check
+
+
+@main.command("run")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: the recipe's 'output', else <recipe>.results.json).")
+def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
+    """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .recipe import load_recipe
+    from .report import results_document, rich_table, write_json
+    from .runner import run_recipe
+
+    recipe = load_recipe(recipe_path)
+    console = _console()
+    console.print(
+        f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
+        f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        results, parity, notes = run_recipe(recipe, _progress_reporter(progress, {}))
+    _console(stderr=False).print(rich_table(results, f"recipe {recipe.name}"))
+    for note in notes:
+        console.print(f"note: {note}")
+    document = results_document(
+        results, parity=parity, command=" ".join(["edgekit"] + sys.argv[1:]),
+        extra={"recipe": str(recipe_path), "reference": recipe.reference},
+    )
+    path = write_json(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
+    console.print(f"results: {path}")
+    if notes and recipe.int8.get("strict"):
+        raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in notes) + " (strict)")
+
+
+def _load_results(paths) -> list[dict]:
+    import json
+
+    documents = []
+    for path in paths:
+        try:
+            document = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EdgekitError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
+        if not isinstance(document, dict) or "results" not in document:
+            raise EdgekitError(f"{path} is not an edgekit results file (no 'results' list)")
+        documents.append(document)
+    return documents
+
+
+@main.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", default="report", show_default=True, type=click.Path(path_type=Path))
+@click.option("--title", default="edgekit report", show_default=True)
+def report_command(results, out_dir: Path, title: str) -> None:
+    """Markdown, CSV and HTML tables and PNG plots from one or more results files."""
+    from .reporting import write_report
+
+    written = write_report(_load_results(results), out_dir, title)
+    for path in written:
+        click.echo(str(path))
+
+
+@main.command("check")
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--baseline", required=True, type=click.Path(path_type=Path), help="Results file to compare against.")
+@click.option("--max-top1-drop", default=0.5, show_default=True, type=click.FloatRange(0), help="Points of top-1 (or agreement) a cell may lose.")
+@click.option("--max-latency-regression", default="10%", show_default=True, help="How much slower a cell may get, e.g. 10%.")
+@click.option("--reference", help="Model whose latency normalises the others (default: the recipe's 'reference').")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Also write JUnit XML here.")
+def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_regression: str, reference, junit_path) -> None:
+    """Exit 1 when NEW regresses against --baseline in accuracy or latency (for CI)."""
+    from rich.table import Table
+
+    from .gate import compare, parse_percent, summary_rows, write_junit
+
+    try:
+        allowed = parse_percent(max_latency_regression)
+    except ValueError:
+        raise click.UsageError(f"--max-latency-regression: expected a percentage such as 10%, got {max_latency_regression!r}") from None
+    old_doc, new_doc = _load_results([baseline, new])
+    report = compare(old_doc, new_doc, max_top1_drop, allowed, reference)
+    console = _console()
+    for warning in report.warnings:
+        console.print(f"warning: {warning}")
+    table = Table(title=f"{new} vs {baseline}", title_justify="left")
+    for column in ("status", "cell", "check", "detail"):
+        table.add_column(column)
+    colours = {"FAIL": "red", "MISSING": "red", "NEW": "yellow", "PASS": "green"}
+    for status, label, check, message in summary_rows(report):
+        table.add_row(f"[{colours[status]}]{status}[/]", label, check, message)
+    _console(stderr=False).print(table)
+    if junit_path:
+        console.print(f"JUnit XML: {write_junit(report, junit_path)}")
+    failed = [f for f in report.findings if f.status in ("fail", "missing")]
+    if failed:
+        raise EdgekitError(f"{len(failed)} regression(s): " + "; ".join(f"{f.label} {f.check}" for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    console.print("check passed")
+
+
 if __name__ == "__main__":
     main()

@@ -203,6 +203,11 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput_ips: float  # images per second at this batch size
+    p50_rounds: tuple[float, ...] = ()  # p50 of each round when timed in several rounds
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
+        return cls(**{**d, "p50_rounds": tuple(d.get("p50_rounds", ()))})
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,7 @@ class BenchResult:
             precision=d["precision"],
             providers=tuple(d.get("providers", ())),
             threads=d.get("threads"),
-            latency=tuple(LatencyStats(**x) for x in d["latency"]),
+            latency=tuple(LatencyStats.from_dict(x) for x in d["latency"]),
             peak_rss_mb=d["peak_rss_mb"],
             size_mb=d.get("size_mb"),
             accuracy=AccuracyStats(**acc) if acc else None,

@@ -168,7 +168,7 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
                     precision=raw["precision"],
                     providers=tuple(raw["providers"]),
                     threads=raw["threads"],
-                    latency=tuple(LatencyStats(**x) for x in raw["latency"]),
+                    latency=tuple(LatencyStats.from_dict(x) for x in raw["latency"]),
                     peak_rss_mb=raw["peak_rss_mb"],
                     size_mb=raw["size_mb"],
                     accuracy=accuracy,
@@ -202,6 +202,7 @@ def _run_worker(
                 "iterations": request.timing.iterations,
                 "max_seconds": request.timing.max_seconds,
                 "min_iterations": request.timing.min_iterations,
+                "repeats": request.timing.repeats,
             }
             if timed
             else None

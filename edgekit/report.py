@@ -19,6 +19,7 @@ def results_document(
     images: Optional[dict[str, Any]] = None,
     command: Optional[str] = None,
     parity: Optional[list[dict[str, Any]]] = None,
+    extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     machine = results[0].environment if results else {}
     return {
@@ -30,6 +31,7 @@ def results_document(
         "images": images,
         "results": [r.to_dict() for r in results],
         "parity": parity or [],
+        **(extra or {}),
     }
 
 

@@ -1,0 +1,526 @@
+"""A report folder people would rather look at than read: Markdown, CSV, HTML and plots.
+
+Input is one or more parsed results documents (``edgekit-results/1``, see ``report.py``).
+matplotlib is imported only inside the plotting functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .core import BenchResult, DataError, LatencyStats
+from .report import COLUMNS, RESULTS_FORMAT, markdown_table, result_rows
+
+BASELINE_BACKEND = "pytorch"
+# Every row of a bench run is labelled with the artifact's variant, the PyTorch original
+# included (it runs FP32 even in an "int8" document), so the baseline is found by precision.
+BASELINE_PRECISION = "fp32"
+
+CSV_FIELDS = (
+    "model",
+    "variant",
+    "backend",
+    "precision",
+    "batch",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "throughput_ips",
+    "size_mb",
+    "peak_rss_mb",
+    "top1",
+    "top1_drop",
+    "agreement",
+    "mean_kl",
+    "speedup_vs_pytorch",
+    "machine_cpu",
+    "created",
+)
+
+FIGSIZE = (8.0, 5.0)
+DPI = 120
+LOG_SCALE_SPAN = 10.0  # latency axes go logarithmic when max / min exceeds this
+TICK_CHARS_PER_ROW = 60  # about what fits side by side under an 8-inch plot before labels collide
+VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One result, with where and when its document says it ran."""
+
+    result: BenchResult
+    machine: dict[str, Any]
+    created: str
+    series: str  # "model variant", plus the machine when documents come from several
+    baseline_p50: dict[int, float]  # batch size -> PyTorch FP32 p50 of the same model, same document
+
+    @property
+    def is_baseline(self) -> bool:
+        return _is_baseline(self.result)
+
+    def latency_at(self, batch_size: int) -> Optional[LatencyStats]:
+        return next((s for s in self.result.latency if s.batch_size == batch_size), None)
+
+    def speedup(self, stats: LatencyStats) -> Optional[float]:
+        baseline = self.baseline_p50.get(stats.batch_size)
+        if baseline is None or stats.p50_ms <= 0:
+            return None
+        return baseline / stats.p50_ms
+
+
+def _is_baseline(result: BenchResult) -> bool:
+    return result.backend == BASELINE_BACKEND and result.precision == BASELINE_PRECISION
+
+
+def _document_results(document: dict[str, Any]) -> list[BenchResult]:
+    if document.get("format") != RESULTS_FORMAT:
+        raise DataError(f"not an edgekit results document: format {document.get('format')!r}, expected {RESULTS_FORMAT!r}")
+    return [BenchResult.from_dict(d) for d in document.get("results", ())]
+
+
+def _baseline_p50(results: Sequence[BenchResult], model: str) -> dict[int, float]:
+    return {
+        stats.batch_size: stats.p50_ms
+        for r in results
+        if r.model == model and _is_baseline(r)
+        for stats in r.latency
+    }
+
+
+def _machine_key(machine: dict[str, Any]) -> tuple[Any, Any]:
+    return machine.get("cpu"), machine.get("logical_cores")
+
+
+def _machine_short(machine: dict[str, Any]) -> str:
+    return f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('logical_cores') or '?'} cores"
+
+
+def _machine_label(machine: dict[str, Any]) -> str:
+    details = [machine.get(k) for k in ("os", "machine")] + [f"Python {machine['python']}" if machine.get("python") else None]
+    return "; ".join([_machine_short(machine).replace(" cores", " logical cores")] + [str(d) for d in details if d])
+
+
+def _distinct_machines(documents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    machines: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for document in documents:
+        machine = document.get("machine") or {}
+        machines.setdefault(_machine_key(machine), machine)
+    return list(machines.values())
+
+
+def _collect_entries(documents: Sequence[dict[str, Any]], mixed_machines: bool) -> list[_Entry]:
+    entries = []
+    for document in documents:
+        results = _document_results(document)
+        machine = document.get("machine") or {}
+        for r in results:
+            series = f"{r.model} {r.variant}" + (f" @ {_machine_short(machine)}" if mixed_machines else "")
+            entries.append(_Entry(r, machine, str(document.get("created") or ""), series, _baseline_p50(results, r.model)))
+    return entries
+
+
+def _mixed_machine_warning(machines: Sequence[dict[str, Any]]) -> Optional[str]:
+    if len(machines) < 2:
+        return None
+    names = "; ".join(_machine_short(m) for m in machines)
+    return f"results come from {len(machines)} different machines ({names}): latencies are not comparable across them"
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        r, acc = e.result, e.result.accuracy
+        shared = {
+            "model": r.model,
+            "variant": r.variant,
+            "backend": r.backend,
+            "precision": r.precision,
+            "size_mb": r.size_mb,
+            "peak_rss_mb": r.peak_rss_mb,
+            "top1": acc.top1 if acc else None,
+            "top1_drop": acc.top1_drop if acc else None,
+            "agreement": acc.agreement if acc else None,
+            "mean_kl": acc.mean_kl if acc else None,
+            "machine_cpu": e.machine.get("cpu"),
+            "created": e.created,
+        }
+        for stats in r.latency or (None,):
+            timing = {} if stats is None else {
+                "batch": stats.batch_size,
+                "p50_ms": stats.p50_ms,
+                "p90_ms": stats.p90_ms,
+                "p99_ms": stats.p99_ms,
+                "throughput_ips": stats.throughput_ips,
+                "speedup_vs_pytorch": e.speedup(stats),
+            }
+            row = {**shared, **timing}
+            rows.append({name: _csv_value(row.get(name)) for name in CSV_FIELDS})
+    return rows
+
+
+def _write_csv(entries: Sequence[_Entry], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(_csv_rows(entries))
+    return path
+
+
+# --------------------------------------------------------------------------- tables and pages
+
+
+@dataclass(frozen=True)
+class _Figure:
+    path: Path
+    caption: str
+
+
+def _table_groups(entries: Sequence[_Entry]) -> list[tuple[str, list[BenchResult]]]:
+    """One table per model + variant (+ machine): the shared table has no such columns."""
+    groups: dict[str, list[BenchResult]] = {}
+    for e in entries:
+        groups.setdefault(e.series, []).append(e.result)
+    return list(groups.items())
+
+
+def _runs(documents: Sequence[dict[str, Any]]) -> list[str]:
+    return [f"{d.get('created') or 'unknown time'}: {d.get('command') or 'unknown command'}" for d in documents]
+
+
+def _markdown(
+    title: str,
+    documents: Sequence[dict[str, Any]],
+    machines: Sequence[dict[str, Any]],
+    warning: Optional[str],
+    entries: Sequence[_Entry],
+    figures: Sequence[_Figure],
+) -> str:
+    lines = [f"# {title}", ""]
+    if warning:
+        lines += [f"> **Warning:** {warning}.", ""]
+    lines += ["## Machines", ""] + [f"- {_machine_label(m)}" for m in machines] + [""]
+    lines += ["## Runs", ""] + [f"- {run}" for run in _runs(documents)] + [""]
+    lines += ["## Results", ""]
+    for name, results in _table_groups(entries):
+        lines += [f"### {name}", "", markdown_table(results)]
+    if figures:
+        lines += ["## Plots", ""]
+        lines += [line for fig in figures for line in (f"![{fig.caption}]({fig.path.name})", "")]
+    lines += ["All numbers, one row per batch size, with the speed-up over PyTorch FP32: [report.csv](report.csv)", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem; color: #222; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
+.warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: .6rem 1rem; font-weight: 600; }
+table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
+th, td { border: 1px solid #ddd; padding: .3rem .6rem; }
+th { background: #f3f3f3; }
+td { text-align: right; font-variant-numeric: tabular-nums; }
+td:nth-child(-n+2) { text-align: left; }
+tbody tr:nth-child(even) { background: #fafafa; }
+figure { margin: 1rem 0 2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .9rem; }
+"""
+
+
+def _html_table(results: Sequence[BenchResult]) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in result_rows(results)
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _html_list(items: Sequence[str]) -> str:
+    return "<ul>\n" + "\n".join(f"<li>{html.escape(item)}</li>" for item in items) + "\n</ul>"
+
+
+def _html_figure(fig: _Figure) -> str:
+    name, caption = html.escape(fig.path.name), html.escape(fig.caption)
+    return f'<figure><img src="{name}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _html(
+    title: str,
+    documents: Sequence[dict[str, Any]],
+    machines: Sequence[dict[str, Any]],
+    warning: Optional[str],
+    entries: Sequence[_Entry],
+    figures: Sequence[_Figure],
+) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        f'<head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>',
+        "<body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if warning:
+        parts.append(f'<p class="warning">Warning: {html.escape(warning)}.</p>')
+    parts += ["<h2>Machines</h2>", _html_list([_machine_label(m) for m in machines])]
+    parts += ["<h2>Runs</h2>", _html_list(_runs(documents))]
+    parts.append("<h2>Results</h2>")
+    for name, results in _table_groups(entries):
+        parts += [f"<h3>{html.escape(name)}</h3>", _html_table(results)]
+    if figures:
+        parts += ["<h2>Plots</h2>"] + [_html_figure(fig) for fig in figures]
+    parts += [
+        '<p>All numbers, one row per batch size, with the speed-up over PyTorch FP32: <a href="report.csv">report.csv</a></p>',
+        "</body>",
+        "</html>",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, accuracy) points no other point beats on both (lower latency, higher
+    accuracy), sorted by latency; duplicates appear once."""
+    front: list[tuple[float, float]] = []
+    for latency, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or accuracy > front[-1][1]:
+            front.append((latency, accuracy))
+    return front
+
+
+def _new_axes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch or figure registry.
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: Path, caption: str) -> _Figure:
+    fig.savefig(path)
+    return _Figure(path, caption)
+
+
+def _palette(names: Sequence[str], colormap: str) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    colours = colormaps[colormap].colors
+    return {name: colours[i % len(colours)] for i, name in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class _ParetoPoint:
+    latency_ms: float
+    accuracy: float
+    model: str
+    variant: str
+    label: str
+
+
+def _pareto_points(entries: Sequence[_Entry]) -> tuple[list[_ParetoPoint], bool]:
+    """Batch-1 points of one backend, and whether accuracy is top-1 (else agreement)."""
+    timed = [(e, e.latency_at(1)) for e in entries]
+    timed = [(e, stats) for e, stats in timed if stats is not None and e.result.accuracy is not None]
+    use_top1 = bool(timed) and all(e.result.accuracy.top1 is not None for e, _ in timed)
+    points = []
+    for e, stats in timed:
+        value = e.result.accuracy.top1 if use_top1 else e.result.accuracy.agreement
+        if value is not None:
+            points.append(_ParetoPoint(stats.p50_ms, value, e.result.model, e.result.variant, e.series))
+    return points, use_top1
+
+
+def _use_log_scale(values: Sequence[float]) -> bool:
+    return min(values) > 0 and max(values) / min(values) > LOG_SCALE_SPAN
+
+
+def _pareto_legends(fig, colours: dict[str, Any], markers: dict[str, str]) -> None:
+    from matplotlib.lines import Line2D
+
+    model_handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=8, label=m) for m, c in colours.items()]
+    variant_handles = [
+        Line2D([], [], marker=marker, linestyle="", color="grey", markersize=8, label=v) for v, marker in markers.items()
+    ]
+    frontier = Line2D([], [], color="black", linestyle="--", label="Pareto frontier")
+    # figure legends "outside": constrained layout makes room for them, so nothing is clipped
+    fig.legend(handles=model_handles, title="model", loc="outside right upper")
+    fig.legend(handles=variant_handles + [frontier], title="variant", loc="outside right lower")
+
+
+def _multiline(series: str) -> str:
+    """Model, variant and machine on lines of their own, for narrow tick labels."""
+    return series.replace(" @ ", "\n@ ").replace(" ", "\n", 1)
+
+
+def _annotate_points(ax, points: Sequence[_ParetoPoint]) -> None:
+    """Label each point, to its left when it sits in the right part of the axes so the text stays inside."""
+    ax.autoscale_view()
+    to_axes = ax.transData + ax.transAxes.inverted()
+    for p in points:
+        on_right = to_axes.transform((p.latency_ms, p.accuracy))[0] > 0.6
+        ax.annotate(
+            p.label.replace(" @ ", "\n@ "),
+            (p.latency_ms, p.accuracy),
+            xytext=(-7 if on_right else 7, 5),
+            textcoords="offset points",
+            ha="right" if on_right else "left",
+            va="bottom",
+            fontsize=8,
+        )
+
+
+def _plot_pareto(entries: Sequence[_Entry], backend: str, out_dir: Path) -> Optional[_Figure]:
+    points, use_top1 = _pareto_points(entries)
+    if not points:
+        return None
+    colours = _palette(sorted({p.model for p in points}), "tab10")
+    markers = {v: VARIANT_MARKERS[i % len(VARIANT_MARKERS)] for i, v in enumerate(sorted({p.variant for p in points}))}
+    fig, ax = _new_axes()
+    for p in points:
+        ax.scatter(p.latency_ms, p.accuracy, s=70, color=colours[p.model], marker=markers[p.variant], edgecolor="black", linewidth=0.5, zorder=3)
+    front = pareto_front([(p.latency_ms, p.accuracy) for p in points])
+    ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linestyle="--", linewidth=1, zorder=2)
+    log = _use_log_scale([p.latency_ms for p in points])
+    if log:
+        ax.set_xscale("log")
+    ax.margins(x=0.1, y=0.12)  # room for the annotations at the edges
+    _annotate_points(ax, points)
+    ax.set_xlabel("p50 latency at batch 1 (ms" + (", log scale)" if log else ")"))
+    ax.set_ylabel("top-1 accuracy (%)" if use_top1 else "top-1 agreement with PyTorch FP32 (%)")
+    ax.set_title(f"{backend}: accuracy vs latency (up and to the left is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    _pareto_legends(fig, colours, markers)
+    return _save(fig, out_dir / f"pareto_{backend}.png", f"{backend}: accuracy vs batch-1 latency, with the Pareto frontier")
+
+
+def _grouped_speedups(entries: Sequence[_Entry]) -> dict[str, dict[str, float]]:
+    """series -> backend -> batch-1 speed-up over PyTorch FP32 (a re-run replaces an earlier one)."""
+    groups: dict[str, dict[str, float]] = {}
+    for e in entries:
+        stats = e.latency_at(1)
+        speedup = e.speedup(stats) if stats and not e.is_baseline else None
+        if speedup is not None:
+            groups.setdefault(e.series, {})[e.result.backend] = speedup
+    return groups
+
+
+def _plot_speedup(entries: Sequence[_Entry], out_dir: Path) -> Optional[_Figure]:
+    groups = _grouped_speedups(entries)
+    if not groups:
+        return None
+    backends = sorted({b for values in groups.values() for b in values})
+    colours = _palette(backends, "Dark2")
+    width = 0.8 / len(backends)
+    fig, ax = _new_axes()
+    handles = []
+    for i, backend in enumerate(backends):
+        placed = [(g, values[backend]) for g, values in enumerate(groups.values()) if backend in values]
+        offset = (i - (len(backends) - 1) / 2) * width
+        bars = ax.bar([g + offset for g, _ in placed], [v for _, v in placed], width, color=colours[backend], label=backend, zorder=3)
+        ax.bar_label(bars, labels=[f"{v:.2f}x" for _, v in placed], padding=2, fontsize=8)
+        handles.append(bars)
+    handles.append(ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="PyTorch FP32 (1x)", zorder=4))
+    stacked = [_multiline(g) for g in groups]
+    crowded = len(groups) * max(len(line) for label in stacked for line in label.splitlines()) > TICK_CHARS_PER_ROW
+    labels = list(groups) if crowded else stacked  # crowded labels go on one slanted line each
+    ax.set_xticks(
+        range(len(groups)),
+        labels,
+        rotation=25 if crowded else 0,
+        ha="right" if crowded else "center",
+        rotation_mode="anchor",
+        fontsize=8 if crowded else None,
+    )
+    ax.set_ylim(0, max(max(v.values()) for v in groups.values()) * 1.15)
+    ax.set_xlabel("model and variant")
+    ax.set_ylabel("speed-up over PyTorch FP32 (x, batch-1 p50)")
+    ax.set_title("Speed-up over PyTorch FP32 at batch 1 (higher is better)")
+    ax.grid(True, axis="y", alpha=0.3, zorder=0)
+    fig.legend(handles=handles, title="backend", loc="outside right upper")
+    return _save(fig, out_dir / "speedup.png", "Speed-up of each backend over PyTorch FP32 at batch 1")
+
+
+def _size_bars(entries: Sequence[_Entry]) -> list[tuple[str, float, str]]:
+    """(label, size MB, model): one bar per model + variant, one per backend where they differ."""
+    sizes: dict[str, dict[str, float]] = {}
+    models: dict[str, str] = {}
+    for e in entries:
+        if e.result.size_mb is not None:
+            sizes.setdefault(e.series, {})[e.result.backend] = e.result.size_mb
+            models[e.series] = e.result.model
+    bars = []
+    for series, by_backend in sizes.items():
+        if len({f"{s:.1f}" for s in by_backend.values()}) == 1:  # equal as the tables print them
+            bars.append((series, next(iter(by_backend.values())), models[series]))
+        else:
+            bars += [(f"{series} ({backend})", size, models[series]) for backend, size in sorted(by_backend.items())]
+    return bars
+
+
+def _plot_size(entries: Sequence[_Entry], out_dir: Path) -> Optional[_Figure]:
+    from matplotlib.patches import Patch
+
+    bars = _size_bars(entries)
+    if not bars:
+        return None
+    colours = _palette(sorted({model for _, _, model in bars}), "tab10")
+    fig, ax = _new_axes()
+    fig.set_figheight(max(FIGSIZE[1], 1.5 + 0.35 * len(bars)))
+    drawn = ax.barh(range(len(bars)), [size for _, size, _ in bars], color=[colours[m] for _, _, m in bars], zorder=3)
+    ax.bar_label(drawn, labels=[f"{size:.1f} MB" for _, size, _ in bars], padding=3, fontsize=8)
+    ax.set_yticks(range(len(bars)), [label.replace(" @ ", "\n@ ") for label, _, _ in bars])
+    ax.invert_yaxis()  # first series at the top, as in the tables
+    ax.set_xlim(0, max(size for _, size, _ in bars) * 1.25)  # room for the value labels
+    ax.set_xlabel("model file size (MB)")
+    ax.set_ylabel("model and variant")
+    ax.set_title("Model size on disk (smaller is better)")
+    ax.grid(True, axis="x", alpha=0.3, zorder=0)
+    fig.legend(handles=[Patch(color=c, label=m) for m, c in colours.items()], title="model", loc="outside right upper")
+    return _save(fig, out_dir / "size.png", "Model file size per model and variant")
+
+
+def _write_plots(entries: Sequence[_Entry], out_dir: Path) -> list[_Figure]:
+    backends = sorted({e.result.backend for e in entries} - {BASELINE_BACKEND})
+    figures = [_plot_pareto([e for e in entries if e.result.backend == b], b, out_dir) for b in backends]
+    figures += [_plot_speedup(entries, out_dir), _plot_size(entries, out_dir)]
+    return [f for f in figures if f is not None]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit report") -> list[Path]:
+    """Write report.md, report.csv, report.html and PNG plots into out_dir; return the paths written."""
+    machines = _distinct_machines([d for d in documents if d.get("results")])
+    warning = _mixed_machine_warning(machines)
+    entries = _collect_entries(documents, mixed_machines=warning is not None)
+    if not entries:
+        raise DataError(f"no results to report in {len(documents)} document(s)")
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = _write_plots(entries, out_dir)
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path.write_text(_markdown(title, documents, machines, warning, entries, figures))
+    html_path.write_text(_html(title, documents, machines, warning, entries, figures))
+    csv_path = _write_csv(entries, out_dir / "report.csv")
+    return [md_path, csv_path, html_path, *(f.path for f in figures)]

@@ -1,0 +1,96 @@
+"""`edgekit run`: every cell of a recipe (model x variant x backends x batch sizes) into one
+results document. Artifacts are content-addressed, so what was built before is reused."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .backends import BackendOptions
+from .bench import TimingOptions
+from .core import Artifact, BenchResult
+from .export import ExportOptions
+from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, ModelRequest, build_artifact, default_calibration, run_bench
+from .recipe import Recipe
+from .transforms.quantize import Budget, QuantizeOptions
+from .variants import fp16_artifact, quantize_artifact
+
+# (cell label, stage, done, total) -> None
+Progress = Callable[[str, str, Optional[int], Optional[int]], None]
+
+
+def quantize_options(int8: dict[str, Any]) -> QuantizeOptions:
+    if all(int8.get(k) is None for k in ("max_drop", "min_agreement", "max_kl")):
+        budget = Budget()
+    else:
+        budget = Budget(max_top1_drop=int8.get("max_drop"), min_agreement=int8.get("min_agreement"), max_kl=int8.get("max_kl"))
+    max_fallback = int8.get("max_fallback", 8)
+    return QuantizeOptions(
+        method=int8.get("calib_method", "percentile"),
+        percentile=float(int8.get("percentile", 99.999)),
+        bias_correction=int8.get("bias_correction", True),
+        fallback=max_fallback > 0,
+        max_fallback_nodes=max_fallback,
+        budget=budget,
+    )
+
+
+def _evaluation_images(recipe: Recipe) -> ImageRequest:
+    """One image set for every cell of a model, so its variants are compared on the same
+    images; by default the bundled photos' even views, which INT8 calibration never sees."""
+    bench = recipe.bench
+    if bench.get("data") is None:
+        return HELD_OUT_EVALUATION
+    return ImageRequest(recipe.resolve(bench["data"]), recipe.resolve(bench.get("labels")), bench.get("views", 1), bench.get("limit"))
+
+
+def _variant_artifact(recipe: Recipe, fp32: Artifact, variant: str, out: Path, progress: Progress, label: str) -> tuple[Artifact, bool]:
+    if variant == "fp32":
+        return fp32, True
+    if variant == "fp16":
+        return fp16_artifact(fp32, out)
+    calibration = default_calibration(
+        recipe.resolve(recipe.int8.get("calib")), recipe.resolve(recipe.int8.get("calib_labels")),
+        recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0),
+    ).resolve()
+    return quantize_artifact(fp32, calibration, quantize_options(recipe.int8), out, lambda stage, done, total: progress(label, stage, done, total))
+
+
+def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, total: None) -> tuple[list[BenchResult], list[dict], list[str]]:
+    """Build and benchmark every cell; returns (results, parity rows, notes)."""
+    bench = recipe.bench
+    options = BackendOptions(
+        threads=bench.get("threads"), device=bench.get("device", "cpu"),
+        precision=bench.get("precision"), compress_fp16=bench.get("ov_fp16_weights", False),
+    )
+    timing = TimingOptions(
+        batch_sizes=recipe.batch, warmup=bench.get("warmup", 10), iterations=bench.get("iterations", 100),
+        max_seconds=float(bench.get("max_seconds", 15.0)), repeats=bench.get("repeats", 1),
+    )
+    images = _evaluation_images(recipe)
+    results: list[BenchResult] = []
+    parity: list[dict] = []
+    notes: list[str] = []
+    for model in recipe.models:
+        settings = recipe.model_settings(model)
+        out = recipe.resolve(settings.get("out", "exported"))
+        request = ModelRequest(model, recipe.resolve(settings.get("weights")), settings.get("random_init", False), settings.get("input_size"))
+        export_options = ExportOptions(opset=settings.get("opset", 17), dynamic_batch=not settings.get("static", False), slim=not settings.get("no_slim", False))
+        fp32, _ = build_artifact(request, export_options, out, lambda _b, stage, done, total, m=model: progress(m, stage, done, total))
+        for variant in recipe.variants:
+            label = f"{model} {variant}"
+            artifact, _ = _variant_artifact(recipe, fp32, variant, out, progress, label)
+            quantization = artifact.manifest.get("quantization")
+            if quantization and not quantization["budget_met"]:
+                notes.append(f"{label}: INT8 budget not met on the calibration images")
+            # PyTorch runs the FP32 original: timing it once, with the fp32 cell, is enough
+            backends = tuple(b for b in recipe.backends if b != "pytorch" or variant == "fp32")
+            run = run_bench(
+                artifact,
+                BenchRequest(backends=backends, options=options, timing=timing, images=images, throughput_seconds=bench.get("throughput")),
+                lambda backend, stage, done, total, label=label: progress(f"{label} {backend}", stage, done, total),
+            )
+            results += run.results
+            parity += [{"model": model, "variant": variant, **dataclasses.asdict(p)} for p in run.parity]
+    return results, parity, notes

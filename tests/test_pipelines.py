@@ -1,0 +1,176 @@
+"""Recipes (`edgekit run`), the CI gate (`edgekit check`) and `edgekit report`, end to end."""
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from edgekit.cli import main
+from edgekit.gate import compare, parse_percent
+from edgekit.recipe import RECIPE_KEY_FOR_FLAG, SCHEMA, RecipeError, load_recipe
+
+RECIPE = """\
+name = "tiny"
+models = ["mobilenet_v3_small", "squeezenet1_1"]
+variants = ["fp32", "int8"]
+backends = ["onnxruntime"]
+batch = [1]
+reference = "squeezenet1_1"
+output = "out/results.json"
+
+[export]
+random_init = true
+input_size = 64
+out = "exported"
+
+[int8]
+calib_method = "minmax"
+max_fallback = 0
+bias_correction = false
+
+[bench]
+iterations = 5
+warmup = 1
+repeats = 2
+views = 1
+"""
+
+
+@pytest.mark.parametrize("command", ["bench", "export"])
+def test_every_cli_flag_has_a_recipe_key(command):
+    flags = [max(p.opts, key=len) for p in main.commands[command].params if p.opts and p.opts[0].startswith("-")]
+    for flag in flags:
+        assert flag in RECIPE_KEY_FOR_FLAG, f"{flag} has no recipe key"
+    for key in RECIPE_KEY_FOR_FLAG.values():
+        section, _, name = key.rpartition(".")
+        if section.startswith("model."):
+            section = "export"
+        assert name in SCHEMA[section], key
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_misspelt_key_points_at_its_line(tmp_path):
+    path = _write(tmp_path, RECIPE.replace("iterations = 5", "iteratons = 5"))
+    line = RECIPE.splitlines().index("iterations = 5") + 1
+    with pytest.raises(RecipeError, match=rf"recipe.toml:{line}: unknown key 'iteratons' in \[bench\] \(did you mean 'iterations'\?\)"):
+        load_recipe(path)
+
+
+def test_wrong_type_and_bad_toml_and_unbuilt_variant(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe.toml:\d+: 'repeats' must be an integer >= 1, got 'two'"):
+        load_recipe(_write(tmp_path, RECIPE.replace("repeats = 2", 'repeats = "two"')))
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(_write(tmp_path, RECIPE.replace("[bench]", "[bench")))
+    with pytest.raises(RecipeError, match="variant 'pruned' is not available yet"):
+        load_recipe(_write(tmp_path, RECIPE.replace('"fp32", "int8"', '"fp32", "pruned"')))
+    with pytest.raises(RecipeError, match=r"\[model.resnet18\] names a model that is not in 'models'"):
+        load_recipe(_write(tmp_path, RECIPE + "\n[model.resnet18]\nrandom_init = true\n"))
+
+
+def test_cli_malformed_recipe_is_one_line(tmp_path):
+    path = _write(tmp_path, RECIPE.replace("[int8]", "[int9]"))
+    proc = run_cli("run", str(path), cwd=tmp_path)
+    assert_one_line_error(proc, "recipe.toml:", "unknown table [int9]", code=2)
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def run_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    path = _write(folder, RECIPE)
+    proc = run_cli("run", str(path), cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    return folder, json.loads((folder / "out" / "results.json").read_text())
+
+
+def test_run_benchmarks_every_cell_into_one_file(run_results):
+    _, document = run_results
+    cells = {(r["model"], r["variant"], r["backend"]) for r in document["results"]}
+    assert cells == {(m, v, "onnxruntime") for m in ("mobilenet_v3_small", "squeezenet1_1") for v in ("fp32", "int8")}
+    assert document["reference"] == "squeezenet1_1"
+    for r in document["results"]:
+        assert len(r["latency"][0]["p50_rounds"]) == 2  # repeats
+        assert r["accuracy"]["images"] == 77  # the held-out views, the same for every cell
+
+
+def test_check_passes_against_itself_and_writes_junit(run_results, tmp_path):
+    folder, _ = run_results
+    results = folder / "out" / "results.json"
+    proc = run_cli("check", str(results), "--baseline", str(results), "--junit", str(tmp_path / "junit.xml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) >= 4
+
+
+def _slower(document, model, factor):
+    changed = copy.deepcopy(document)
+    for r in changed["results"]:
+        if model is None or r["model"] == model:
+            for s in r["latency"]:
+                s["p50_ms"] *= factor
+    return changed
+
+
+def test_latency_regression_is_judged_against_the_reference(run_results):
+    _, document = run_results
+    # only one model slowed down: a regression
+    report = compare(document, _slower(document, "mobilenet_v3_small", 1.5), 0.5, 0.10)
+    failed = {(f.key[0], f.check) for f in report.findings if f.status == "fail"}
+    assert ("mobilenet_v3_small", "latency") in failed and not report.passed
+    # the whole machine is 50% slower today: every ratio holds, no regression
+    assert compare(document, _slower(document, None, 1.5), 0.5, 0.10).passed
+
+
+def test_accuracy_drop_missing_and_new_cells_and_other_machines(run_results, tmp_path):
+    _, document = run_results
+    worse = copy.deepcopy(document)
+    worse["results"][0]["accuracy"]["agreement"] -= 5.0
+    worse["results"][0]["accuracy"]["top1"] = None
+    report = compare(document, worse, 0.5, 0.10)
+    assert any(f.check == "accuracy" and f.status == "fail" for f in report.findings)
+
+    fewer = copy.deepcopy(document)
+    dropped = fewer["results"].pop()
+    report = compare(document, fewer, 0.5, 0.10)
+    assert any(f.status == "missing" and f.key[0] == dropped["model"] for f in report.findings)
+    report = compare(fewer, document, 0.5, 0.10)
+    assert any(f.status == "new" for f in report.findings) and report.passed
+
+    elsewhere = copy.deepcopy(document)
+    elsewhere["machine"]["cpu"] = "Jetson Orin (ARMv8)"
+    assert any("different machines" in w for w in compare(document, elsewhere, 0.5, 0.10).warnings)
+
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    (tmp_path / "base.json").write_text(json.dumps(document))
+    proc = run_cli("check", "worse.json", "--baseline", "base.json", "--junit", "j.xml", cwd=tmp_path)
+    assert_one_line_error(proc, "regression", "accuracy", code=1)
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+
+
+def test_report_writes_tables_and_plots(run_results, tmp_path):
+    folder, _ = run_results
+    proc = run_cli("report", str(folder / "out" / "results.json"), "-o", str(tmp_path / "report"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"report.md", "report.csv", "report.html", "pareto_onnxruntime.png"} <= names
+
+
+def test_report_and_check_reject_files_that_are_not_results(tmp_path):
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    assert_one_line_error(run_cli("report", "junk.json", cwd=tmp_path), "not an edgekit results file", code=1)
+    assert_one_line_error(run_cli("check", "junk.json", "--baseline", "missing.json", cwd=tmp_path), "cannot read results file missing.json", code=1)
+
+
+def test_percentages_parse():
+    assert parse_percent("10%") == pytest.approx(0.10)
+    assert parse_percent("0.1") == pytest.approx(0.10)
+    assert parse_percent("25") == pytest.approx(0.25)
