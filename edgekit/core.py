@@ -126,6 +126,11 @@ class ModelSpec:
 # --------------------------------------------------------------------------- artifacts
 
 
+def numeric_format(manifest: dict[str, Any]) -> str:
+    """'fp32', 'fp16' or 'int8': the last step of a variant such as 'pruned+int8'."""
+    return manifest.get("variant", "fp32").split("+")[-1].replace("pruned", "fp32").replace("dw-separable", "fp32")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -120,9 +120,19 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
 
 
 def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> None:
+    _export_module(loaded.module, loaded.spec.preprocessing.input_size, path, options, loaded.spec.name)
+
+
+def torch_export_module(module: Any, size: int, path: Path, options: ExportOptions, name: str) -> None:
+    """Export a module (e.g. a pruned one) the way artifacts are exported, slimmed if asked."""
+    _export_module(module, size, path, options, name)
+    if options.slim:
+        _slim(path)
+
+
+def _export_module(module: Any, size: int, path: Path, options: ExportOptions, name: str) -> None:
     import torch
 
-    size = loaded.spec.preprocessing.input_size
     dummy = torch.zeros(1, 3, size, size)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None
     with warnings.catch_warnings():
@@ -131,7 +141,7 @@ def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> No
             # The TorchScript exporter gives opset-17 graphs that every backend reads; the
             # dynamo exporter cannot lower some models (e.g. timm's same-padding) to 17.
             torch.onnx.export(
-                loaded.module,
+                module,
                 (dummy,),
                 str(path),
                 dynamo=False,
@@ -143,7 +153,7 @@ def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> No
             )
         except Exception as e:  # the exporter raises many types; all mean "cannot export"
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"{loaded.spec.name} cannot be exported to ONNX opset {options.opset}: {message}") from None
+            raise ExportError(f"{name} cannot be exported to ONNX opset {options.opset}: {message}") from None
 
 
 def _slim(path: Path) -> None:

@@ -25,7 +25,6 @@ CellKey = tuple[str, str, str, int]  # model, variant, backend, batch
 class Cell:
     key: CellKey
     p50_ms: float
-    normalised: Optional[float]  # p50 / reference p50 in the same run
     top1: Optional[float]
     agreement: Optional[float]
     is_reference: bool = False  # the yardstick itself: its latency is not judged
@@ -64,28 +63,42 @@ def parse_percent(text: str) -> float:
     return value
 
 
+def _reference_name(document: dict, reference: Optional[str]) -> Optional[str]:
+    return reference or document.get("reference")
+
+
+def reference_p50s(document: dict, reference: Optional[str]) -> dict[tuple[str, str, int], float]:
+    """(variant, backend, batch) -> the reference model's p50 in this run."""
+    name = _reference_name(document, reference)
+    found = {}
+    for r in document.get("results", []):
+        if r["model"] == name:
+            for s in r["latency"]:
+                found[(r["variant"], r["backend"], s["batch_size"])] = s["p50_ms"]
+    return found
+
+
 def cells(document: dict, reference: Optional[str]) -> dict[CellKey, Cell]:
-    results = [BenchResult.from_dict(r) for r in document.get("results", [])]
-    reference = reference or document.get("reference")
-    ref_p50: dict[tuple[str, str, int], float] = {}
-    for r in results:
-        if r.model == reference:
-            for s in r.latency:
-                ref_p50[(r.variant, r.backend, s.batch_size)] = s.p50_ms
+    name = _reference_name(document, reference)
     found: dict[CellKey, Cell] = {}
-    for r in results:
+    for r in (BenchResult.from_dict(d) for d in document.get("results", [])):
         acc = r.accuracy
         for s in r.latency:
-            ref = ref_p50.get((r.variant, r.backend, s.batch_size)) or ref_p50.get(("fp32", r.backend, s.batch_size))
-            found[(r.model, r.variant, r.backend, s.batch_size)] = Cell(
-                key=(r.model, r.variant, r.backend, s.batch_size),
-                p50_ms=s.p50_ms,
-                normalised=s.p50_ms / ref if ref and r.model != reference else None,
-                top1=acc.top1 if acc else None,
-                agreement=acc.agreement if acc else None,
-                is_reference=r.model == reference,
+            key = (r.model, r.variant, r.backend, s.batch_size)
+            found[key] = Cell(
+                key=key, p50_ms=s.p50_ms, top1=acc.top1 if acc else None, agreement=acc.agreement if acc else None,
+                is_reference=r.model == name,
             )
     return found
+
+
+def _normalisers(key: CellKey, old_refs: dict, new_refs: dict) -> Optional[tuple[float, float]]:
+    """The same reference cell in both runs: same variant if both have it, else FP32."""
+    _, variant, backend, batch = key
+    for ref_key in ((variant, backend, batch), ("fp32", backend, batch)):
+        if ref_key in old_refs and ref_key in new_refs:
+            return old_refs[ref_key], new_refs[ref_key]
+    return None
 
 
 def machine_warnings(baseline: dict, new: dict) -> list[str]:
@@ -109,23 +122,25 @@ def compare(
     reference: Optional[str] = None,
 ) -> GateReport:
     old_cells, new_cells = cells(baseline, reference), cells(new, reference)
+    old_refs, new_refs = reference_p50s(baseline, reference), reference_p50s(new, reference)
     if not new_cells:
         raise DataError("the new results file has no timed results")
     warnings = machine_warnings(baseline, new)
     findings: list[Finding] = []
+    raw = False
     for key, cell in new_cells.items():
         before = old_cells.get(key)
         if before is None:
             findings.append(Finding(key, "presence", "new", "not in the baseline"))
             continue
         findings.append(_accuracy(key, before, cell, max_top1_drop))
-        latency = _latency(key, before, cell, max_latency_regression)
-        if latency is not None:
-            findings.append(latency)
+        normalisers = None if cell.is_reference else _normalisers(key, old_refs, new_refs)
+        raw = raw or (normalisers is None and not cell.is_reference)
+        findings.append(_latency(key, before, cell, max_latency_regression, normalisers))
     for key in old_cells.keys() - new_cells.keys():
         findings.append(Finding(key, "presence", "missing", "in the baseline but not in the new results"))
-    if any(c.normalised is None and not c.is_reference for k, c in new_cells.items() if k in old_cells):
-        warnings.append("no reference model in both runs for every cell: those latencies are compared as raw p50s")
+    if raw:
+        warnings.append("no reference model in both runs for some cells: their latencies are compared as raw p50s")
     return GateReport(tuple(sorted(findings, key=lambda f: (f.status != "fail", f.key))), tuple(warnings))
 
 
@@ -141,12 +156,13 @@ def _accuracy(key: CellKey, before: Cell, after: Cell, max_drop: float) -> Findi
     return Finding(key, "accuracy", status, f"{name} {old:.2f}% -> {new:.2f}% ({-drop:+.2f} points; allowed -{max_drop:g})")
 
 
-def _latency(key: CellKey, before: Cell, after: Cell, max_regression: float) -> Optional[Finding]:
+def _latency(key: CellKey, before: Cell, after: Cell, max_regression: float, normalisers: Optional[tuple[float, float]]) -> Finding:
     if after.is_reference:
         return Finding(key, "latency", "pass", f"reference model (the yardstick): p50 {before.p50_ms:.2f} -> {after.p50_ms:.2f} ms, not judged")
-    if before.normalised is not None and after.normalised is not None:
-        change = after.normalised / before.normalised - 1.0
-        basis = f"relative to the reference: {before.normalised:.3f} -> {after.normalised:.3f}"
+    if normalisers is not None:
+        old_ratio, new_ratio = before.p50_ms / normalisers[0], after.p50_ms / normalisers[1]
+        change = new_ratio / old_ratio - 1.0
+        basis = f"relative to the reference: {old_ratio:.3f} -> {new_ratio:.3f}"
     else:
         change = after.p50_ms / before.p50_ms - 1.0
         basis = "raw p50"

@@ -296,6 +296,19 @@ def list_model_names() -> list[str]:
     return model_registry().names()
 
 
+def load_from_manifest(manifest: dict) -> "LoadedModel":
+    """The exact module an artifact was exported from (its model section), at its input size."""
+    model = manifest["model"]
+    source = model["weights_source"]
+    loaded = load_model(
+        model["name"],
+        weights_file=Path(source["path"]) if source["kind"] == "file" else None,
+        random_init=source["kind"] == "random-init",
+    )
+    size = int(manifest["preprocessing"]["input_size"])
+    return loaded if size == loaded.spec.preprocessing.input_size else loaded.at_input_size(size)
+
+
 def load_model(
     name: str,
     *,

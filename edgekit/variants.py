@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import build_artifact_folder
-from .core import ONNX_NAME, Artifact, UsageError, stable_hash
+from .core import ONNX_NAME, Artifact, UsageError, numeric_format, stable_hash
 from .data import ImageSet, load_all
 from .transforms.quantize import Progress, QuantizeOptions, quantize_onnx
 
@@ -24,7 +24,13 @@ ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX
 
 
 
-def _child_manifest(parent: Artifact, variant: str, step: dict[str, Any]) -> dict[str, Any]:
+def child_variant(parent: Artifact, step: str) -> str:
+    """'int8' from an FP32 parent, 'pruned+int8' from a pruned one."""
+    base = parent.manifest.get("variant", "fp32")
+    return step if base == "fp32" else f"{base}+{step}"
+
+
+def child_manifest(parent: Artifact, variant: str, step: dict[str, Any]) -> dict[str, Any]:
     m = parent.manifest
     return {
         "model": m["model"],
@@ -40,8 +46,9 @@ def _child_manifest(parent: Artifact, variant: str, step: dict[str, Any]) -> dic
     }
 
 
-def _require_fp32(parent: Artifact) -> None:
-    if parent.manifest.get("variant", "fp32") != "fp32":
+def require_fp32(parent: Artifact) -> None:
+    """INT8, FP16, pruning... start from a float artifact (FP32, possibly pruned)."""
+    if numeric_format(parent.manifest) != "fp32":
         raise UsageError(f"{parent.path} is already {parent.manifest['variant']}; start from an FP32 artifact")
 
 
@@ -63,7 +70,7 @@ def quantize_artifact(
     progress: Progress = lambda stage, done, total: None,
 ) -> tuple[Artifact, bool]:
     """The INT8 QDQ child of an FP32 artifact (reused when already built)."""
-    _require_fp32(parent)
+    require_fp32(parent)
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
     version = QUANTIZER_VERSION if options.method != "entropy" else f"{QUANTIZER_VERSION}-{ENTROPY_SEARCH}"
@@ -73,9 +80,9 @@ def quantize_artifact(
         progress(f"loading {len(calibration)} calibration images", None, None)
         x, labels = load_all(calibration, parent.preprocessing)
         report = quantize_onnx(parent.onnx_path, staging / ONNX_NAME, x, labels, options, progress)
-        manifest = _child_manifest(
+        manifest = child_manifest(
             parent,
-            "int8",
+            child_variant(parent, "int8"),
             {
                 "step": "quantize",
                 "format": "QDQ, INT8 weights per-channel symmetric, INT8 activations symmetric (zero point 0)",
@@ -94,7 +101,7 @@ def quantize_artifact(
 
 def fp16_artifact(parent: Artifact, root: Path = Path("exported")) -> tuple[Artifact, bool]:
     """Weights and compute in FP16, inputs and outputs kept FP32 (callers need no change)."""
-    _require_fp32(parent)
+    require_fp32(parent)
     key = stable_hash({"parent": parent.key, "fp16": {"keep_io_types": True}})
 
     def populate(staging: Path) -> dict[str, Any]:
@@ -103,6 +110,6 @@ def fp16_artifact(parent: Artifact, root: Path = Path("exported")) -> tuple[Arti
 
         model = convert_float_to_float16(onnx.load(str(parent.onnx_path)), keep_io_types=True)
         onnx.save(model, str(staging / ONNX_NAME))
-        return _child_manifest(parent, "fp16", {"step": "fp16", "keep_io_types": True, "converter": "onnxruntime.transformers.float16"})
+        return child_manifest(parent, child_variant(parent, "fp16"), {"step": "fp16", "keep_io_types": True, "converter": "onnxruntime.transformers.float16"})
 
     return build_artifact_folder(root, parent.model_name, key, populate)

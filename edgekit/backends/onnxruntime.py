@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..core import Artifact, UsageError
+from ..core import Artifact, UsageError, numeric_format
 from .base import BackendOptions, file_size_mb, require_module
 
 
@@ -48,6 +49,15 @@ def _providers(device: str, available: list[str]) -> list[str]:
     raise UsageError(f"unknown device {device!r} for onnxruntime; use cpu or cuda")
 
 
+def plain_session(path: Path):
+    """A default CPU session on an ONNX file (quiet about unused initializers)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     pip_extra = None  # a core dependency
@@ -58,7 +68,7 @@ class OnnxRuntimeBackend:
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         """FP32/FP16 graphs run as they are; an INT8 QDQ graph is lowered to the form the
         CPU provider fuses into integer kernels (see int8_cpu_form), cached beside it."""
-        if artifact.manifest.get("variant") != "int8" or options.device != "cpu":
+        if numeric_format(artifact.manifest) != "int8" or options.device != "cpu":
             return artifact
         from .int8_cpu_form import weight_form
 

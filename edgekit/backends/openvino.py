@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core import Artifact, UsageError, sha256_file
+from ..core import Artifact, UsageError, numeric_format, sha256_file
 from .base import BackendOptions, require_module
 
 IR_FOLDER = "openvino"
@@ -217,7 +217,7 @@ class OpenVinoBackend:
         if options.precision is not None and options.precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
         source = artifact.onnx_path
-        if artifact.manifest.get("variant") == "int8" and ov_device(options.device).startswith("CPU"):
+        if numeric_format(artifact.manifest) == "int8" and ov_device(options.device).startswith("CPU"):
             source = _cpu_form(artifact)
         xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
         manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "openvino_xml": str(xml.relative_to(artifact.path))}}

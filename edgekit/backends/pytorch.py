@@ -6,7 +6,6 @@ so the comparison needs no pickled model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -46,19 +45,13 @@ class PyTorchBackend:
     def load(self, artifact: Artifact, options: BackendOptions) -> PyTorchSession:
         import torch
 
-        from ..models import load_model
+        from ..models import load_from_manifest
 
         if options.device not in ("cpu", "cuda"):
             raise UsageError(f"unknown device {options.device!r} for pytorch; use cpu or cuda")
         if options.threads:
             torch.set_num_threads(options.threads)
-        model = artifact.manifest["model"]
-        source = model["weights_source"]
-        loaded = load_model(
-            model["name"],
-            weights_file=Path(source["path"]) if source["kind"] == "file" else None,
-            random_init=source["kind"] == "random-init",
-        )
+        loaded = load_from_manifest(artifact.manifest)
         return PyTorchSession(loaded.module, options.threads, options.device)
 
     def size_mb(self, artifact: Artifact) -> Optional[float]:

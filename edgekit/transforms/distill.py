@@ -1,0 +1,247 @@
+"""Knowledge distillation: train a student network to reproduce a teacher's outputs.
+
+Generic over any student/teacher pair of ``nn.Module`` classifiers with the same classes:
+a pruned model and its unpruned original, a depthwise-separable rewrite and the model it
+came from. Labels are optional; the teacher's softened outputs are the targets, so a
+hundred unlabelled photos are enough to recover much of what a transform lost.
+
+BatchNorm: pruning (or any rewrite) changes what reaches each BatchNorm, so the
+statistics it carries from the original training no longer fit. They are re-estimated on
+the images first, then frozen while the weights train (BatchNorm layers run in eval mode;
+their scale and shift still learn), then re-estimated once more at the end for the
+weights that changed. With batches of a few dozen correlated images, batch statistics are
+noisy and would pull the running averages towards the augmented batches; fixed statistics
+keep each step's target stable. Dropout and other layers train as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from ..core import DataError, UsageError
+from .quantize import Progress, _quiet
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PROGRESS_EVERY = 10  # steps
+LOSS_WINDOW = 10  # steps averaged for the first and last loss
+SHIFT_FRACTION = 1 / 8  # random shifts of up to this fraction of the image side
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Adam on all trainable parameters of the student, learning rate decayed to zero on
+    a cosine over ``steps``. Loss ``T^2 * KL(teacher_T || student_T)`` at temperature T,
+    mixed with cross-entropy on labels (weight ``label_weight``) where labels are given.
+    ``augment``: random horizontal flips and shifts of each batch."""
+
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    temperature: float = 4.0
+    label_weight: float = 0.5
+    seed: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"distillation {name.replace('_', ' ')} must be a whole number >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise UsageError(f"distillation learning rate must be > 0, got {self.lr!r}")
+        if not self.temperature > 0:
+            raise UsageError(f"distillation temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise UsageError(f"label weight must be between 0 and 1, got {self.label_weight!r}")
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    steps: int
+    images: int
+    labelled: bool
+    first_loss: float  # mean over the first LOSS_WINDOW steps
+    last_loss: float  # mean over the last LOSS_WINDOW steps
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or len(images) == 0:
+        shape = getattr(images, "shape", None)
+        raise DataError(f"distillation needs a non-empty NCHW image array, got {type(images).__name__} of shape {shape}")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _check_labels(labels: Optional[np.ndarray], count: int) -> Optional[np.ndarray]:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"expected {count} integer labels, one per image, got shape {labels.shape} of {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _batchnorm_layers(module: "nn.Module") -> list["nn.Module"]:
+    from torch import nn
+
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def recalibrate_batchnorm(module: "nn.Module", images: "torch.Tensor", batch_size: int) -> None:
+    """Replace every BatchNorm's running statistics by their exact average over ``images``
+    (nothing else changes; other layers run in eval mode). Leaves ``module`` in eval mode."""
+    import torch
+
+    layers = _batchnorm_layers(module)
+    if not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    module.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                module(images[i : i + batch_size])
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        module.eval()
+
+
+def _train_mode_with_frozen_batchnorm(module: "nn.Module") -> None:
+    module.train()
+    for m in _batchnorm_layers(module):
+        m.eval()
+
+
+def augment(batch: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
+    """Random horizontal flip (half the images) and a random shift of up to 1/8 of each
+    side (edges replicated), drawn independently per image."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = batch.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    pad = max(1, round(min(height, width) * SHIFT_FRACTION))
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)])
+
+
+def distillation_loss(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over the batch (the T^2
+    keeps gradient sizes comparable across temperatures)."""
+    import torch.nn.functional as F
+
+    student = F.log_softmax(student_logits / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+def _batches(count: int, batch_size: int, steps: int, generator: "torch.Generator"):
+    """Index tensors for ``steps`` batches: shuffled passes over the data, reshuffled each pass."""
+    import torch
+
+    size = min(batch_size, count)
+    order = torch.randperm(count, generator=generator)
+    position = 0
+    for _ in range(steps):
+        if position + size > count:
+            order, position = torch.randperm(count, generator=generator), 0
+        yield order[position : position + size]
+        position += size
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _train(student, teacher, x, y, options: DistillOptions, progress: Progress) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    if not parameters:
+        raise UsageError("the student has no trainable parameters to distil into")
+    optimizer = torch.optim.Adam(parameters, lr=options.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
+    generator = torch.Generator().manual_seed(options.seed)
+    losses = []
+    _train_mode_with_frozen_batchnorm(student)
+    for step, index in enumerate(_batches(len(x), options.batch_size, options.steps, generator), 1):
+        batch = augment(x[index], generator) if options.augment else x[index]
+        with torch.no_grad():
+            targets = teacher(batch)
+        logits = student(batch)
+        loss = distillation_loss(logits, targets, options.temperature)
+        if y is not None:
+            loss = (1 - options.label_weight) * loss + options.label_weight * F.cross_entropy(logits, y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if step % PROGRESS_EVERY == 0 or step == options.steps:
+            progress("distill", step, options.steps)
+    return losses
+
+
+def distill(
+    student: "nn.Module",
+    teacher: "nn.Module",
+    images: np.ndarray,
+    options: DistillOptions = DistillOptions(),
+    labels: Optional[np.ndarray] = None,
+    progress: Progress = _quiet,
+) -> DistillReport:
+    """Train ``student`` in place to match ``teacher`` on ``images`` (float32 NCHW, the
+    models' preprocessing applied); ``labels`` (int class per image) add cross-entropy.
+
+    The teacher runs in eval mode without gradients (its mode is restored afterwards); the
+    student is left in eval mode. Deterministic for a given seed on the same machine and
+    torch build; the global random state is left as it was.
+    """
+    import torch
+
+    x_np = _check_images(images)
+    y_np = _check_labels(labels, len(x_np))
+    device = next(student.parameters()).device
+    x = torch.from_numpy(x_np).to(device)
+    y = torch.from_numpy(y_np).to(device) if y_np is not None else None
+    teacher_was_training = teacher.training
+    teacher.eval()
+    start = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
+            torch.manual_seed(options.seed)
+            recalibrate_batchnorm(student, x, options.batch_size)
+            losses = _train(student, teacher, x, y, options, progress)
+            recalibrate_batchnorm(student, x, options.batch_size)
+    finally:
+        teacher.train(teacher_was_training)
+        student.eval()
+    window = min(LOSS_WINDOW, len(losses))
+    return DistillReport(
+        steps=options.steps,
+        images=len(x_np),
+        labelled=y is not None,
+        first_loss=float(np.mean(losses[:window])),
+        last_loss=float(np.mean(losses[-window:])),
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,248 @@
+"""Channel pruning, distillation and sparsity: true-label recovery on digits, graph
+consistency on torchvision models, saving and reloading a pruned model, bad requests."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from digits import IMAGE_SIZE, load_digits_split, train_digits_net
+from edgekit.core import CheckpointMismatchError, EdgekitError, UsageError
+from edgekit.transforms.distill import DistillOptions, distill
+from edgekit.transforms.prune import (
+    PruneOptions,
+    apply_sparsity,
+    load_pruned,
+    prune_module,
+    pruned_state_dict,
+)
+
+DIGITS_INPUT = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+# Unlabelled distillation on the 1,257 training digits; a second or two on one thread.
+DIGITS_DISTILL = DistillOptions(steps=300, batch_size=64, lr=3e-3, temperature=4.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small nets run far faster on one intra-op thread (see digits.train_digits_net)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits_net(one_thread):
+    model, accuracy = train_digits_net(seed=0)
+    x_train, _, x_test, y_test = load_digits_split(seed=0)
+    return model, accuracy, x_train, x_test, y_test
+
+
+def _top1(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean() * 100.0)
+
+
+# --------------------------------------------------------------------------- true labels
+
+
+def test_distillation_recovers_pruned_digits_accuracy(digits_net, record_property):
+    model, original, x_train, x_test, y_test = digits_net
+    student = copy.deepcopy(model)
+    report = prune_module(student, DIGITS_INPUT, PruneOptions(ratio=0.5, criterion="l2"))
+    pruned = _top1(student, x_test, y_test)
+    result = distill(student, model, x_train, DIGITS_DISTILL)  # the labels stay unused
+    recovered = _top1(student, x_test, y_test)
+    record_property("digits_top1", {"original": original, "pruned": pruned, "recovered": recovered})
+
+    assert original >= 95.0
+    assert report.params_after <= 0.5 * report.params_before
+    assert report.macs_after <= 0.5 * report.macs_before
+    assert recovered > pruned
+    assert original - recovered <= 2.0, (original, pruned, recovered)  # 540 held-out, truly labelled digits
+    assert result.last_loss < result.first_loss
+    assert not student.training
+
+
+def test_taylor_global_iterative_pruning_runs(digits_net):
+    model, _, x_train, x_test, y_test = digits_net
+    student = copy.deepcopy(model)
+    options = PruneOptions(ratio=0.3, criterion="taylor", scope="global", iterative_steps=2)
+    steps = []
+    report = prune_module(student, DIGITS_INPUT, options, images=x_train[:128], progress=lambda *a: steps.append(a))
+    assert report.params_after < report.params_before
+    assert steps[-1] == ("prune", 2, 2)
+    assert _top1(student, x_test, y_test) > 20.0  # still a classifier, not noise
+    assert all(p.grad is None for p in student.parameters())
+
+
+# --------------------------------------------------------------------------- graph consistency
+
+
+def _torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(num_classes=1000).eval()
+
+
+@pytest.fixture(scope="module")
+def pruned_mobilenet():
+    model = _torchvision("mobilenet_v3_small")
+    original = copy.deepcopy(model)
+    report = prune_module(model, torch.zeros(1, 3, 64, 64), PruneOptions(ratio=0.3))
+    return original, model, report
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18"])
+def test_pruning_keeps_the_graph_consistent(name, pruned_mobilenet):
+    if name == "mobilenet_v3_small":
+        original, model, report = pruned_mobilenet
+    else:
+        original = _torchvision(name)
+        model = copy.deepcopy(original)
+        report = prune_module(model, torch.zeros(1, 3, 64, 64), PruneOptions(ratio=0.3))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model(x).shape == original(x).shape == (2, 1000)
+
+    params = sum(p.numel() for p in model.parameters())
+    assert params == report.params_after < 0.8 * report.params_before
+    assert report.macs_after < 0.7 * report.macs_before
+    assert report.layers
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1):  # depthwise stays depthwise
+        assert conv.groups == conv.in_channels == conv.out_channels
+
+    stem_name, stem = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    original_stem = dict(original.named_modules())[stem_name]
+    assert torch.equal(stem.weight, original_stem.weight)
+    head_name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    original_head = dict(original.named_modules())[head_name]
+    assert head.out_features == 1000 and torch.equal(head.bias, original_head.bias)
+    reasons = dict(report.skipped)
+    assert reasons[stem_name] == "protected stem" and reasons[head_name] == "protected classifier"
+
+
+def test_squeeze_excite_blocks_are_pruned_with_their_block(pruned_mobilenet):
+    _, model, report = pruned_mobilenet
+    pruned = {name for name, _, _ in report.layers}
+    assert any(name.endswith("fc1") for name in pruned)  # an SE bottleneck shrank
+    for block in (m for m in model.modules() if type(m).__name__ == "SqueezeExcitation"):
+        assert block.fc1.in_channels == block.fc2.out_channels
+
+
+def test_untraceable_model_is_a_one_line_error():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            with torch.no_grad():  # no autograd graph for torch-pruning to follow
+                return self.conv(x).mean((2, 3))
+
+    with pytest.raises(EdgekitError, match="Detached") as caught:
+        prune_module(Detached(), torch.zeros(1, 3, 8, 8), PruneOptions(ratio=0.5))
+    assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, 1, 1.0, -0.2, 1.5, math.nan, "0.5", True])
+def test_ratio_outside_zero_one_is_a_usage_error(ratio):
+    with pytest.raises(UsageError, match="ratio"):
+        PruneOptions(ratio=ratio)
+
+
+def test_unknown_criterion_and_scope_are_usage_errors():
+    with pytest.raises(UsageError, match="criterion"):
+        PruneOptions(ratio=0.5, criterion="l3")
+    with pytest.raises(UsageError, match="scope"):
+        PruneOptions(ratio=0.5, scope="local")
+
+
+def test_taylor_without_images_is_a_usage_error(digits_net):
+    model = copy.deepcopy(digits_net[0])
+    with pytest.raises(UsageError, match="images"):
+        prune_module(model, DIGITS_INPUT, PruneOptions(ratio=0.5, criterion="taylor"))
+    assert model.classifier.in_features == 32  # nothing was pruned
+
+
+@pytest.mark.parametrize("spec", ["0", "1", "1.5", "4:2", "2:2", "0:4", "half", "2:4:8"])
+def test_bad_sparsity_spec_is_a_usage_error(spec):
+    with pytest.raises(UsageError, match="sparsity"):
+        apply_sparsity(nn.Linear(8, 8), spec)
+
+
+# --------------------------------------------------------------------------- sparsity
+
+
+def test_two_four_sparsity_zeroes_two_of_every_four(digits_net):
+    model = copy.deepcopy(digits_net[0])
+    stem_before = model.stem[0].weight.clone()
+    result = apply_sparsity(model, "2:4")
+    assert result["pattern"] == "2:4" and result["sparsity"] >= 0.5
+    layers = dict(model.named_modules())
+    assert set(result["layers"]) == {"pw1.0", "down.0", "pw2.0"}  # 3-input stem, depthwise convs and head skipped
+    for name in result["layers"]:
+        runs = layers[name].weight.movedim(1, -1).reshape(-1, 4)
+        assert ((runs == 0).sum(1) >= 2).all(), name
+    assert torch.equal(model.stem[0].weight, stem_before)
+    assert "protected" in result["skipped"]["classifier"] and "multiple of 4" in result["skipped"]["dw1.0"]
+
+
+def test_unstructured_sparsity_reaches_the_fraction(digits_net):
+    model = copy.deepcopy(digits_net[0])
+    result = apply_sparsity(model, "0.5")
+    assert result["pattern"] == "unstructured"
+    assert abs(result["sparsity"] - 0.5) < 0.01
+    for name, fraction in result["layers"].items():
+        assert abs(fraction - 0.5) < 0.02, name
+        weight = dict(model.named_modules())[name].weight
+        assert math.isclose(float((weight == 0).float().mean()), fraction)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def test_pruned_state_round_trips_with_weights_only(pruned_mobilenet, tmp_path):
+    _, model, _ = pruned_mobilenet
+    path = tmp_path / "pruned.pt"
+    torch.save(pruned_state_dict(model), path)
+    state = torch.load(path, weights_only=True)
+    rebuilt = load_pruned(_torchvision("mobilenet_v3_small"), state).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())
+
+    with pytest.raises(CheckpointMismatchError, match="MobileNetV3"):
+        load_pruned(_torchvision("resnet18"), state)
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_distillation_is_deterministic_and_checks_its_input(digits_net):
+    model, _, x_train, _, _ = digits_net
+    short = DistillOptions(steps=15, batch_size=16, seed=3)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():  # a student that differs from its teacher
+        a.classifier.weight.mul_(0.5)
+        b.classifier.weight.mul_(0.5)
+    distill(a, model, x_train[:64], short)
+    distill(b, model, x_train[:64], short)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(UsageError):
+        DistillOptions(label_weight=1.5)
+    from edgekit.core import DataError
+
+    with pytest.raises(DataError):
+        distill(a, model, x_train[:8], short, labels=np.zeros(3, np.int64))
