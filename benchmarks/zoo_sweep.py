@@ -94,6 +94,7 @@ def main() -> int:
     from edgekit.bench import machine_info
 
     families = [f for f in FAMILIES if not args.only or f[1] in args.only]
+    created = now_iso()
     rows = []
     for i, (family, name) in enumerate(families, 1):
         print(f"[{i}/{len(families)}] {family}: {name}", file=sys.stderr, flush=True)
@@ -113,10 +114,10 @@ def main() -> int:
         row.update(family=family, model=name, random_init=name not in REAL_WEIGHTS, seconds=time.perf_counter() - started)
         rows.append(row)
         print(f"    {row['status']} in {row['seconds']:.0f} s" + (f": {row.get('reason')}" if row["status"] != "ok" else ""), file=sys.stderr, flush=True)
-
-    document = {"created": now_iso(), "command": "python " + " ".join(sys.argv), "machine": machine_info(), "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(document))
+        # written after every row, so an interrupted sweep still leaves its rows
+        document = {"created": created, "command": "python " + " ".join(sys.argv), "machine": machine_info(), "rows": rows, "planned": len(families)}
+        args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(document))
     print(f"wrote {args.out.with_suffix('.json')} and .md", file=sys.stderr)
     return 0
 
@@ -136,7 +137,9 @@ def markdown(doc: dict) -> str:
         "# Zoo sweep: every family through ONNX Runtime and OpenVINO, FP32 and INT8",
         "",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores. Command: `{doc['command']}`. Created {doc['created']}.",
-        f"{ok} of {len(doc['rows'])} models went through every step. Cells: batch-1 p50 ms (10 iterations, indicative) and, in",
+        f"{ok} of {len(doc['rows'])} models went through every step"
+        + (f" ({doc['planned'] - len(doc['rows'])} not reached: the sweep stopped early)" if doc.get("planned", 0) > len(doc["rows"]) else "")
+        + ". Cells: batch-1 p50 ms (10 iterations, indicative) and, in",
         "brackets, top-1 agreement with PyTorch FP32 on the 7 bundled photos. Random init everywhere but",
         "efficientnet_lite0: agreement checks that a backend computes the same function, and for INT8",
         "(minmax, no fallback) it is only a rough sign; a random network's logits are nearly tied.",

@@ -143,6 +143,17 @@ def _variant_options(f):
         click.option("--max-fallback", default=8, show_default=True, type=click.IntRange(0), help="At most this many nodes go back to float."),
         click.option("--no-bias-correction", is_flag=True),
         click.option("--strict", is_flag=True, help="Exit 1 when the budget is not met (the best artifact is still kept)."),
+        click.option("--prune", "prune_ratio", type=float, help="Structured pruning: remove this fraction of channels (0-1), then distil from the original."),
+        click.option("--prune-criterion", default="l2", show_default=True, type=click.Choice(["l1", "l2", "taylor"])),
+        click.option("--prune-scope", default="uniform", show_default=True, type=click.Choice(["uniform", "global"]), help="Same ratio per layer, or one ranking over all layers."),
+        click.option("--prune-target", type=click.Choice(["flops", "params", "latency"]), help="Prune in small steps until this measured quantity falls by the --prune fraction."),
+        click.option("--sparsity", help="Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured)."),
+        click.option("--dw-separable", is_flag=True, help="Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil."),
+        click.option("--dw-rank", default=1, show_default=True, type=click.IntRange(1), help="Depthwise filters per input channel (K*K reproduces the conv exactly)."),
+        click.option("--dw-budget", type=click.FloatRange(0), help="Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this."),
+        click.option("--dw-layers", help="Comma-separated layer names to convert (instead of the budget)."),
+        click.option("--distill-steps", default=200, show_default=True, type=click.IntRange(0), help="Distillation steps after pruning (0: no recovery)."),
+        click.option("--distill-data", "distill_dir", type=click.Path(path_type=Path), help="Unlabelled images for distillation (default: the calibration views)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -178,6 +189,11 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
         raise click.UsageError("--weights and --random-init exclude each other")
     if variant.get("int8") and variant.get("fp16"):
         raise click.UsageError("--int8 and --fp16 exclude each other")
+    if variant.get("prune_ratio") is not None and variant.get("dw_separable"):
+        raise click.UsageError("--prune and --dw-separable exclude each other (one structural change per artifact)")
+    ratio = variant.get("prune_ratio")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise click.UsageError(f"--prune must be a fraction in (0, 1), got {ratio}")
     options = ExportOptions(opset=opset, dynamic_batch=not static, slim=not no_slim)
     calibration = None
     if variant.get("int8"):
@@ -187,6 +203,14 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
     with Progress(*columns, console=console, transient=True) as progress:
         report = _progress_reporter(progress, {})
         artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
+        if variant.get("prune_ratio") is not None:
+            _describe_artifact(artifact, reused, console)
+            artifact, reused = _pruned(artifact, variant, out_dir, lambda stage, done, total: report("prune", stage, done, total))
+            _print_pruning(artifact, console)
+        if variant.get("dw_separable"):
+            _describe_artifact(artifact, reused, console)
+            artifact, reused = _dw_separable(artifact, variant, out_dir, lambda stage, done, total: report("dw-separable", stage, done, total))
+            _print_dw_separable(artifact, console)
         if calibration is not None:
             _describe_artifact(artifact, reused, console)
             artifact, reused = quantize_artifact(
@@ -196,6 +220,68 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
             _describe_artifact(artifact, reused, console)
             artifact, reused = fp16_artifact(artifact, out_dir)
     return artifact, reused
+
+
+def _pruned(artifact, variant: dict, out_dir: Path, progress):
+    from .pipeline import default_calibration
+    from .structural import PruneTarget, pruned_artifact
+    from .transforms.distill import DistillOptions
+    from .transforms.prune import PruneOptions
+
+    ratio = variant["prune_ratio"]
+    target = PruneTarget(variant["prune_target"], ratio) if variant.get("prune_target") else None
+    options = PruneOptions(ratio=ratio if target is None else 0.05, criterion=variant["prune_criterion"], scope=variant["prune_scope"])
+    images = default_calibration(variant.get("distill_dir") or variant.get("calib_dir"), None, variant["calib_limit"], variant["seed"]).resolve()
+    distill = DistillOptions(steps=variant["distill_steps"]) if variant["distill_steps"] > 0 else None
+    return pruned_artifact(artifact, options, images, distill, variant.get("sparsity"), target, out_dir, progress)
+
+
+def _dw_separable(artifact, variant: dict, out_dir: Path, progress):
+    from .pipeline import default_calibration
+    from .structural import dwsep_artifact
+    from .transforms.distill import DistillOptions
+
+    images = default_calibration(variant.get("distill_dir") or variant.get("calib_dir"), None, variant["calib_limit"], variant["seed"]).resolve()
+    layers = tuple(n.strip() for n in variant["dw_layers"].split(",") if n.strip()) if variant.get("dw_layers") else None
+    distill = DistillOptions(steps=variant["distill_steps"]) if variant["distill_steps"] > 0 else None
+    return dwsep_artifact(artifact, variant["dw_rank"], images, layers, variant.get("dw_budget"), distill, out_dir, progress)
+
+
+def _print_dw_separable(artifact, console) -> None:
+    d = artifact.manifest.get("dw_separable")
+    if not d:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"depthwise-separable conversion, rank {d['rank']} (ordered by MACs saved per unit of kernel error)", title_justify="left")
+    for column in ("layer", "kernel", "in->out", "kernel error", "MMACs before", "MMACs after", "converted"):
+        table.add_column(column, justify="left" if column in ("layer", "converted") else "right")
+    for c in sorted(d["layers"], key=lambda c: -c["saved"] / max(c["kernel_error"], 1e-6)):
+        table.add_row(
+            c["name"], "x".join(map(str, c["kernel"])), f"{c['in_channels']}->{c['out_channels']}", f"{c['kernel_error']:.3f}",
+            f"{c['macs_before'] / 1e6:.1f}", f"{c['macs_after'] / 1e6:.1f}", "yes" if c["converted"] else "",
+        )
+    console.print(table)
+    line = f"GMACs {d['gmacs']['before']:.3f} -> {d['gmacs']['after']:.3f}, params {d['params_m']['before']:.2f}M -> {d['params_m']['after']:.2f}M; mean KL vs original before distillation {d['kl_before_distillation']:.4f}"
+    if d.get("distillation"):
+        line += f"; distilled {d['distillation']['steps']} steps"
+    console.print(line)
+
+
+def _print_pruning(artifact, console) -> None:
+    p = artifact.manifest.get("pruning")
+    if not p:
+        return
+    params, gmacs = p["params_m"], p["gmacs"]
+    line = (
+        f"pruned: params {params['before']:.2f}M -> {params['after']:.2f}M, GMACs {gmacs['before']:.3f} -> {gmacs['after']:.3f}"
+    )
+    if p.get("distillation"):
+        d = p["distillation"]
+        line += f"; distilled {d['steps']} steps (loss {d['first_loss']:.4f} -> {d['last_loss']:.4f})"
+    if p.get("sparsity"):
+        line += f"; sparsity {p['sparsity'].get('overall', p['sparsity'])}"
+    console.print(line)
 
 
 def _print_quantization(artifact, console, top: int = 8) -> None:
@@ -310,13 +396,15 @@ def inspect_command(artifact_dir: Path) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu; cuda (onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
 @click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can).")
 @click.option("--ov-fp16-weights", is_flag=True, help="OpenVINO: compress the IR's weights to FP16.")
+@click.option("--trt-workspace", help="TensorRT builder workspace limit, e.g. 4GiB.")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay inference from a captured CUDA graph.")
 @click.option("--throughput", "throughput_seconds", type=click.FloatRange(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
 @click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
 @click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
-def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, throughput_seconds, data_dir, labels_file, views, limit, json_path, **variant) -> None:
+def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, trt_workspace, cuda_graph, throughput_seconds, data_dir, labels_file, views, limit, json_path, **variant) -> None:
     """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
@@ -325,6 +413,7 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .backends import BACKENDS, BackendOptions
+    from .backends.tensorrt import parse_workspace
     from .bench import TimingOptions
     from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
     from .report import parity_table, results_document, rich_table, throughput_table, write_json
@@ -351,7 +440,10 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
             raise EdgekitError("nothing to run: only the pytorch backend was asked for an imported ONNX file")
     request = BenchRequest(
         backends=backend_names,
-        options=BackendOptions(threads=threads, device=device, precision=precision, compress_fp16=ov_fp16_weights),
+        options=BackendOptions(
+            threads=threads, device=device, precision=precision, compress_fp16=ov_fp16_weights,
+            workspace_bytes=parse_workspace(trt_workspace) if trt_workspace else None, cuda_graph=cuda_graph,
+        ),
         timing=TimingOptions(batch_sizes=tuple(batch_sizes), warmup=warmup, iterations=iterations, max_seconds=max_seconds),
         images=images,
         throughput_seconds=throughput_seconds,

@@ -193,7 +193,9 @@ def _run_worker(
         "backend": backend,
         "artifact": str(artifact.path.resolve()),
         # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
-        "options": dataclasses.asdict(request.options if timed else BackendOptions(threads=request.options.threads)),
+        "options": dataclasses.asdict(
+            dataclasses.replace(request.options, batch_sizes=tuple(request.timing.batch_sizes)) if timed else BackendOptions(threads=request.options.threads)
+        ),
         "images": image_set_to_job(images),
         "timing": (
             {

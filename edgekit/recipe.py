@@ -33,8 +33,7 @@ from typing import Any, Callable, Optional
 
 from .core import UsageError
 
-VARIANTS = ("fp32", "fp16", "int8", "pruned", "dw-separable")
-BUILT_VARIANTS = ("fp32", "fp16", "int8")  # the others arrive with their issues
+VARIANTS = ("fp32", "fp16", "int8", "pruned", "pruned+int8", "pruned+fp16", "dw-separable", "dw-separable+int8", "dw-separable+fp16")
 
 
 class RecipeError(UsageError):
@@ -95,6 +94,20 @@ SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
         "bias_correction": _BOOL,
         "strict": _BOOL,
     },
+    "prune": {
+        "ratio": ("a fraction in (0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
+        "criterion": _choice("l1", "l2", "taylor"),
+        "scope": _choice("uniform", "global"),
+        "target": _choice("flops", "params", "latency"),
+        "sparsity": _STR,
+        "distill_steps": _int(0),
+        "distill_data": _STR,
+    },
+    "dw_separable": {
+        "rank": _int(1),
+        "budget": _number(0.0, 1e9),
+        "layers": ("a list of layer names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    },
     "bench": {
         "iterations": _int(1),
         "warmup": _int(0),
@@ -109,6 +122,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
         "precision": _choice("f32", "bf16", "f16"),
         "ov_fp16_weights": _BOOL,
         "throughput": _number(0.5, 1e6),
+        "trt_workspace": _STR,
+        "cuda_graph": _BOOL,
     },
 }
 
@@ -135,6 +150,17 @@ RECIPE_KEY_FOR_FLAG = {
     "--max-fallback": "int8.max_fallback",
     "--no-bias-correction": "int8.bias_correction",
     "--strict": "int8.strict",
+    "--prune": "prune.ratio",
+    "--prune-criterion": "prune.criterion",
+    "--prune-scope": "prune.scope",
+    "--prune-target": "prune.target",
+    "--sparsity": "prune.sparsity",
+    "--dw-separable": "variants",
+    "--dw-rank": "dw_separable.rank",
+    "--dw-budget": "dw_separable.budget",
+    "--dw-layers": "dw_separable.layers",
+    "--distill-steps": "prune.distill_steps",
+    "--distill-data": "prune.distill_data",
     "--backend": "backends",
     "--batch": "batch",
     "--iterations": "bench.iterations",
@@ -145,6 +171,8 @@ RECIPE_KEY_FOR_FLAG = {
     "--precision": "bench.precision",
     "--ov-fp16-weights": "bench.ov_fp16_weights",
     "--throughput": "bench.throughput",
+    "--trt-workspace": "bench.trt_workspace",
+    "--cuda-graph": "bench.cuda_graph",
     "--data": "bench.data",
     "--labels": "bench.labels",
     "--views": "bench.views",
@@ -169,6 +197,8 @@ class Recipe:
     export: dict[str, Any] = field(default_factory=dict)
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     int8: dict[str, Any] = field(default_factory=dict)
+    prune: dict[str, Any] = field(default_factory=dict)
+    dw_separable: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, Any] = field(default_factory=dict)
 
     def model_settings(self, model: str) -> dict[str, Any]:
@@ -216,9 +246,8 @@ def load_recipe(path: Path) -> Recipe:
             raise RecipeError(locate.at(name, "model", f"[model.{name}] must be a table"))
         _validate(values, MODEL_KEYS, f"model.{name}", locate)
         per_model[name] = values
-    unbuilt = [v for v in top["variants"] if v not in BUILT_VARIANTS]
-    if unbuilt:
-        raise RecipeError(locate.at("variants", "", f"variant {unbuilt[0]!r} is not available yet; available: {', '.join(BUILT_VARIANTS)}"))
+    if any(v.startswith("pruned") for v in top["variants"]) and "ratio" not in tables.get("prune", {}):
+        raise RecipeError(locate.at("variants", "", "a 'pruned' variant needs [prune] ratio"))
     if top.get("reference") and top["reference"] not in top["models"]:
         raise RecipeError(locate.at("reference", "", f"reference {top['reference']!r} must be one of the recipe's models"))
     return Recipe(
@@ -233,6 +262,8 @@ def load_recipe(path: Path) -> Recipe:
         export=tables.get("export", {}),
         per_model=per_model,
         int8=tables.get("int8", {}),
+        prune=tables.get("prune", {}),
+        dw_separable=tables.get("dw_separable", {}),
         bench=tables.get("bench", {}),
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .backends import BackendOptions
+from .backends.tensorrt import parse_workspace
 from .bench import TimingOptions
 from .core import Artifact, BenchResult
 from .export import ExportOptions
@@ -45,16 +46,51 @@ def _evaluation_images(recipe: Recipe) -> ImageRequest:
     return ImageRequest(recipe.resolve(bench["data"]), recipe.resolve(bench.get("labels")), bench.get("views", 1), bench.get("limit"))
 
 
+def _pruned(recipe: Recipe, fp32: Artifact, out: Path, progress: Progress, label: str) -> tuple[Artifact, bool]:
+    from .structural import PruneTarget, pruned_artifact
+    from .transforms.distill import DistillOptions
+    from .transforms.prune import PruneOptions
+
+    p = recipe.prune
+    target = PruneTarget(p["target"], p["ratio"]) if p.get("target") else None
+    options = PruneOptions(ratio=p["ratio"] if target is None else 0.05, criterion=p.get("criterion", "l2"), scope=p.get("scope", "uniform"))
+    images = default_calibration(recipe.resolve(p.get("distill_data") or recipe.int8.get("calib")), None, recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0)).resolve()
+    steps = p.get("distill_steps", 200)
+    distill = DistillOptions(steps=steps) if steps > 0 else None
+    return pruned_artifact(fp32, options, images, distill, p.get("sparsity"), target, out, lambda stage, done, total: progress(label, stage, done, total))
+
+
+def _dw_separable(recipe: Recipe, fp32: Artifact, out: Path, progress: Progress, label: str) -> tuple[Artifact, bool]:
+    from .structural import dwsep_artifact
+    from .transforms.distill import DistillOptions
+
+    d, p = recipe.dw_separable, recipe.prune
+    images = default_calibration(recipe.resolve(p.get("distill_data") or recipe.int8.get("calib")), None, recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0)).resolve()
+    steps = p.get("distill_steps", 200)
+    distill = DistillOptions(steps=steps) if steps > 0 else None
+    layers = tuple(d["layers"]) if d.get("layers") else None
+    return dwsep_artifact(fp32, d.get("rank", 1), images, layers, d.get("budget"), distill, out, lambda stage, done, total: progress(label, stage, done, total))
+
+
 def _variant_artifact(recipe: Recipe, fp32: Artifact, variant: str, out: Path, progress: Progress, label: str) -> tuple[Artifact, bool]:
-    if variant == "fp32":
-        return fp32, True
-    if variant == "fp16":
-        return fp16_artifact(fp32, out)
-    calibration = default_calibration(
-        recipe.resolve(recipe.int8.get("calib")), recipe.resolve(recipe.int8.get("calib_labels")),
-        recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0),
-    ).resolve()
-    return quantize_artifact(fp32, calibration, quantize_options(recipe.int8), out, lambda stage, done, total: progress(label, stage, done, total))
+    """'fp32', 'fp16', 'int8', 'pruned', 'pruned+int8'...: each step applied to the last."""
+    artifact, reused = fp32, True
+    for step in variant.split("+"):
+        if step == "pruned":
+            artifact, reused = _pruned(recipe, artifact, out, progress, label)
+        elif step == "dw-separable":
+            artifact, reused = _dw_separable(recipe, artifact, out, progress, label)
+        elif step == "fp16":
+            artifact, reused = fp16_artifact(artifact, out)
+        elif step == "int8":
+            calibration = default_calibration(
+                recipe.resolve(recipe.int8.get("calib")), recipe.resolve(recipe.int8.get("calib_labels")),
+                recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0),
+            ).resolve()
+            artifact, reused = quantize_artifact(
+                artifact, calibration, quantize_options(recipe.int8), out, lambda stage, done, total: progress(label, stage, done, total)
+            )
+    return artifact, reused
 
 
 def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, total: None) -> tuple[list[BenchResult], list[dict], list[str]]:
@@ -63,6 +99,8 @@ def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, t
     options = BackendOptions(
         threads=bench.get("threads"), device=bench.get("device", "cpu"),
         precision=bench.get("precision"), compress_fp16=bench.get("ov_fp16_weights", False),
+        workspace_bytes=parse_workspace(bench["trt_workspace"]) if bench.get("trt_workspace") else None,
+        cuda_graph=bench.get("cuda_graph", False),
     )
     timing = TimingOptions(
         batch_sizes=recipe.batch, warmup=bench.get("warmup", 10), iterations=bench.get("iterations", 100),

@@ -1,5 +1,5 @@
-"""Variants that change the PyTorch module itself (structured pruning; depthwise-separable
-conversion later): rebuild the parent's exact module, transform it, recover accuracy by
+"""Variants that change the PyTorch module itself (structured pruning, depthwise-separable
+conversion): rebuild the parent's exact module, transform it, recover accuracy by
 distillation from the untouched original, and export the result as a child artifact.
 
 The child's manifest keeps the parent's model section, so the PyTorch baseline that
@@ -101,6 +101,46 @@ def prune_towards(student, size: int, options, target: Optional[PruneTarget], x:
     return reports
 
 
+def _distill_and_export(
+    staging: Path, parent: Artifact, loaded: LoadedModel, student, x: np.ndarray, distill_options,
+    variant: str, step: dict[str, Any], state_of: Callable[[Any], dict], state_name: str, progress: Progress,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Distil ``student`` from the parent's module, save its weights, export and check it.
+
+    Returns (child manifest, summary with params/GMACs before and after and the
+    distillation report) for the caller to add its own section to.
+    """
+    import torch
+
+    from .transforms.distill import distill
+
+    size = loaded.spec.preprocessing.input_size
+    before = measure_complexity(loaded.module, size)
+    report = None
+    if distill_options is not None and distill_options.steps > 0:
+        report = dataclasses.asdict(
+            distill(student, loaded.module, x, distill_options, progress=lambda stage, done, total: progress("distilling", done, total))
+        )
+    student.eval()
+    torch.save(state_of(student), staging / state_name)  # after distillation changed the weights
+    after = measure_complexity(student, size)
+
+    progress("exporting to ONNX", None, None)
+    onnx_path = staging / ONNX_NAME
+    torch_export_module(student, size, onnx_path, _export_options(parent), parent.model_name)
+    check_onnx_file(onnx_path)
+    exported = LoadedModel(spec=loaded.spec, module=student, weights_id=step["step"], weights_desc=variant)
+    manifest = child_manifest(parent, variant, {**step, "params_m": [before[0], after[0]], "gmacs": [before[1], after[1]]})
+    manifest["files"]["torch_state"] = state_name
+    manifest["parity"] = measure_parity(exported, onnx_path, make_image_set(bundled_images(), 2, "bundled photos (parity)"))
+    summary = {
+        "params_m": {"before": before[0], "after": after[0]},
+        "gmacs": {"before": before[1], "after": after[1]},
+        "distillation": report,
+    }
+    return manifest, summary
+
+
 def pruned_artifact(
     parent: Artifact,
     options,
@@ -123,46 +163,101 @@ def pruned_artifact(
     key = stable_hash({"parent": parent.key, "pruned": settings, "version": STRUCTURAL_VERSION})
 
     def populate(staging: Path) -> dict[str, Any]:
-        import torch
-
-        from .transforms.distill import distill
         from .transforms.prune import apply_sparsity, pruned_state_dict
 
         progress(f"loading {parent.model_name} and {len(images)} images", None, None)
         loaded = load_from_manifest(parent.manifest)
-        size = loaded.spec.preprocessing.input_size
-        x, labels = load_all(images, parent.preprocessing)
-        teacher = loaded.module
-        student = copy.deepcopy(teacher)
-        before = measure_complexity(student, size)
-        steps = prune_towards(student, size, options, target, x, progress)
+        x, _ = load_all(images, parent.preprocessing)
+        student = copy.deepcopy(loaded.module)
+        steps = prune_towards(student, loaded.spec.preprocessing.input_size, options, target, x, progress)
         sparsity_report = apply_sparsity(student, sparsity) if sparsity else None
-        distill_report = None
-        if distill_options is not None and distill_options.steps > 0:
-            distill_report = distill(student, teacher, x, distill_options, progress=lambda stage, done, total: progress("distilling", done, total))
-            distill_report = dataclasses.asdict(distill_report)
-        student.eval()
-        torch.save(pruned_state_dict(student), staging / PRUNED_STATE_NAME)
-        after = measure_complexity(student, size)
-
-        progress("exporting to ONNX", None, None)
-        onnx_path = staging / ONNX_NAME
-        torch_export_module(student, size, onnx_path, _export_options(parent), parent.model_name)
-        check_onnx_file(onnx_path)
-        pruned = LoadedModel(spec=loaded.spec, module=student, weights_id=key, weights_desc="pruned")
-        parity_images = make_image_set(bundled_images(), 2, "bundled photos (parity)")
-        manifest = child_manifest(
-            parent, "pruned",
-            {"step": "prune", "settings": settings, "params_m": [before[0], after[0]], "gmacs": [before[1], after[1]]},
+        manifest, summary = _distill_and_export(
+            staging, parent, loaded, student, x, distill_options, "pruned", {"step": "prune", "settings": settings},
+            pruned_state_dict, PRUNED_STATE_NAME, progress,
         )
-        manifest["files"]["torch_state"] = PRUNED_STATE_NAME
-        manifest["parity"] = measure_parity(pruned, onnx_path, parity_images)
-        manifest["pruning"] = {
-            "params_m": {"before": before[0], "after": after[0]},
-            "gmacs": {"before": before[1], "after": after[1]},
-            "steps": steps,
-            "sparsity": sparsity_report,
-            "distillation": distill_report,
+        manifest["pruning"] = {**summary, "steps": steps, "sparsity": sparsity_report}
+        return manifest
+
+    return build_artifact_folder(root, parent.model_name, key, populate)
+
+
+DWSEP_STATE_NAME = "dwsep_state.pt"
+BUDGET_IMAGES = 16  # images the layer-selection budget is measured on
+
+
+def _mean_kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    from .bench import mean_kl
+
+    return mean_kl(teacher_logits, student_logits)
+
+
+def dwsep_artifact(
+    parent: Artifact,
+    rank: int,
+    images: ImageSet,
+    layers: Optional[tuple[str, ...]] = None,
+    budget: Optional[float] = None,
+    distill_options=None,
+    root: Path = Path("exported"),
+    progress: Progress = lambda stage, done, total: None,
+) -> tuple[Artifact, bool]:
+    """The child of an FP32 artifact whose KxK convolutions became depthwise + pointwise.
+
+    ``layers`` names them; otherwise every convertible layer, best MACs saved per unit of
+    kernel error first, while the model's mean KL vs the original (measured on a few of
+    ``images``, before distillation) stays within ``budget`` (all layers without one).
+    """
+    require_fp32(parent)
+    settings = {
+        "rank": rank,
+        "layers": list(layers) if layers else None,
+        "budget_kl": budget,
+        "distill": dataclasses.asdict(distill_options) if distill_options else None,
+        "images": calibration_identity(images, parent.manifest["preprocessing"]),
+    }
+    key = stable_hash({"parent": parent.key, "dw-separable": settings, "version": STRUCTURAL_VERSION})
+
+    def populate(staging: Path) -> dict[str, Any]:
+        import torch
+
+        from .transforms.dwsep import convert, layer_table, select_within_budget
+
+        progress(f"loading {parent.model_name} and {len(images)} images", None, None)
+        loaded = load_from_manifest(parent.manifest)
+        size = loaded.spec.preprocessing.input_size
+        x, _ = load_all(images, parent.preprocessing)
+        teacher = loaded.module.eval()
+        table = layer_table(teacher, rank, size)
+        if not table:
+            raise UsageError(f"{parent.model_name} has no KxK convolution with groups=1 to convert")
+        sample = torch.from_numpy(x[:BUDGET_IMAGES])
+        with torch.no_grad():
+            reference = teacher(sample).numpy()
+
+        def model_error(names) -> float:
+            trial = copy.deepcopy(teacher)
+            convert(trial, names, rank)
+            with torch.no_grad():
+                return _mean_kl(reference, trial.eval()(sample).numpy())
+
+        if layers:
+            chosen, trail = list(layers), []
+        else:
+            chosen, trail = select_within_budget(table, model_error, budget, lambda done, total: progress("choosing layers", done, total))
+        student = copy.deepcopy(teacher)
+        errors = convert(student, chosen, rank)
+        kl_converted = model_error(chosen)
+        manifest, summary = _distill_and_export(
+            staging, parent, loaded, student, x, distill_options, "dw-separable", {"step": "dw-separable", "settings": settings},
+            lambda module: module.state_dict(), DWSEP_STATE_NAME, progress,
+        )
+        manifest["dw_separable"] = {
+            **summary,
+            "rank": rank,
+            "layers": [{**c.to_dict(), "converted": c.name in chosen} for c in table],
+            "selection": trail,
+            "kernel_errors": errors,
+            "kl_before_distillation": kl_converted,
         }
         return manifest
 

@@ -68,7 +68,9 @@ def test_wrong_type_and_bad_toml_and_unbuilt_variant(tmp_path):
         load_recipe(_write(tmp_path, RECIPE.replace("repeats = 2", 'repeats = "two"')))
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(_write(tmp_path, RECIPE.replace("[bench]", "[bench")))
-    with pytest.raises(RecipeError, match="variant 'pruned' is not available yet"):
+    with pytest.raises(RecipeError, match="'variants' must be a list drawn from fp32, fp16, int8"):
+        load_recipe(_write(tmp_path, RECIPE.replace('"fp32", "int8"', '"fp32", "int4"')))
+    with pytest.raises(RecipeError, match=r"a 'pruned' variant needs \[prune\] ratio"):
         load_recipe(_write(tmp_path, RECIPE.replace('"fp32", "int8"', '"fp32", "pruned"')))
     with pytest.raises(RecipeError, match=r"\[model.resnet18\] names a model that is not in 'models'"):
         load_recipe(_write(tmp_path, RECIPE + "\n[model.resnet18]\nrandom_init = true\n"))

@@ -19,6 +19,9 @@ class BackendOptions:
     device: str = "cpu"
     precision: Optional[str] = None  # OpenVINO inference precision (f32, bf16, f16); None: f32
     compress_fp16: bool = False  # OpenVINO: store IR weights in FP16
+    batch_sizes: tuple[int, ...] = ()  # TensorRT: the optimization profile covers these
+    workspace_bytes: Optional[int] = None  # TensorRT builder workspace limit
+    cuda_graph: bool = False  # TensorRT: replay inference from a captured CUDA graph
 
 
 class Session(Protocol):
@@ -63,6 +66,7 @@ BACKENDS: Registry[str] = Registry("backend", UsageError)
 BACKENDS.register("pytorch", "edgekit.backends.pytorch:PyTorchBackend")
 BACKENDS.register("onnxruntime", "edgekit.backends.onnxruntime:OnnxRuntimeBackend")
 BACKENDS.register("openvino", "edgekit.backends.openvino:OpenVinoBackend")
+BACKENDS.register("tensorrt", "edgekit.backends.tensorrt:TensorRTBackend")
 
 
 def get_backend(name: str) -> Backend:

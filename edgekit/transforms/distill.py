@@ -16,6 +16,7 @@ keep each step's target stable. Dropout and other layers train as usual.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -124,6 +125,28 @@ def recalibrate_batchnorm(module: "nn.Module", images: "torch.Tensor", batch_siz
         module.eval()
 
 
+@contextlib.contextmanager
+def _channels_last(*modules: "nn.Module"):
+    """Run with 4-D weights in channels-last layout, restored afterwards. On CPU, the
+    backward pass of depthwise convolutions is about 4x faster this way (EfficientNet-Lite0,
+    batch 32: 46 s against 11 s a step on two busy cores)."""
+    import torch
+
+    def layout(module):
+        weights = [p for p in module.parameters() if p.dim() == 4]
+        channels_last = bool(weights) and not weights[0].is_contiguous() and weights[0].is_contiguous(memory_format=torch.channels_last)
+        return torch.channels_last if channels_last else torch.contiguous_format
+
+    before = [layout(m) for m in modules]
+    for m in modules:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m, memory_format in zip(modules, before):
+            m.to(memory_format=memory_format)
+
+
 def _train_mode_with_frozen_batchnorm(module: "nn.Module") -> None:
     module.train()
     for m in _batchnorm_layers(module):
@@ -186,6 +209,7 @@ def _train(student, teacher, x, y, options: DistillOptions, progress: Progress) 
     _train_mode_with_frozen_batchnorm(student)
     for step, index in enumerate(_batches(len(x), options.batch_size, options.steps, generator), 1):
         batch = augment(x[index], generator) if options.augment else x[index]
+        batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             targets = teacher(batch)
         logits = student(batch)
@@ -228,7 +252,7 @@ def distill(
     teacher.eval()
     start = time.perf_counter()
     try:
-        with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
+        with torch.random.fork_rng(devices=[]), _channels_last(student, teacher):  # dropout draws from the global generator
             torch.manual_seed(options.seed)
             recalibrate_batchnorm(student, x, options.batch_size)
             losses = _train(student, teacher, x, y, options, progress)

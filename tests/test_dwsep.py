@@ -1,0 +1,82 @@
+"""Depthwise-separable conversion: exactness at full rank, error falling with rank, module surgery."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.core import UsageError
+from edgekit.transforms.dwsep import convert, factorise, layer_table, rank_by_saving_per_error, separable_from
+
+
+def test_full_rank_reproduces_the_convolution_exactly():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=True)
+    separable, error = separable_from(conv, rank=9)
+    x = torch.randn(2, 6, 17, 17)
+    assert error < 1e-6
+    torch.testing.assert_close(separable(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_error_falls_as_rank_grows():
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    errors = [factorise(weight, r)[2] for r in range(1, 10)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-6 and errors[0] > 0.3
+
+
+def test_rank_one_is_the_best_rank_one_per_input_channel():
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    depthwise, pointwise, _ = factorise(weight, 1)
+    rebuilt = np.einsum("oc,ckl->ockl", pointwise[:, :, 0, 0], depthwise[:, 0])
+    for c in range(3):  # Eckart-Young: no rank-1 matrix is closer than the truncated SVD
+        u, s, vt = np.linalg.svd(weight[:, c].reshape(4, 9))
+        best = s[0] * np.outer(u[:, 0], vt[0])
+        np.testing.assert_allclose(rebuilt[:, c].reshape(4, 9), best, atol=1e-5)
+
+
+def test_convert_a_torchvision_model_and_report_savings():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    table = layer_table(model, rank=1, size=64)
+    names = [c.name for c in table]
+    assert "conv1" in names and "layer1.0.conv1" in names and all(c.saved > 0 for c in table)
+    ordered = rank_by_saving_per_error(table)
+    x = torch.randn(1, 3, 64, 64)
+    convert(model, [c.name for c in ordered], rank=1)
+    assert model(x).shape == (1, 10)
+    assert isinstance(model.layer1[0].conv1, nn.Sequential) and model.layer1[0].conv1[0].groups == 64
+
+
+def test_bad_layers_and_ranks_are_usage_errors():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    with pytest.raises(UsageError, match="no layer named 'layer9'"):
+        convert(model, ["layer9"], rank=1)
+    with pytest.raises(UsageError, match="not a KxK convolution"):
+        convert(model, ["layer1.0.bn1"], rank=1)
+    with pytest.raises(UsageError, match="rank must be >= 1"):
+        separable_from(model.conv1, rank=0)
+
+
+def test_digits_conversion_with_distillation_keeps_true_accuracy():
+    """The digits CNN's two standard 3x3 convs at rank 1: real test accuracy after
+    conversion, recovered by distillation from the original on unlabelled images."""
+    import copy
+
+    from digits import _accuracy, load_digits_split, train_digits_net
+    from edgekit.transforms.distill import DistillOptions, distill
+
+    teacher, original = train_digits_net(seed=0)
+    x_train, _, x_test, y_test = load_digits_split(seed=0)
+    student = copy.deepcopy(teacher)
+    convert(student, ["stem.0", "down.0"], rank=1)
+    converted = _accuracy(student.eval(), x_test, y_test)
+    distill(student, teacher, x_train, DistillOptions(steps=150, seed=0))
+    recovered = _accuracy(student.eval(), x_test, y_test)
+    assert recovered > converted
+    assert original - recovered <= 2.0, (original, converted, recovered)
