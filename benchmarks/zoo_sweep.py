@@ -85,7 +85,11 @@ def main() -> int:
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS / "zoo_sweep")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
     args = parser.parse_args()
+    if args.markdown_only:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
+        return 0
     if args.one:
         args.child_out.write_text(json.dumps(sweep_one(args.one)))
         return 0
@@ -147,7 +151,12 @@ def markdown(doc: dict) -> str:
         "| family | model | status | params M | GMACs | PyTorch FP32 | ORT FP32 | OpenVINO FP32 | ORT INT8 | OpenVINO INT8 | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in doc["rows"]:
+    done = {r["model"] for r in doc["rows"]}
+    not_run = [{"family": f, "model": m, "status": "not run", "random_init": m not in REAL_WEIGHTS} for f, m in FAMILIES if m not in done]
+    for r in doc["rows"] + not_run:
+        if r["status"] == "not run":
+            lines.append(f"| {r['family']} | {r['model']} | not run | - | - | - | - | - | - | - | the sweep was stopped before this model (session time) |")
+            continue
         note = "real weights" if not r["random_init"] else "random init"
         if r["status"] != "ok":
             note = f"failed at {r.get('failed_at')}: {r.get('reason')}"
