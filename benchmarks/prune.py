@@ -42,7 +42,7 @@ def progress(stage, done=None, total=None):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS / "prune")
     args = parser.parse_args()
     document = {"created": now_iso(), "command": "python " + " ".join(sys.argv), "machine": machine_info(), "cost": [], "recovery": None}

@@ -179,9 +179,11 @@ def _forward(module: "nn.Module", example_input: "torch.Tensor") -> "torch.Tenso
 
 def _count(module: "nn.Module", example_input: "torch.Tensor") -> tuple[int, int]:
     """(MACs, parameters) as torch-pruning counts them."""
+    import torch
     import torch_pruning as tp
 
-    macs, params = tp.utils.count_ops_and_params(module, example_input)
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(module, example_input)
     return int(macs), int(params)
 
 
@@ -200,7 +202,7 @@ def _build_pruner(module: "nn.Module", example_input: "torch.Tensor", options: P
 
     try:
         with warnings.catch_warnings():
-            # Bare nn.Parameters are reported in PruneReport.skipped instead (see _bare_parameters).
+            # Bare nn.Parameters are reported in PruneReport.skipped instead (see _kept_whole).
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             return tp.pruner.BasePruner(
                 module,
@@ -294,12 +296,12 @@ def _prune_steps(pruner, module, options: PruneOptions, images, targets, progres
     module.zero_grad(set_to_none=True)
 
 
-def _check_still_runs(module: "nn.Module", example_input: "torch.Tensor", expected_shape) -> None:
+def _check_still_runs(module: "nn.Module", example_input: "torch.Tensor", expected_shape: tuple[int, ...]) -> None:
     try:
         shape = tuple(_forward(module, example_input).shape)
     except Exception as e:
         raise EdgekitError(f"pruning left {type(module).__name__} unable to run: {_first_line(e)}") from e
-    if shape != tuple(expected_shape):
+    if shape != expected_shape:
         raise EdgekitError(f"pruning changed the output of {type(module).__name__} from {tuple(expected_shape)} to {shape}")
 
 
@@ -332,12 +334,30 @@ def prune_module(
         module.train(was_training)
 
 
-def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, progress: Progress) -> PruneReport:
+def _output_shape(module: "nn.Module", example_input: "torch.Tensor") -> tuple[int, ...]:
+    import torch
+
     try:
-        output_shape = _forward(module, example_input).shape
+        output = _forward(module, example_input)
     except Exception as e:
         raise EdgekitError(f"{type(module).__name__} does not run on the example input: {_first_line(e)}") from e
-    num_classes = int(output_shape[-1]) if len(output_shape) >= 2 else None
+    if not isinstance(output, torch.Tensor):
+        raise EdgekitError(f"{type(module).__name__} returns {type(output).__name__}, not a tensor of logits; it cannot be pruned")
+    return tuple(output.shape)
+
+
+def _check_traced(module: "nn.Module", traced: set) -> None:
+    """torch-pruning follows autograd: layers run without it are invisible, and silently so."""
+    if not any(layer in traced for _, layer in weight_layers(module)):
+        raise EdgekitError(
+            f"torch-pruning traced no Conv or Linear layer of {type(module).__name__} "
+            "(does its forward pass run without autograd?)"
+        )
+
+
+def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, progress: Progress) -> PruneReport:
+    output_shape = _output_shape(module, example_input)
+    num_classes = output_shape[-1] if len(output_shape) >= 2 else None
     protected = protected_layers(module, options.protect_stem, options.protect_classifier, num_classes)
     macs_before, params_before = _count(module, example_input)
     channels_before = _output_channels(module)
@@ -347,6 +367,7 @@ def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, pr
     pruner = _build_pruner(module, example_input, options, ignored=list(protected))
     kept_whole = _kept_whole(pruner.DG, module, protected)
     traced = set(pruner.DG.module2node)
+    _check_traced(module, traced)
     _prune_steps(pruner, module, options, images, targets, progress)
     _check_still_runs(module, example_input, output_shape)
 
