@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from .core import EdgekitError
+from .core import EdgekitError, UsageError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -190,10 +190,10 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
     if variant.get("int8") and variant.get("fp16"):
         raise click.UsageError("--int8 and --fp16 exclude each other")
     if variant.get("prune_ratio") is not None and variant.get("dw_separable"):
-        raise click.UsageError("--prune and --dw-separable exclude each other (one structural change per artifact)")
+        raise UsageError("--prune and --dw-separable exclude each other (one structural change per artifact)")
     ratio = variant.get("prune_ratio")
     if ratio is not None and not 0.0 < ratio < 1.0:
-        raise click.UsageError(f"--prune must be a fraction in (0, 1), got {ratio}")
+        raise UsageError(f"--prune must be a fraction in (0, 1), got {ratio}")
     options = ExportOptions(opset=opset, dynamic_batch=not static, slim=not no_slim)
     calibration = None
     if variant.get("int8"):
@@ -423,7 +423,7 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     for name in backend_names:
         BACKENDS.get(name)
     if (precision or ov_fp16_weights) and "openvino" not in backend_names:
-        raise click.UsageError("--precision and --ov-fp16-weights apply to the openvino backend; add --backend openvino")
+        raise UsageError("--precision and --ov-fp16-weights apply to the openvino backend; add --backend openvino")
     images = ImageRequest(data_dir, labels_file, views, limit)
     images.resolve()  # a bad image folder fails before any export work
 
@@ -556,7 +556,7 @@ def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_r
     try:
         allowed = parse_percent(max_latency_regression)
     except ValueError:
-        raise click.UsageError(f"--max-latency-regression: expected a percentage such as 10%, got {max_latency_regression!r}") from None
+        raise UsageError(f"--max-latency-regression: expected a percentage such as 10%, got {max_latency_regression!r}") from None
     old_doc, new_doc = _load_results([baseline, new])
     report = compare(old_doc, new_doc, max_top1_drop, allowed, reference)
     console = _console()
