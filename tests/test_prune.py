@@ -4,6 +4,7 @@ consistency on torchvision models, saving and reloading a pruned model, bad requ
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from digits import IMAGE_SIZE, load_digits_split, train_digits_net
-from edgekit.core import CheckpointMismatchError, EdgekitError, UsageError
+from edgekit.core import CheckpointMismatchError, DataError, EdgekitError, UsageError
 from edgekit.transforms.distill import DistillOptions, distill
 from edgekit.transforms.prune import (
     PruneOptions,
@@ -23,8 +24,10 @@ from edgekit.transforms.prune import (
 )
 
 DIGITS_INPUT = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
-# Unlabelled distillation on the 1,257 training digits; a second or two on one thread.
-DIGITS_DISTILL = DistillOptions(steps=300, batch_size=64, lr=3e-3, temperature=4.0, seed=0)
+# Unlabelled distillation on the 1,257 training digits, about 5 s on one thread. No
+# augmentation: mirrored digits are not digits, and the teacher's guesses on them cost the
+# tiny student accuracy (measured: 95% with flips and shifts, 97% without).
+DIGITS_DISTILL = DistillOptions(steps=300, batch_size=64, lr=3e-3, temperature=4.0, augment=False, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +67,9 @@ def test_distillation_recovers_pruned_digits_accuracy(digits_net, record_propert
     assert report.params_after <= 0.5 * report.params_before
     assert report.macs_after <= 0.5 * report.macs_before
     assert recovered > pruned
-    # measured: 98.9% -> 28.3% pruned -> 88.7% after 300 unlabelled distillation steps (540
-    # held-out, truly labelled digits); half the channels of a 20k-parameter net is a lot
-    assert original - recovered <= 12.0, (original, pruned, recovered)
+    # measured on 540 held-out, truly labelled digits: 98.9% -> 28.3% pruned -> 96.9%
+    # (seed 0; 97.0% with seed 1) after 300 unlabelled steps; the net keeps a third of its weights
+    assert original - recovered <= 3.0, (original, pruned, recovered)
     assert result.last_loss < result.first_loss
     assert not student.training
 
@@ -128,6 +131,7 @@ def test_pruning_keeps_the_graph_consistent(name, pruned_mobilenet):
     assert head.out_features == 1000 and torch.equal(head.bias, original_head.bias)
     reasons = dict(report.skipped)
     assert reasons[stem_name] == "protected stem" and reasons[head_name] == "protected classifier"
+    assert json.loads(json.dumps(report.to_dict()))["options"]["ratio"] == 0.3
 
 
 def test_squeeze_excite_blocks_are_pruned_with_their_block(pruned_mobilenet):
@@ -158,13 +162,7 @@ class _FailsWhenTraced(_NoAutograd):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize(
-    "model_type",
-    [
-        pytest.param(_NoAutograd, marks=pytest.mark.xfail(strict=True, reason="a forward under torch.no_grad is not detected yet")),
-        _FailsWhenTraced,
-    ],
-)
+@pytest.mark.parametrize("model_type", [_NoAutograd, _FailsWhenTraced])
 def test_untraceable_model_is_a_one_line_error(model_type):
     model = model_type()
     with pytest.raises(EdgekitError, match=model_type.__name__) as caught:
@@ -217,6 +215,7 @@ def test_two_four_sparsity_zeroes_two_of_every_four(digits_net):
         assert ((runs == 0).sum(1) >= 2).all(), name
     assert torch.equal(model.stem[0].weight, stem_before)
     assert "protected" in result["skipped"]["classifier"] and "multiple of 4" in result["skipped"]["dw1.0"]
+    json.dumps(result)  # goes into a manifest
 
 
 def test_unstructured_sparsity_reaches_the_fraction(digits_net):
@@ -251,20 +250,44 @@ def test_pruned_state_round_trips_with_weights_only(pruned_mobilenet, tmp_path):
 # --------------------------------------------------------------------------- distillation
 
 
-def test_distillation_is_deterministic_and_checks_its_input(digits_net):
+def _halved_head(model: nn.Module) -> nn.Module:
+    """A student that differs from its teacher."""
+    student = copy.deepcopy(model)
+    with torch.no_grad():
+        student.classifier.weight.mul_(0.5)
+    return student
+
+
+def test_distillation_is_deterministic_and_leaves_the_teacher_alone(digits_net):
     model, _, x_train, _, _ = digits_net
+    teacher_state = copy.deepcopy(model.state_dict())
     short = DistillOptions(steps=15, batch_size=16, seed=3)
-    a, b = copy.deepcopy(model), copy.deepcopy(model)
-    with torch.no_grad():  # a student that differs from its teacher
-        a.classifier.weight.mul_(0.5)
-        b.classifier.weight.mul_(0.5)
+    a, b = _halved_head(model), _halved_head(model)
     distill(a, model, x_train[:64], short)
     distill(b, model, x_train[:64], short)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
-    with pytest.raises(UsageError):
-        DistillOptions(label_weight=1.5)
-    from edgekit.core import DataError
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in teacher_state.items())
+    assert model.stem[0].weight.is_contiguous()  # the layout used for training is undone
 
-    with pytest.raises(DataError):
-        distill(a, model, x_train[:8], short, labels=np.zeros(3, np.int64))
+
+def test_distillation_with_labels_and_tiny_batches(digits_net):
+    model, x_train = digits_net[0], digits_net[2]
+    y_train = load_digits_split(seed=0)[1]
+    student = _halved_head(model)
+    running_mean = student.pw1[1].running_mean.clone()
+    report = distill(student, model, x_train[:32], DistillOptions(steps=5, batch_size=4), labels=y_train[:32])
+    assert report.labelled and report.steps == 5
+    assert torch.equal(student.pw1[1].running_mean, running_mean)  # batches of 4: BatchNorm statistics frozen
+
+
+def test_distillation_rejects_bad_input(digits_net):
+    model, _, x_train, _, _ = digits_net
+    with pytest.raises(UsageError, match="label weight"):
+        DistillOptions(label_weight=1.5)
+    with pytest.raises(UsageError, match="steps"):
+        DistillOptions(steps=0)
+    with pytest.raises(DataError, match="labels"):
+        distill(_halved_head(model), model, x_train[:8], DistillOptions(steps=1), labels=np.zeros(3, np.int64))
+    with pytest.raises(DataError, match="NCHW"):
+        distill(_halved_head(model), model, x_train[0], DistillOptions(steps=1))

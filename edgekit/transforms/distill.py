@@ -5,13 +5,21 @@ a pruned model and its unpruned original, a depthwise-separable rewrite and the 
 came from. Labels are optional; the teacher's softened outputs are the targets, so a
 hundred unlabelled photos are enough to recover much of what a transform lost.
 
-BatchNorm: pruning (or any rewrite) changes what reaches each BatchNorm, so the
-statistics it carries from the original training no longer fit. They are re-estimated on
-the images first, then frozen while the weights train (BatchNorm layers run in eval mode;
-their scale and shift still learn), then re-estimated once more at the end for the
-weights that changed. With batches of a few dozen correlated images, batch statistics are
-noisy and would pull the running averages towards the augmented batches; fixed statistics
-keep each step's target stable. Dropout and other layers train as usual.
+BatchNorm trains as usual: each batch is normalised by its own statistics and the running
+averages follow them. Pruning (or any rewrite) changes what reaches each BatchNorm, and
+batch statistics let the student adapt to that at once. Measured on EfficientNet-Lite0
+pruned 20%, distilled on 77 views of the bundled photos (batch 32, 100 steps): with
+BatchNorm frozen at the original statistics the mean KL to the original on held-out views
+went from 5.3 to 2.8, with batch statistics to 0.10. Re-estimating the statistics on the
+plain images afterwards made things worse (Lite0: KL 0.06 -> 0.17; digits: 95% -> 78%
+top-1): the weights fit the statistics of augmented batches, so the running averages
+from training are kept. Batches smaller than MIN_BATCHNORM_BATCH images give statistics
+too noisy to train with; BatchNorm then stays frozen (eval mode) while its scale and
+shift still learn.
+
+What a hundred images can teach depends on how varied they are: on views of the same
+photos the student matches its teacher closely (Lite0 pruned 20%: KL 5.3 -> 0.06), on
+photos it never saw much less (55 views of 5 photos, tested on 2 others: 4.3 -> 2.8).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
 PROGRESS_EVERY = 10  # steps
 LOSS_WINDOW = 10  # steps averaged for the first and last loss
 SHIFT_FRACTION = 1 / 8  # random shifts of up to this fraction of the image side
+MIN_BATCHNORM_BATCH = 8  # smaller batches train with BatchNorm statistics frozen
 
 
 @dataclass(frozen=True)
@@ -101,30 +110,6 @@ def _batchnorm_layers(module: "nn.Module") -> list["nn.Module"]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
-def recalibrate_batchnorm(module: "nn.Module", images: "torch.Tensor", batch_size: int) -> None:
-    """Replace every BatchNorm's running statistics by their exact average over ``images``
-    (nothing else changes; other layers run in eval mode). Leaves ``module`` in eval mode."""
-    import torch
-
-    layers = _batchnorm_layers(module)
-    if not layers:
-        return
-    momenta = [m.momentum for m in layers]
-    module.eval()
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-        m.train()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                module(images[i : i + batch_size])
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        module.eval()
-
-
 @contextlib.contextmanager
 def _channels_last(*modules: "nn.Module"):
     """Run with 4-D weights in channels-last layout, restored afterwards. On CPU, the
@@ -147,10 +132,12 @@ def _channels_last(*modules: "nn.Module"):
             m.to(memory_format=memory_format)
 
 
-def _train_mode_with_frozen_batchnorm(module: "nn.Module") -> None:
+def _set_training(module: "nn.Module", batch_size: int) -> None:
+    """Train mode; BatchNorm too, unless batches are too small for useful statistics."""
     module.train()
-    for m in _batchnorm_layers(module):
-        m.eval()
+    if batch_size < MIN_BATCHNORM_BATCH:
+        for m in _batchnorm_layers(module):
+            m.eval()
 
 
 def augment(batch: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
@@ -206,7 +193,7 @@ def _train(student, teacher, x, y, options: DistillOptions, progress: Progress) 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
     generator = torch.Generator().manual_seed(options.seed)
     losses = []
-    _train_mode_with_frozen_batchnorm(student)
+    _set_training(student, min(options.batch_size, len(x)))
     for step, index in enumerate(_batches(len(x), options.batch_size, options.steps, generator), 1):
         batch = augment(x[index], generator) if options.augment else x[index]
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -254,9 +241,7 @@ def distill(
     try:
         with torch.random.fork_rng(devices=[]), _channels_last(student, teacher):  # dropout draws from the global generator
             torch.manual_seed(options.seed)
-            recalibrate_batchnorm(student, x, options.batch_size)
             losses = _train(student, teacher, x, y, options, progress)
-            recalibrate_batchnorm(student, x, options.batch_size)
     finally:
         teacher.train(teacher_was_training)
         student.eval()

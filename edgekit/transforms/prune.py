@@ -334,29 +334,43 @@ def prune_module(
         module.train(was_training)
 
 
-def _output_shape(module: "nn.Module", example_input: "torch.Tensor") -> tuple[int, ...]:
+def _run_once(module: "nn.Module", example_input: "torch.Tensor") -> tuple[tuple[int, ...], list[str]]:
+    """(output shape, names of the Conv/Linear layers the forward pass calls)."""
     import torch
 
+    called: list[str] = []
+    hooks = [
+        layer.register_forward_hook(lambda *_, name=name: called.append(name))
+        for name, layer in weight_layers(module)
+    ]
     try:
         output = _forward(module, example_input)
     except Exception as e:
         raise EdgekitError(f"{type(module).__name__} does not run on the example input: {_first_line(e)}") from e
+    finally:
+        for hook in hooks:
+            hook.remove()
     if not isinstance(output, torch.Tensor):
         raise EdgekitError(f"{type(module).__name__} returns {type(output).__name__}, not a tensor of logits; it cannot be pruned")
-    return tuple(output.shape)
+    return tuple(output.shape), called
 
 
-def _check_traced(module: "nn.Module", traced: set) -> None:
-    """torch-pruning follows autograd: layers run without it are invisible, and silently so."""
-    if not any(layer in traced for _, layer in weight_layers(module)):
+def _check_traced(module: "nn.Module", called: list[str], traced: set) -> None:
+    """torch-pruning follows autograd from the output back: a layer run without autograd,
+    or whose result never reaches the output, is invisible to it, and silently so.
+    Pruning around such a layer would break the model."""
+    layers = dict(module.named_modules())
+    unseen = [name for name in dict.fromkeys(called) if layers[name] not in traced]
+    if unseen:
+        more = f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""
         raise EdgekitError(
-            f"torch-pruning traced no Conv or Linear layer of {type(module).__name__} "
-            "(does its forward pass run without autograd?)"
+            f"torch-pruning cannot trace {type(module).__name__}: it does not see {', '.join(unseen[:3])}{more} "
+            "(run without autograd, or not reaching the output)"
         )
 
 
 def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, progress: Progress) -> PruneReport:
-    output_shape = _output_shape(module, example_input)
+    output_shape, called = _run_once(module, example_input)
     num_classes = output_shape[-1] if len(output_shape) >= 2 else None
     protected = protected_layers(module, options.protect_stem, options.protect_classifier, num_classes)
     macs_before, params_before = _count(module, example_input)
@@ -367,7 +381,7 @@ def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, pr
     pruner = _build_pruner(module, example_input, options, ignored=list(protected))
     kept_whole = _kept_whole(pruner.DG, module, protected)
     traced = set(pruner.DG.module2node)
-    _check_traced(module, traced)
+    _check_traced(module, called, traced)
     _prune_steps(pruner, module, options, images, targets, progress)
     _check_still_runs(module, example_input, output_shape)
 
@@ -384,7 +398,7 @@ def _prune_in_eval_mode(module, example_input, options: PruneOptions, images, pr
         if layer in kept_whole:
             reason = kept_whole[layer]
         elif layer not in traced:
-            reason = "not called in the traced forward pass"
+            reason = "not called by the forward pass"
         else:
             reason = f"torch-pruning removed none of its {before} channels"
         skipped.append((name, reason))
