@@ -11,11 +11,14 @@ import platform
 import resource
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from .core import AccuracyStats, LatencyStats, UsageError
+
+if TYPE_CHECKING:
+    from .telemetry import PowerMonitor
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,19 @@ def time_session(
     batch_size: int,
     options: TimingOptions,
     on_step: Callable[[int, int], None] = lambda done, total: None,
+    compute_ms: Callable[[], Optional[float]] = lambda: None,
+    power: Optional["PowerMonitor"] = None,
 ) -> LatencyStats:
+    """Host-to-host latency of ``run``; ``compute_ms``, where given, reads the device time
+    of the inference alone after each run (TensorRT's CUDA events); ``power``, an open
+    telemetry monitor, is told where the timed runs start and end (warm-up excluded)."""
     batch = make_batch(images, batch_size)
     for _ in range(options.warmup):
         run(batch)
+    if power is not None:
+        power.begin()
     samples_ns: list[int] = []
+    compute: list[float] = []
     round_p50s: list[float] = []
     total = options.iterations * options.repeats
     for _ in range(options.repeats):
@@ -60,11 +71,16 @@ def time_session(
             start = time.perf_counter_ns()
             run(batch)
             round_ns.append(time.perf_counter_ns() - start)
+            device_ms = compute_ms()
+            if device_ms is not None:
+                compute.append(device_ms)
             on_step(len(samples_ns) + i + 1, total)
             if i + 1 >= options.min_iterations and time.perf_counter() > deadline:
                 break
         samples_ns += round_ns
         round_p50s.append(float(np.percentile(np.asarray(round_ns, dtype=np.float64) / 1e6, 50)))
+    if power is not None:
+        power.end()
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     mean = float(ms.mean())
     return LatencyStats(
@@ -76,6 +92,8 @@ def time_session(
         mean_ms=mean,
         throughput_ips=batch_size * 1000.0 / mean,
         p50_rounds=tuple(round_p50s) if options.repeats > 1 else (),
+        compute_p50_ms=float(np.percentile(compute, 50)) if compute else None,
+        compute_mean_ms=float(np.mean(compute)) if compute else None,
     )
 
 
@@ -157,4 +175,27 @@ def compare_to_baseline(
         agreement=float((logits.argmax(1) == baseline.argmax(1)).mean() * 100),
         mean_kl=mean_kl(baseline, logits),
         max_abs_diff=float(np.abs(logits.astype(np.float64) - baseline).max()),
+    )
+
+
+@dataclass(frozen=True)
+class BackendParity:
+    """Two backends' outputs for one artifact on the same images."""
+
+    first: str
+    second: str
+    agreement: float  # percent of images with the same top-1
+    max_abs_diff: float  # largest logit difference
+
+
+def cross_parity(logits: dict[str, np.ndarray]) -> tuple[BackendParity, ...]:
+    names = list(logits)
+    return tuple(
+        BackendParity(
+            a, b,
+            float((logits[a].argmax(1) == logits[b].argmax(1)).mean() * 100),
+            float(np.abs(logits[a].astype(np.float64) - logits[b]).max()),
+        )
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
     )

@@ -48,8 +48,9 @@ def _console(stderr: bool = True):
     """Messages go to stderr, tables to stdout; when piped, still wide enough for every column."""
     from rich.console import Console
 
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=200)
+    # markup off: model keys, weight names and paths in brackets are text, not style tags
+    console = Console(stderr=stderr, markup=False)
+    return console if console.is_terminal else Console(stderr=stderr, width=200, markup=False)
 
 
 def _progress_reporter(progress, tasks: dict):
@@ -146,6 +147,7 @@ def _variant_options(f):
         click.option("--prune", "prune_ratio", type=float, help="Structured pruning: remove this fraction of channels (0-1), then distil from the original."),
         click.option("--prune-criterion", default="l2", show_default=True, type=click.Choice(["l1", "l2", "taylor"])),
         click.option("--prune-scope", default="uniform", show_default=True, type=click.Choice(["uniform", "global"]), help="Same ratio per layer, or one ranking over all layers."),
+        click.option("--prune-round-to", default=8, show_default=True, type=click.IntRange(min=1), help="Keep a multiple of this many channels in every pruned layer (kernels work in blocks of 8/16; 1 = no rounding)."),
         click.option("--prune-target", type=click.Choice(["flops", "params", "latency"]), help="Prune in small steps until this measured quantity falls by the --prune fraction."),
         click.option("--sparsity", help="Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured)."),
         click.option("--dw-separable", is_flag=True, help="Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil."),
@@ -154,6 +156,18 @@ def _variant_options(f):
         click.option("--dw-layers", help="Comma-separated layer names to convert (instead of the budget)."),
         click.option("--distill-steps", default=200, show_default=True, type=click.IntRange(0), help="Distillation steps after pruning (0: no recovery)."),
         click.option("--distill-data", "distill_dir", type=click.Path(path_type=Path), help="Unlabelled images for distillation (default: the calibration views)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _remote_options(f):
+    options = [
+        click.option("--remote", help="Run on another machine over ssh: user@host[:port]. A bundle (see `edgekit bundle`) is copied there and run by its Python; PyTorch runs here, once, for the reference logits."),
+        click.option("--remote-python", default="python3", show_default=True, help="The Python on the remote machine (needs numpy, Pillow and the backend's runtime)."),
+        click.option("--remote-dir", default="edgekit-bundles", show_default=True, help="Where bundles go on the remote machine (relative: under its home)."),
+        click.option("--ssh-option", "ssh_options", multiple=True, help="Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several. EDGEKIT_SSH_OPTS adds raw ssh arguments."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -199,7 +213,7 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
     if variant.get("int8"):
         quantize_options = _quantize_options(variant)
         calibration = default_calibration(variant["calib_dir"], variant["calib_labels"], variant["calib_limit"], variant["seed"]).resolve()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         report = _progress_reporter(progress, {})
         artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
@@ -230,7 +244,7 @@ def _pruned(artifact, variant: dict, out_dir: Path, progress):
 
     ratio = variant["prune_ratio"]
     target = PruneTarget(variant["prune_target"], ratio) if variant.get("prune_target") else None
-    options = PruneOptions(ratio=ratio if target is None else 0.05, criterion=variant["prune_criterion"], scope=variant["prune_scope"])
+    options = PruneOptions(ratio=ratio if target is None else 0.05, criterion=variant["prune_criterion"], scope=variant["prune_scope"], round_to=variant["prune_round_to"])
     images = default_calibration(variant.get("distill_dir") or variant.get("calib_dir"), None, variant["calib_limit"], variant["seed"]).resolve()
     distill = DistillOptions(steps=variant["distill_steps"]) if variant["distill_steps"] > 0 else None
     return pruned_artifact(artifact, options, images, distill, variant.get("sparsity"), target, out_dir, progress)
@@ -393,18 +407,20 @@ def inspect_command(artifact_dir: Path) -> None:
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
 @click.option("--max-seconds", default=15.0, show_default=True, type=click.FloatRange(0.1), help="Time budget per batch size (at least 10 iterations run).")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads for every backend (default: the runtime's choice).")
-@click.option("--device", default="cpu", show_default=True, help="cpu; cuda (onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
-@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can).")
+@click.option("--device", default="cpu", show_default=True, help="cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
+@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact.")
 @click.option("--ov-fp16-weights", is_flag=True, help="OpenVINO: compress the IR's weights to FP16.")
 @click.option("--trt-workspace", help="TensorRT builder workspace limit, e.g. 4GiB.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay inference from a captured CUDA graph.")
 @click.option("--throughput", "throughput_seconds", type=click.FloatRange(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
+@click.option("--power", "power_source", default="auto", show_default=True, type=click.Choice(["auto", "tegrastats", "nvml", "rapl", "off"]), help="Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what this machine has.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
 @click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
 @click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
-def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, trt_workspace, cuda_graph, throughput_seconds, data_dir, labels_file, views, limit, json_path, **variant) -> None:
+@_remote_options
+def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, trt_workspace, cuda_graph, throughput_seconds, power_source, data_dir, labels_file, views, limit, json_path, **variant) -> None:
     """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
@@ -416,16 +432,22 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     from .backends.tensorrt import parse_workspace
     from .bench import TimingOptions
     from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
-    from .report import parity_table, results_document, rich_table, throughput_table, write_json
+    from .report import device_time_table, has_device_time, parity_table, results_document, rich_table, throughput_table, write_json
 
     console = _console()
     backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
     for name in backend_names:
         BACKENDS.get(name)
-    if (precision or ov_fp16_weights) and "openvino" not in backend_names:
-        raise UsageError("--precision and --ov-fp16-weights apply to the openvino backend; add --backend openvino")
+    if ov_fp16_weights and "openvino" not in backend_names:
+        raise UsageError("--ov-fp16-weights applies to the openvino backend; add --backend openvino")
+    if precision and not ({"openvino", "tensorrt"} & set(backend_names)) and device != "tensorrt":
+        raise UsageError("--precision applies to the openvino and tensorrt backends (or onnxruntime with --device tensorrt)")
     images = ImageRequest(data_dir, labels_file, views, limit)
     images.resolve()  # a bad image folder fails before any export work
+    from .telemetry import check_power_source
+
+    check_power_source(power_source)
+    remote = _remote_request(variant)  # a malformed user@host fails before any export work
 
     artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
     _describe_artifact(artifact, reused, console)
@@ -447,8 +469,12 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
         timing=TimingOptions(batch_sizes=tuple(batch_sizes), warmup=warmup, iterations=iterations, max_seconds=max_seconds),
         images=images,
         throughput_seconds=throughput_seconds,
+        power=power_source,
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    if remote is not None:
+        _bench_remote(artifact, request, remote, json_path, console)
+        return
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         run = run_bench(artifact, request, _progress_reporter(progress, {}))
 
@@ -457,6 +483,8 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     out.print(rich_table(run.results, title))
     if any(r.throughput for r in run.results):
         out.print(throughput_table(run.results))
+    if has_device_time(run.results):
+        out.print(device_time_table(run.results))
     if len(run.parity) > 1:
         out.print(parity_table(run.parity, f"cross-backend parity on the same {len(run.images)} images"))
     document = results_document(
@@ -469,6 +497,137 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     path = write_json(document, json_path or artifact.path / "results.json")
     console.print(f"results: {path}")
     _exit_if_budget_missed(artifact, variant)
+
+
+# --------------------------------------------------------------------------- bundles and remote devices
+
+
+def _remote_request(variant: dict):
+    """Pops the --remote options out of ``variant``: a RemoteRequest, or None."""
+    from .remote import RemoteRequest
+
+    remote, python, remote_dir, ssh_options = (variant.pop(k) for k in ("remote", "remote_python", "remote_dir", "ssh_options"))
+    if remote is None:
+        if ssh_options:
+            raise UsageError("--ssh-option applies to --remote runs")
+        return None
+    return RemoteRequest.parse(remote, ssh_options, python, remote_dir)
+
+
+def _bundle_images(data_dir, labels_file, views, limit):
+    """A folder: ``views`` consecutive views per file (default 1). The bundled photos: the
+    held-out (even) views bench and recipes evaluate on, ``views`` of them (default all 11)."""
+    from .data import EVEN_VIEWS
+    from .pipeline import HELD_OUT_EVALUATION, ImageRequest
+
+    if data_dir is not None:
+        return ImageRequest(data_dir, labels_file, views or 1, limit)
+    if labels_file is not None:
+        raise UsageError("--labels goes with --data")
+    if views is None and limit is None:
+        return HELD_OUT_EVALUATION
+    return ImageRequest(views_per_image=views or HELD_OUT_EVALUATION.views_per_image, limit=limit, view_offset=EVEN_VIEWS[0], view_stride=EVEN_VIEWS[1])
+
+
+def _make_bundle(artifact, backends, image_set, out: Path, device: str, batch_sizes, console) -> Path:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .bundle import make_bundle
+
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        report = _progress_reporter(progress, {})
+        return make_bundle(
+            artifact, backends, image_set, out, device=device, batch_sizes=tuple(batch_sizes),
+            progress=lambda stage, done, total: report("bundle", stage, done, total),
+        )
+
+
+def _describe_bundle(folder: Path, console) -> dict:
+    import json
+
+    meta = json.loads((folder / "bundle.json").read_text())
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    reference = "with PyTorch FP32 logits" if meta["reference"] else "no PyTorch reference (imported ONNX): labels only"
+    console.print(
+        f"bundle {meta['id']}: {meta['model']} [{meta['artifact_key']}, {meta['variant']}] for {', '.join(meta['backends'])}; "
+        f"{meta['images']['count']} images ({meta['images']['description']}) {reference}; {len(meta['files'])} files, {size:.1f} MB"
+    )
+    return meta
+
+
+@main.command("bundle")
+@click.argument("target")
+@_model_options
+@_variant_options
+@click.option("--backend", "backends", multiple=True, required=True, help="onnxruntime, openvino or tensorrt; repeat or comma-separate for several.")
+@click.option("-o", "--output", "bundle_dir", required=True, type=click.Path(path_type=Path), help="The bundle folder to write (an old bundle there is replaced).")
+@click.option("--device", default="cpu", show_default=True, help="The device's default --device: cpu; cuda or tensorrt (onnxruntime-gpu); gpu, npu (OpenVINO).")
+@click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="The device's default batch size(s).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Evaluation images to carry instead of the bundled photos' held-out views.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat --data folder.")
+@click.option("--views", type=click.IntRange(1), help="Views per image (default: 1 for --data, the 11 held-out views of the bundled photos).")
+@click.option("--limit", type=click.IntRange(1), help="Carry at most this many image files.")
+def bundle_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, bundle_dir, device, batch_sizes, data_dir, labels_file, views, limit, **variant) -> None:
+    """Write a self-contained folder that runs TARGET (a model, artifact folder or ONNX file)
+    on a device with numpy, Pillow and the backend's runtime only: the ONNX, manifest,
+    evaluation images, PyTorch FP32 logits for them, and a torch-free runner. Copy it over
+    and run `python3 -m edgekit.device_runner bench` inside it.
+    """
+    from .bundle import check_backends
+    from .device_runner import RUN_COMMAND
+
+    console = _console()
+    names = check_backends([b.strip() for spec in backends for b in spec.split(",") if b.strip()])
+    request = _bundle_images(data_dir, labels_file, views, limit)
+    image_set = request.resolve()  # a bad image folder fails before any export work
+    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
+    _describe_artifact(artifact, reused, console)
+    folder = _make_bundle(artifact, names, image_set, bundle_dir, device, batch_sizes, console)
+    _describe_bundle(folder, console)
+    click.echo(str(folder))
+    console.print(f"on the device:  cd {folder.name} && {RUN_COMMAND}")
+
+
+def _bench_remote(artifact, request, remote, json_path, console) -> None:
+    """Bundle, copy, run over ssh, fetch: the device's rows, shown and saved like local ones."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .bench import BackendParity
+    from .core import BenchResult
+    from .remote import bench_remote, check_connection
+    from .report import device_time_table, has_device_time, parity_table, rich_table, throughput_table, write_json
+
+    host = remote.host
+    if not [b for b in request.backends if b != "pytorch"]:
+        raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
+    with console.status(f"connecting to {host}"):
+        version = check_connection(host, remote.settings, remote.python)
+    console.print(f"{host}: reachable, Python {version}")
+    if "pytorch" in request.backends:
+        console.print(f"note: PyTorch runs here once, for the reference logits; everything timed runs on {host}")
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        report = _progress_reporter(progress, {})
+        document = bench_remote(
+            artifact, request.backends, request.images.resolve(), remote, request.options, request.timing,
+            request.throughput_seconds, request.power, progress=lambda stage, done, total: report("remote", stage, done, total),
+        )
+    document["command"] = " ".join(["edgekit"] + sys.argv[1:])
+    results = [BenchResult.from_dict(r) for r in document["results"]]
+    count = document["images"]["count"]
+    title = f"{artifact.model_name} [{artifact.key}] on {host} ({results[0].environment.get('cpu', '?')}), {document['images']['description']}; accuracy vs PyTorch on the same {count} images"
+    out = _console(stderr=False)
+    out.print(rich_table(results, title))
+    if any(r.throughput for r in results):
+        out.print(throughput_table(results))
+    if has_device_time(results):
+        out.print(device_time_table(results))
+    parity = [BackendParity(**p) for p in document.get("parity", [])]
+    if len(parity) > 1:
+        out.print(parity_table(parity, f"cross-backend parity on the same {count} images"))
+    path = write_json(document, json_path or artifact.path / f"results-{host.host}.json")
+    console.print(f"results: {path}")
 
 
 def _calibrated_on_bundled_photos(artifact) -> bool:
@@ -496,7 +655,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
         f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
         f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         results, parity, notes = run_recipe(recipe, _progress_reporter(progress, {}))
     _console(stderr=False).print(rich_table(results, f"recipe {recipe.name}"))

@@ -209,6 +209,13 @@ class LatencyStats:
     mean_ms: float
     throughput_ips: float  # images per second at this batch size
     p50_rounds: tuple[float, ...] = ()  # p50 of each round when timed in several rounds
+    # device time of the inference alone (CUDA events), where a backend measures it
+    compute_p50_ms: Optional[float] = None
+    compute_mean_ms: Optional[float] = None
+
+    @property
+    def compute_throughput_ips(self) -> Optional[float]:
+        return self.batch_size * 1000.0 / self.compute_mean_ms if self.compute_mean_ms else None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
@@ -223,6 +230,24 @@ class ThroughputStats:
     inferences: int
     seconds: float
     throughput_ips: float
+
+
+@dataclass(frozen=True)
+class PowerStats:
+    """Power and energy over one timed loop (latency mode), from edgekit.telemetry."""
+
+    source: str  # "tegrastats" | "nvml" | "rapl"
+    rail: str  # what was read: "VDD_IN", rails summed "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0", a GPU's name, RAPL domains
+    samples: int  # readings inside the window (2 for a counter read at its start and end)
+    seconds: float  # the timed window
+    mean_power_w: float  # energy_j / seconds
+    energy_j: float
+    energy_per_inference_mj: float  # per image
+    energy_method: str = "sampled"  # "counter": the hardware's energy counter; "sampled": power readings integrated
+    batch_size: Optional[int] = None
+    peak_ram_mb: Optional[float] = None  # tegrastats: RAM in use on the whole board (shared with the GPU)
+    mean_gpu_load_pct: Optional[float] = None
+    gpu_memory_mb: Optional[float] = None  # NVML: peak device memory in use, all processes
 
 
 @dataclass(frozen=True)
@@ -251,6 +276,8 @@ class BenchResult:
     accuracy: Optional[AccuracyStats]
     environment: dict[str, Any] = field(default_factory=dict)
     throughput: tuple[ThroughputStats, ...] = ()  # asynchronous-request mode, where the backend has one
+    power: tuple[PowerStats, ...] = ()  # per timed batch size, where a power source was read
+    gpu_memory_mb: Optional[float] = None  # this process's GPU memory after the runs (NVML), on NVIDIA GPUs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,4 +299,6 @@ class BenchResult:
             accuracy=AccuracyStats(**acc) if acc else None,
             environment=d.get("environment", {}),
             throughput=tuple(ThroughputStats(**x) for x in d.get("throughput", ())),
+            power=tuple(PowerStats(**x) for x in d.get("power", ())),
+            gpu_memory_mb=d.get("gpu_memory_mb"),
         )

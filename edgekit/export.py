@@ -194,13 +194,17 @@ def measure_parity(loaded: LoadedModel, onnx_path: Path, images: ImageSet) -> di
     else:
         exported = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))])
     diff = float(np.abs(exported - reference).max())
+    scale = float(np.abs(reference).max())
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean() * 100)
-    if diff > PARITY_TOLERANCE:
-        warnings.warn(f"ONNX logits differ from PyTorch by up to {diff:.2e}", stacklevel=2)
+    # relative to the logits' size: random-init networks can produce logits of 1e8, where
+    # float32 reordering alone moves them by more than any absolute tolerance
+    if diff > PARITY_TOLERANCE * max(1.0, scale):
+        warnings.warn(f"ONNX logits differ from PyTorch by up to {diff:.2e} (largest logit {scale:.2e})", stacklevel=2)
     return {
         "images": int(len(x)),
         "image_set": images.identity,
         "max_abs_diff": diff,
+        "max_abs_logit": scale,
         "top1_agreement": agreement,
         "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
     }

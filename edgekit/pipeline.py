@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +11,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends import BACKENDS, BackendOptions
-from .bench import TimingOptions, compare_to_baseline
-from .core import Artifact, BenchResult, EdgekitError, LatencyStats, ThroughputStats, UsageError
+from .bench import BackendParity, TimingOptions, compare_to_baseline, cross_parity
+from .core import Artifact, BenchResult, LatencyStats, PowerStats, ThroughputStats, UsageError
 from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
 from .export import ExportOptions, WeightsSource, export_model
-from .worker import image_set_to_job
+from .telemetry import check_power_source
+from .worker import image_set_to_job, spawn
 
 BASELINE = "pytorch"
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
@@ -80,16 +77,7 @@ class BenchRequest:
     timing: TimingOptions = TimingOptions()
     images: ImageRequest = ImageRequest()
     throughput_seconds: Optional[float] = None  # also time asynchronous throughput mode where a backend has one
-
-
-@dataclass(frozen=True)
-class BackendParity:
-    """Two backends' outputs for one artifact on the same images."""
-
-    first: str
-    second: str
-    agreement: float  # percent of images with the same top-1
-    max_abs_diff: float  # largest logit difference
+    power: str = "auto"  # edgekit.telemetry source read during timing: auto, tegrastats, nvml, rapl, off
 
 
 @dataclass(frozen=True)
@@ -98,19 +86,6 @@ class BenchRun:
     images: ImageSet
     results: tuple[BenchResult, ...]
     parity: tuple[BackendParity, ...] = ()
-
-
-def cross_parity(logits: dict[str, np.ndarray]) -> tuple[BackendParity, ...]:
-    names = list(logits)
-    return tuple(
-        BackendParity(
-            a, b,
-            float((logits[a].argmax(1) == logits[b].argmax(1)).mean() * 100),
-            float(np.abs(logits[a].astype(np.float64) - logits[b]).max()),
-        )
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
-    )
 
 
 def build_artifact(
@@ -146,6 +121,7 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
     has_original = artifact.manifest["model"].get("weights_source") is not None
     if not has_original and BASELINE in request.backends:
         raise UsageError(f"{artifact.path} was imported from an ONNX file: there is no PyTorch original to run")
+    check_power_source(request.power)  # an explicitly named source that cannot be read fails before any work
     images = request.images.resolve()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         outputs = {}
@@ -174,6 +150,8 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
                     accuracy=accuracy,
                     environment=raw["environment"],
                     throughput=tuple(ThroughputStats(**x) for x in raw.get("throughput", ())),
+                    power=tuple(PowerStats(**x) for x in raw.get("power", ())),
+                    gpu_memory_mb=raw.get("gpu_memory_mb"),
                 )
             )
         parity = cross_parity({name: logits for name, (_, logits) in outputs.items()})
@@ -214,38 +192,19 @@ def _run_worker(
             if timed and request.throughput_seconds
             else None
         ),
+        "power": request.power if timed else "off",
         "logits_out": str(tmp / f"{backend}.npy"),
         "result_out": str(tmp / f"{backend}.json"),
     }
-    job_path = tmp / f"{backend}.job.json"
-    job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    stderr_path = tmp / f"{backend}.stderr"
-    error = None
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekit.worker", str(job_path)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a runtime printing to stdout
-            if "error" in message:
-                error = message["error"]
-            elif "stage" in message:
-                progress(backend, message["stage"], message.get("done"), message.get("total"))
-        proc.wait()
-    if proc.returncode != 0:
-        if error is None:
-            tail = stderr_path.read_text().strip().splitlines()
-            error = f"{backend} worker exited with code {proc.returncode}" + (f": {tail[-1]}" if tail else "")
-        raise EdgekitError(error)
-    return json.loads(Path(job["result_out"]).read_text()), np.load(job["logits_out"])
+    return spawn(job, tmp, lambda stage, done, total: progress(backend, stage, done, total))
+
+
+def reference_logits(artifact: Artifact, images: ImageSet, threads: Optional[int] = None, progress: Progress = _no_progress) -> np.ndarray:
+    """The PyTorch original's logits on ``images`` (untimed, CPU, in a process of its own):
+    the baseline a bundle carries to a device that has no PyTorch."""
+    if artifact.manifest["model"].get("weights_source") is None:
+        raise UsageError(f"{artifact.path} was imported from an ONNX file: there is no PyTorch original to run")
+    request = BenchRequest(backends=(BASELINE,), options=BackendOptions(threads=threads))
+    with tempfile.TemporaryDirectory(prefix="edgekit-reference-") as tmp:
+        _, logits = _run_worker(artifact, BASELINE, request, images, Path(tmp), False, progress)
+    return logits

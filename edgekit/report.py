@@ -65,7 +65,25 @@ COLUMNS = (
 )
 
 
+POWER_COLUMNS = ("mean W", "mJ/img")  # only where a power source was read (edgekit.telemetry)
+
+
+def has_power(results: Iterable[BenchResult]) -> bool:
+    return any(r.power for r in results)
+
+
+def table_columns(results: Sequence[BenchResult]) -> tuple[str, ...]:
+    return COLUMNS + POWER_COLUMNS if has_power(results) else COLUMNS
+
+
+def _power_cells(r: BenchResult, batch_size: Optional[int]) -> list[str]:
+    power = next((p for p in r.power if p.batch_size == batch_size), None)
+    return [_fmt(power.mean_power_w if power else None, ".2f"), _fmt(power.energy_per_inference_mj if power else None, ".3g")]
+
+
 def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
+    results = list(results)
+    with_power = has_power(results)
     rows = []
     for r in results:
         acc = r.accuracy
@@ -88,14 +106,27 @@ def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
                     _fmt(r.peak_rss_mb, ".0f") if i == 0 else "",
                     _fmt(r.size_mb, ".1f") if i == 0 else "",
                     *(accuracy_cells if i == 0 else [""] * 4),
+                    *(_power_cells(r, lat.batch_size if lat else None) if with_power else []),
                 ]
             )
     return rows
 
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = table_columns(results)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in result_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(results: Sequence[BenchResult], title: str) -> str:
+    """The same table in plain aligned text, for machines without rich (the on-device runner)."""
+    rows = [list(table_columns(results))] + result_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left = {COLUMNS.index("backend"), COLUMNS.index("precision")}
+    lines = [title]
+    for row in rows:
+        lines.append(" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -103,7 +134,7 @@ def rich_table(results: Sequence[BenchResult], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name in COLUMNS:
+    for name in table_columns(results):
         table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
     for row in result_rows(results):
         table.add_row(*row)
@@ -133,4 +164,25 @@ def parity_table(parity, title: str):
         table.add_column(name, justify="left" if name == "backends" else "right")
     for p in parity:
         table.add_row(f"{p.first} vs {p.second}", f"{p.agreement:.1f}", f"{p.max_abs_diff:.4g}")
+    return table
+
+
+def has_device_time(results: Sequence[BenchResult]) -> bool:
+    return any(lat.compute_p50_ms is not None for r in results for lat in r.latency)
+
+
+def device_time_table(results: Sequence[BenchResult]):
+    """Compute-only device time (CUDA events around the inference alone) beside the
+    end-to-end host-to-host time that includes the copies."""
+    from rich.table import Table
+
+    table = Table(title="device time (inference alone) vs end to end (with host<->device copies)", title_justify="left")
+    for name in ("backend", "precision", "batch", "compute p50 ms", "end-to-end p50 ms", "compute img/s", "end-to-end img/s", "GPU memory MB"):
+        table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
+    for r in results:
+        for i, lat in enumerate(lat for lat in r.latency if lat.compute_p50_ms is not None):
+            table.add_row(
+                r.backend, r.precision, str(lat.batch_size), f"{lat.compute_p50_ms:.3f}", f"{lat.p50_ms:.3f}",
+                _fmt(lat.compute_throughput_ips, ".0f"), f"{lat.throughput_ips:.0f}", _fmt(r.gpu_memory_mb, ".0f") if i == 0 else "",
+            )
     return table

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .core import BenchResult, DataError, LatencyStats
-from .report import COLUMNS, RESULTS_FORMAT, markdown_table, result_rows
+from .report import RESULTS_FORMAT, markdown_table, result_rows, table_columns
 
 BASELINE_BACKEND = "pytorch"
 # Every row of a bench run is labelled with the artifact's variant, the PyTorch original
@@ -38,6 +38,8 @@ CSV_FIELDS = (
     "agreement",
     "mean_kl",
     "speedup_vs_pytorch",
+    "mean_power_w",
+    "energy_per_inference_mj",
     "machine_cpu",
     "created",
 )
@@ -167,6 +169,11 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
                 "p99_ms": stats.p99_ms,
                 "throughput_ips": stats.throughput_ips,
                 "speedup_vs_pytorch": e.speedup(stats),
+                **next(
+                    ({"mean_power_w": p.mean_power_w, "energy_per_inference_mj": p.energy_per_inference_mj}
+                     for p in r.power if p.batch_size == stats.batch_size),
+                    {},
+                ),
             }
             row = {**shared, **timing}
             rows.append({name: _csv_value(row.get(name)) for name in CSV_FIELDS})
@@ -242,7 +249,7 @@ figcaption { color: #555; font-size: .9rem; }
 
 
 def _html_table(results: Sequence[BenchResult]) -> str:
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in COLUMNS)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in table_columns(results))
     body = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in result_rows(results)
     )

@@ -14,6 +14,7 @@ from .core import Artifact, BenchResult
 from .export import ExportOptions
 from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, ModelRequest, build_artifact, default_calibration, run_bench
 from .recipe import Recipe
+from .telemetry import check_power_source
 from .transforms.quantize import Budget, QuantizeOptions
 from .variants import fp16_artifact, quantize_artifact
 
@@ -53,7 +54,7 @@ def _pruned(recipe: Recipe, fp32: Artifact, out: Path, progress: Progress, label
 
     p = recipe.prune
     target = PruneTarget(p["target"], p["ratio"]) if p.get("target") else None
-    options = PruneOptions(ratio=p["ratio"] if target is None else 0.05, criterion=p.get("criterion", "l2"), scope=p.get("scope", "uniform"))
+    options = PruneOptions(ratio=p["ratio"] if target is None else 0.05, criterion=p.get("criterion", "l2"), scope=p.get("scope", "uniform"), round_to=p.get("round_to", 8))
     images = default_calibration(recipe.resolve(p.get("distill_data") or recipe.int8.get("calib")), None, recipe.int8.get("calib_limit", 200), recipe.int8.get("seed", 0)).resolve()
     steps = p.get("distill_steps", 200)
     distill = DistillOptions(steps=steps) if steps > 0 else None
@@ -93,6 +94,17 @@ def _variant_artifact(recipe: Recipe, fp32: Artifact, variant: str, out: Path, p
     return artifact, reused
 
 
+def _remote(bench: dict[str, Any]):
+    """[bench] remote = "user@host[:port]": checked (reachable, has its Python) before any work."""
+    if not bench.get("remote"):
+        return None
+    from .remote import RemoteRequest, check_connection
+
+    remote = RemoteRequest.parse(bench["remote"], bench.get("ssh_options", ()), bench.get("remote_python"), bench.get("remote_dir"))
+    check_connection(remote.host, remote.settings, remote.python)
+    return remote
+
+
 def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, total: None) -> tuple[list[BenchResult], list[dict], list[str]]:
     """Build and benchmark every cell; returns (results, parity rows, notes)."""
     bench = recipe.bench
@@ -107,6 +119,8 @@ def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, t
         max_seconds=float(bench.get("max_seconds", 15.0)), repeats=bench.get("repeats", 1),
     )
     images = _evaluation_images(recipe)
+    check_power_source(bench.get("power", "auto"))  # before any export work
+    remote = _remote(bench)
     results: list[BenchResult] = []
     parity: list[dict] = []
     notes: list[str] = []
@@ -124,9 +138,19 @@ def run_recipe(recipe: Recipe, progress: Progress = lambda label, stage, done, t
                 notes.append(f"{label}: INT8 budget not met on the calibration images")
             # PyTorch runs the FP32 original: timing it once, with the fp32 cell, is enough
             backends = tuple(b for b in recipe.backends if b != "pytorch" or variant == "fp32")
+            if remote is not None:  # every timed cell on the device; PyTorch only as the bundled reference
+                from .remote import bench_remote
+
+                document = bench_remote(
+                    artifact, backends, images.resolve(), remote, options, timing, bench.get("throughput"), bench.get("power", "auto"),
+                    progress=lambda stage, done, total, label=label: progress(f"{label} {remote.host}", stage, done, total),
+                )
+                results += [BenchResult.from_dict(r) for r in document["results"]]
+                parity += [{"model": model, "variant": variant, **p} for p in document["parity"]]
+                continue
             run = run_bench(
                 artifact,
-                BenchRequest(backends=backends, options=options, timing=timing, images=images, throughput_seconds=bench.get("throughput")),
+                BenchRequest(backends=backends, options=options, timing=timing, images=images, throughput_seconds=bench.get("throughput"), power=bench.get("power", "auto")),
                 lambda backend, stage, done, total, label=label: progress(f"{label} {backend}", stage, done, total),
             )
             results += run.results

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .artifacts import build_artifact_folder
+from .bench import TimingOptions, time_session
 from .core import ONNX_NAME, Artifact, UsageError, stable_hash
 from .data import ImageSet, bundled_images, load_all, make_image_set
 from .export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
 from .models import LoadedModel, load_from_manifest, measure_complexity
 from .variants import calibration_identity, child_manifest, require_fp32
 
-STRUCTURAL_VERSION = 1  # bump when the output changes for the same settings
+STRUCTURAL_VERSION = 3  # bump when the output changes for the same settings (2: same-padding kept, BatchNorm trains; 3: rank > 1 as repeat + depthwise)
 PRUNED_STATE_NAME = "pruned_state.pt"
 Progress = Callable[[str, Optional[int], Optional[int]], None]
 
@@ -61,14 +61,7 @@ def _latency_ms(module, size: int) -> float:
         session = plain_session(path)
         x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
         name = session.get_inputs()[0].name
-        for _ in range(5):
-            session.run(None, {name: x})
-        samples = []
-        for _ in range(30):
-            start = time.perf_counter()
-            session.run(None, {name: x})
-            samples.append(time.perf_counter() - start)
-    return float(np.median(samples) * 1000)
+        return time_session(lambda batch: session.run(None, {name: batch}), x, 1, TimingOptions(warmup=5, iterations=30, max_seconds=60)).p50_ms
 
 
 def _metric(module, size: int, metric: str) -> float:

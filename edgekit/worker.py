@@ -8,10 +8,13 @@ to stdout as JSON lines; the result and the logits go to the files the job names
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from .backends import BackendOptions, get_backend
 from .bench import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
 from .core import Artifact, EdgekitError
 from .data import ImageSet, ImageView, LabelledImage, load_all
+from .telemetry import open_power_monitor
 
 
 def emit(**message: object) -> None:
@@ -66,18 +70,25 @@ def run_job(job: dict) -> dict:
     np.save(job["logits_out"], np.concatenate(logits))
 
     latency = []
+    power = []
     if job.get("timing"):
         timing = TimingOptions(**{**job["timing"], "batch_sizes": tuple(job["timing"]["batch_sizes"])})
         for batch_size in timing.batch_sizes:
             label = f"timing batch {batch_size}"
-            stats = time_session(
-                session.run,
-                images,
-                batch_size,
-                timing,
-                on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
-            )
+            with open_power_monitor(job.get("power", "auto"), gpu=_runs_on_nvidia_gpu(job["backend"], options)) as monitor:
+                stats = time_session(
+                    session.run,
+                    images,
+                    batch_size,
+                    timing,
+                    on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
+                    compute_ms=lambda: getattr(session, "last_compute_ms", None),
+                    power=monitor,
+                )
             latency.append(asdict(stats))
+            summary = monitor.summary(inferences=stats.iterations * batch_size)
+            if summary is not None:
+                power.append(asdict(replace(summary, batch_size=batch_size)))
     throughput = []
     if job.get("throughput") and hasattr(session, "throughput"):
         for batch_size in job["throughput"]["batch_sizes"]:
@@ -95,10 +106,26 @@ def run_job(job: dict) -> dict:
         "threads": session.threads,
         "latency": latency,
         "throughput": throughput,
+        "power": power,
         "peak_rss_mb": peak_rss_mb(),
+        "gpu_memory_mb": _gpu_memory_mb() if _runs_on_nvidia_gpu(job["backend"], options) else None,
         "size_mb": backend.size_mb(compiled),
         "environment": {**machine_info(), "runtime": _runtime_version(job["backend"])},
     }
+
+
+def _gpu_memory_mb():
+    """This process's GPU memory (engine, buffers, CUDA context), as NVML sees it."""
+    import os
+
+    from .telemetry import gpu_memory_mb
+
+    return gpu_memory_mb(pid=os.getpid())
+
+
+def _runs_on_nvidia_gpu(backend: str, options: BackendOptions) -> bool:
+    """Whether NVML's GPU figures describe this run ("auto" skips them for CPU runs)."""
+    return backend == "tensorrt" or str(options.device).lower().startswith(("cuda", "tensorrt"))
 
 
 def _accepts_batches(artifact: Artifact) -> bool:
@@ -116,6 +143,51 @@ def _runtime_version(backend: str) -> str:
         except metadata.PackageNotFoundError:
             continue
     return "unknown"
+
+
+def spawn(
+    job: dict,
+    folder: Path,
+    on_progress: Callable[[str, Optional[int], Optional[int]], None] = lambda stage, done, total: None,
+) -> tuple[dict, np.ndarray]:
+    """Run ``job`` in a fresh ``python -m edgekit.worker`` process; returns (result, logits).
+
+    The parent side of the protocol above, shared by ``edgekit bench`` and the on-device
+    runner: progress lines go to ``on_progress``, a failure becomes one EdgekitError line.
+    """
+    backend = job["backend"]
+    job_path = folder / f"{backend}.job.json"
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    stderr_path = folder / f"{backend}.stderr"
+    error = None
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.worker", str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a runtime printing to stdout
+            if "error" in message:
+                error = message["error"]
+            elif "stage" in message:
+                on_progress(message["stage"], message.get("done"), message.get("total"))
+        proc.wait()
+    if proc.returncode != 0:
+        if error is None:
+            tail = stderr_path.read_text().strip().splitlines()
+            error = f"{backend} worker exited with code {proc.returncode}" + (f": {tail[-1]}" if tail else "")
+        raise EdgekitError(error)
+    return json.loads(Path(job["result_out"]).read_text()), np.load(job["logits_out"])
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,17 @@ def test_time_session_measures_what_runs():
     assert stats.throughput_ips == pytest.approx(4000 / stats.mean_ms)
 
 
+def test_device_time_is_summarised_beside_host_time():
+    device_ms = iter(np.linspace(1.0, 3.0, 25))  # what a backend's CUDA events would read
+    stats = time_session(lambda b: time.sleep(0.001), np.zeros((1, 3, 4, 4), np.float32), 8,
+                         TimingOptions(warmup=5, iterations=20), compute_ms=lambda: next(device_ms))
+    timed = np.linspace(1.0, 3.0, 25)[:20]  # read after timed runs only, not after warm-up ones
+    assert stats.compute_p50_ms == pytest.approx(float(np.median(timed)))
+    assert stats.compute_throughput_ips == pytest.approx(8000 / timed.mean())
+    plain = time_session(lambda b: b, np.zeros((1, 3, 4, 4), np.float32), 1, TimingOptions(warmup=0, iterations=5))
+    assert plain.compute_p50_ms is None and plain.compute_throughput_ips is None
+
+
 def test_time_budget_stops_early_but_keeps_a_minimum():
     stats = time_session(lambda b: time.sleep(0.01), np.zeros((1, 3, 4, 4), np.float32), 1,
                          TimingOptions(warmup=0, iterations=1000, max_seconds=0.05, min_iterations=10))

@@ -18,6 +18,35 @@ def test_full_rank_reproduces_the_convolution_exactly():
     torch.testing.assert_close(separable(x), conv(x), atol=1e-5, rtol=1e-5)
 
 
+def test_higher_ranks_use_one_filter_per_channel_on_a_repeated_input():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    separable, _ = separable_from(conv, rank=2)
+    repeat, depthwise, pointwise = separable
+    assert repeat.times == 2 and depthwise.groups == depthwise.in_channels == depthwise.out_channels == 8
+    x = torch.randn(1, 4, 9, 9)
+    w = conv.weight.detach().numpy()
+    best_rank2 = np.zeros_like(w)  # per input channel, the rank-2 SVD truncation
+    for c in range(4):
+        u, s, vt = np.linalg.svd(w[:, c].reshape(6, 9))
+        best_rank2[:, c] = ((u[:, :2] * s[:2]) @ vt[:2]).reshape(6, 3, 3)
+    expected = torch.nn.functional.conv2d(x, torch.from_numpy(best_rank2), padding=1)
+    torch.testing.assert_close(separable(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_same_padding_layer_keeps_its_padding():
+    """timm's TensorFlow-style Conv2dSame (EfficientNet-Lite's stem) pads in forward, not
+    through its padding attribute; a plain Conv2d copy of it would shrink the output."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(3, 8, 3, stride=2, bias=False)
+    separable, _ = separable_from(conv, rank=9)
+    x = torch.randn(1, 3, 16, 16)  # even size: TensorFlow's 'same' pads unevenly
+    assert separable(x).shape == conv(x).shape == (1, 8, 8, 8)
+    torch.testing.assert_close(separable(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
 def test_error_falls_as_rank_grows():
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)

@@ -79,3 +79,90 @@ def test_int8_engine_from_the_qdq_artifact_matches_pytorch(int8_artifact):
     logits = session.run(x)
     assert logits.shape == (len(x), 1000) and np.isfinite(logits).all()
     assert session.last_compute_ms is not None and session.last_compute_ms > 0
+
+
+# ------------------------------------------------- ONNX Runtime's CUDA / TensorRT providers
+
+
+def test_onnxruntime_tensorrt_provider_options(tmp_path):
+    from edgekit.backends.onnxruntime import _providers
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = _providers("tensorrt", gpu, tmp_path, fp16=True)
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider" and providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options["trt_fp16_enable"] is True and options["trt_engine_cache_path"] == str(tmp_path)
+    assert _providers("cuda", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(UsageError, match="cpu, cuda or tensorrt"):
+        _providers("gpu", gpu)
+
+
+def test_missing_gpu_providers_name_the_package():
+    import onnxruntime as ort
+
+    from edgekit.backends.onnxruntime import _providers
+
+    available = ort.get_available_providers()
+    for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        if provider in available:
+            continue
+        with pytest.raises(UsageError, match="onnxruntime-gpu"):
+            _providers(device, available)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and an NVIDIA GPU",
+)
+def test_onnxruntime_cuda_provider_matches_cpu(tiny_artifact):
+    import numpy as np
+
+    from edgekit.backends import BackendOptions, get_backend
+
+    backend = get_backend("onnxruntime")
+    x = np.random.default_rng(0).standard_normal((2, *tiny_artifact.manifest["input"]["shape"][1:])).astype(np.float32)
+    cpu = backend.load(tiny_artifact, BackendOptions()).run(x)
+    cuda = backend.load(tiny_artifact, BackendOptions(device="cuda"))
+    assert "CUDAExecutionProvider" in cuda.providers
+    assert np.allclose(cuda.run(x), cpu, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- trtexec
+
+
+def test_trtexec_summary_is_parsed_from_a_real_log():
+    from pathlib import Path
+
+    from edgekit.backends.trtexec import parse_summary
+
+    summary = parse_summary((Path(__file__).parent / "data" / "trtexec" / "tensorrt_issue_4177.txt").read_text())
+    assert summary.throughput_qps == 130.298
+    compute = summary.metrics["GPU Compute Time"]
+    assert compute["median"] == 7.14139 and compute["mean"] == 7.58404 and compute["p99"] == 12.9485 and compute["p90"] == 10.2881
+    assert summary.median_ms() == 7.14139 and summary.median_ms("Latency") == 7.16092
+    assert set(summary.metrics) == {"Latency", "Enqueue Time", "H2D Latency", "GPU Compute Time", "D2H Latency"}
+
+
+def test_trtexec_without_a_summary_is_an_error():
+    from edgekit.backends.trtexec import parse_summary
+    from edgekit.core import EdgekitError
+
+    with pytest.raises(EdgekitError, match="no performance summary"):
+        parse_summary("&&&& FAILED TensorRT.trtexec [TensorRT v100200]\n")
+
+
+def test_device_time_is_reported_beside_end_to_end_time():
+    from rich.console import Console
+
+    from edgekit.core import BenchResult, LatencyStats
+    from edgekit.report import device_time_table, has_device_time
+
+    latency = LatencyStats(batch_size=128, iterations=100, p50_ms=2.4, p90_ms=2.5, p99_ms=2.6, mean_ms=2.45, throughput_ips=128000 / 2.45,
+                           compute_p50_ms=1.6, compute_mean_ms=1.6)
+    result = BenchResult(model="resnet50", backend="tensorrt", variant="int8", artifact_key="k", precision="int8", providers=(), threads=None,
+                         latency=(latency,), peak_rss_mb=900.0, size_mb=26.0, accuracy=None, gpu_memory_mb=1234.0)
+    assert has_device_time([result]) and BenchResult.from_dict(result.to_dict()) == result
+    console = Console(record=True, width=200)
+    console.print(device_time_table([result]))
+    text = console.export_text()
+    assert "1.600" in text and "2.400" in text and "80000" in text and "1234" in text  # 128 / 1.6 ms = 80,000 img/s

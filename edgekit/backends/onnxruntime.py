@@ -24,7 +24,8 @@ class OnnxRuntimeSession:
         so.log_severity_level = 3  # QDQ graphs draw a warning per unused zero point
         if options.threads:
             so.intra_op_num_threads = options.threads
-        providers = _providers(options.device, ort.get_available_providers())
+        fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"  # TensorRT's own rule for QDQ graphs
+        providers = _providers(options.device, ort.get_available_providers(), artifact.path / ORT_TRT_CACHE, fp16)
         self._session = ort.InferenceSession(str(artifact.onnx_path), so, providers=providers)
         self._input = self._session.get_inputs()[0].name
         self.precision = artifact.manifest.get("variant_detail", artifact.manifest.get("variant", "fp32"))
@@ -35,18 +36,31 @@ class OnnxRuntimeSession:
         return self._session.run(None, {self._input: batch})[0]
 
 
-def _providers(device: str, available: list[str]) -> list[str]:
+ORT_TRT_CACHE = "ort-tensorrt-cache"
+
+
+def _providers(device: str, available: list[str], cache_dir: Optional[Path] = None, fp16: bool = False) -> list:
+    """cpu; cuda (CUDA execution provider); tensorrt (ONNX Runtime's TensorRT execution
+    provider, falling back to CUDA, then CPU, for what it does not take). INT8 needs no
+    flag on the TensorRT provider: it reads the QDQ nodes (explicit quantization)."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise UsageError(
-                "ONNX Runtime has no CUDA provider here (available: "
-                + ", ".join(available)
-                + "); install onnxruntime-gpu on a machine with an NVIDIA GPU"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise UsageError(f"unknown device {device!r} for onnxruntime; use cpu or cuda")
+    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(device)
+    if wanted is None:
+        raise UsageError(f"unknown device {device!r} for onnxruntime; use cpu, cuda or tensorrt")
+    if wanted not in available:
+        raise UsageError(
+            f"ONNX Runtime has no {wanted} here (available: {', '.join(available)}); "
+            "install onnxruntime-gpu (pip install 'edgekit[gpu]') on a machine with an NVIDIA GPU"
+            + (" and TensorRT" if device == "tensorrt" else "")
+        )
+    providers: list = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "tensorrt":
+        options = {"trt_fp16_enable": fp16}
+        if cache_dir is not None:
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir), trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+        providers.insert(0, ("TensorrtExecutionProvider", options))
+    return providers
 
 
 def plain_session(path: Path):
@@ -56,6 +70,23 @@ def plain_session(path: Path):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def write_cpu_form(artifact: Artifact, form: str) -> Path:
+    """The INT8 QDQ graph lowered for the CPU provider in ``form`` ('u8s8' or 'u8u8', see
+    int8_cpu_form), cached beside the artifact by name; a bundle ships both ready-made."""
+    lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
+    if not lowered.is_file():
+        import onnx
+
+        from .int8_cpu_form import lower_qdq_for_cpu
+
+        model = onnx.load(str(artifact.onnx_path))
+        lower_qdq_for_cpu(model, form)
+        tmp = lowered.with_suffix(f".tmp{os.getpid()}")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, lowered)  # atomic: a half-written file is never read
+    return lowered
 
 
 class OnnxRuntimeBackend:
@@ -73,17 +104,7 @@ class OnnxRuntimeBackend:
         from .int8_cpu_form import weight_form
 
         form = weight_form()
-        lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
-        if not lowered.is_file():
-            import onnx
-
-            from .int8_cpu_form import lower_qdq_for_cpu
-
-            model = onnx.load(str(artifact.onnx_path))
-            lower_qdq_for_cpu(model, form)
-            tmp = lowered.with_suffix(f".tmp{os.getpid()}")
-            onnx.save(model, str(tmp))
-            os.replace(tmp, lowered)  # atomic: a half-written file is never read
+        lowered = write_cpu_form(artifact, form)
         manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "onnx": lowered.name}}
         weights = "int8 weights" if form == "u8s8" else "uint8 weights: no VNNI"
         manifest["variant_detail"] = f"int8 (CPU form: uint8 activations, {weights})"

@@ -4,6 +4,10 @@ explicit quantization), run with execute_async_v3 on a CUDA stream.
 UNVERIFIED ON HARDWARE: written and unit-tested (manifest, rebuild and option logic) on a
 machine without an NVIDIA GPU; the build and run paths have not executed yet.
 
+Device buffers, stream, events and CUDA graphs come from torch where it is installed with
+CUDA, else from cuda-python's runtime API (``cuda.bindings.runtime``), so a Jetson bundle
+runs without torch. The cuda-python path is unverified on hardware too.
+
 Engines are not portable: each is stored with a manifest of what it was built for
 (TensorRT version, GPU name and compute capability, driver and CUDA versions, builder
 flags, source ONNX hash). An engine whose manifest does not match the machine is rebuilt
@@ -16,6 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -71,20 +76,58 @@ def why_rebuild(recorded: Optional[dict], current: dict) -> Optional[str]:
     return None
 
 
+NO_GPU = "backend tensorrt needs an NVIDIA GPU with CUDA; none is visible here"
+
+
+@lru_cache(maxsize=1)
+def torch_cuda() -> bool:
+    """Device buffers from torch (installed with CUDA), else from cuda-python."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def cudart():
+    """cuda-python's runtime API: ``cuda.bindings.runtime`` (cuda-python >= 12.6) or ``cuda.cudart``."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime
+    return runtime
+
+
+def cuda_call(result):
+    """cuda-python returns (error, *values): raise on an error, else the value(s)."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA runtime call failed: {error}")
+    return values[0] if len(values) == 1 else tuple(values) if values else None
+
+
+def gpu_facts() -> dict[str, Any]:
+    """Name, compute capability and CUDA runtime version of GPU 0 (the same strings either way)."""
+    if torch_cuda():
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}", "cuda_runtime": torch.version.cuda}
+    rt = cudart()
+    try:
+        props = cuda_call(rt.cudaGetDeviceProperties(0))
+        version = cuda_call(rt.cudaRuntimeGetVersion())
+    except RuntimeError:
+        raise BackendUnavailableError(NO_GPU) from None
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"gpu": name.split("\x00")[0], "compute_capability": f"{props.major}.{props.minor}", "cuda_runtime": f"{version // 1000}.{version % 1000 // 10}"}
+
+
 def machine_fingerprint() -> dict[str, Any]:
     """TensorRT version, GPU, compute capability, driver and CUDA versions (needs a GPU)."""
     import tensorrt as trt
-    import torch
 
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError("backend tensorrt needs an NVIDIA GPU with CUDA; none is visible here")
-    props = torch.cuda.get_device_properties(0)
-    fingerprint = {
-        "tensorrt": trt.__version__,
-        "gpu": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "cuda_runtime": torch.version.cuda,
-    }
+    fingerprint = {"tensorrt": trt.__version__, **gpu_facts()}
     try:
         import pynvml
 
@@ -162,12 +205,7 @@ class TensorRTSession:
         import torch
 
         self._torch = torch
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._open_engine(engine_path)
         self._stream = torch.cuda.Stream()
         self._use_cuda_graph = use_cuda_graph
         self._graphs: dict[tuple[int, ...], Any] = {}
@@ -176,6 +214,18 @@ class TensorRTSession:
         self.providers = (f"tensorrt {trt.__version__} {torch.cuda.get_device_name(0)}",)
         self.threads = None
         self.last_compute_ms: Optional[float] = None
+
+    def _open_engine(self, engine_path: Path) -> None:
+        import tensorrt as trt
+
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self._engine is None:
+            raise UsageError(f"TensorRT cannot load {engine_path}; delete it to rebuild")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
 
     def _buffers_for(self, shape: tuple[int, ...]):
         torch = self._torch
@@ -227,17 +277,94 @@ class TensorRTSession:
         return self._graphs[shape]
 
 
+class CudaPythonTensorRTSession(TensorRTSession):
+    """The same session with device memory, stream, events and CUDA graphs from
+    cuda-python's runtime API instead of torch: what a Jetson bundle without torch runs.
+
+    UNVERIFIED ON HARDWARE: written on a machine without a GPU, where only its import and
+    its no-GPU error ran. Host arrays are pageable numpy memory (copies stay correct; pinned
+    memory would make them faster)."""
+
+    def __init__(self, engine_path: Path, precision: str, use_cuda_graph: bool = False):
+        import tensorrt as trt
+
+        self._rt = rt = cudart()
+        self._open_engine(engine_path)
+        self._stream = cuda_call(rt.cudaStreamCreate())
+        self._events = (cuda_call(rt.cudaEventCreate()), cuda_call(rt.cudaEventCreate()))
+        self._use_cuda_graph = use_cuda_graph
+        self._graphs: dict[tuple[int, ...], Any] = {}
+        self._buffers: dict[tuple[int, ...], tuple[Any, Any]] = {}
+        self.precision = f"{precision} (TensorRT {trt.__version__})"
+        self.providers = (f"tensorrt {trt.__version__} {gpu_facts()['gpu']} (cuda-python buffers)",)
+        self.threads = None
+        self.last_compute_ms: Optional[float] = None
+
+    def _buffers_for(self, shape: tuple[int, ...]):
+        rt = self._rt
+        if shape not in self._buffers:
+            self._context.set_input_shape(self._input, shape)
+            host_out = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=np.float32)
+            x = cuda_call(rt.cudaMalloc(int(np.prod(shape)) * 4))
+            y = cuda_call(rt.cudaMalloc(host_out.nbytes))
+            self._buffers[shape] = (x, y, host_out)
+        x, y, host_out = self._buffers[shape]
+        self._context.set_input_shape(self._input, shape)
+        self._context.set_tensor_address(self._input, int(x))
+        self._context.set_tensor_address(self._output, int(y))
+        return x, y, host_out
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        rt = self._rt
+        host_in = np.ascontiguousarray(batch, dtype=np.float32)
+        shape = tuple(host_in.shape)
+        x, y, host_out = self._buffers_for(shape)
+        start, end = self._events
+        cuda_call(rt.cudaMemcpyAsync(x, host_in.ctypes.data, host_in.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
+        cuda_call(rt.cudaEventRecord(start, self._stream))
+        if self._use_cuda_graph:
+            cuda_call(rt.cudaGraphLaunch(self._graph_for(shape), self._stream))
+        else:
+            self._enqueue()
+        cuda_call(rt.cudaEventRecord(end, self._stream))
+        cuda_call(rt.cudaMemcpyAsync(host_out.ctypes.data, y, host_out.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
+        cuda_call(rt.cudaStreamSynchronize(self._stream))
+        self.last_compute_ms = float(cuda_call(rt.cudaEventElapsedTime(start, end)))
+        return host_out.copy()
+
+    def _graph_for(self, shape: tuple[int, ...]):
+        rt = self._rt
+        if shape not in self._graphs:
+            self._enqueue()  # one plain run first: TensorRT allocates lazily
+            cuda_call(rt.cudaStreamSynchronize(self._stream))
+            cuda_call(rt.cudaStreamBeginCapture(self._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+            self._enqueue()
+            graph = cuda_call(rt.cudaStreamEndCapture(self._stream))
+            self._graphs[shape] = cuda_call(rt.cudaGraphInstantiate(graph, 0))
+        return self._graphs[shape]
+
+
 class TensorRTBackend:
     name = "tensorrt"
     pip_extra = "tensorrt"
 
     def check_available(self) -> None:
         require_module("tensorrt", self.name, self.pip_extra)
-        require_module("torch", self.name, self.pip_extra)
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError("backend tensorrt needs an NVIDIA GPU with CUDA; none is visible here")
+        if torch_cuda():
+            return
+        try:
+            rt = cudart()
+        except ImportError:
+            raise BackendUnavailableError(
+                "backend tensorrt needs torch with CUDA or cuda-python for device buffers; install it with: pip install cuda-python"
+            ) from None
+        error, count = rt.cudaGetDeviceCount()
+        if int(error) != 0 or not count:
+            raise BackendUnavailableError(NO_GPU)
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         self.check_available()
@@ -260,7 +387,8 @@ class TensorRTBackend:
         if engine is None:
             artifact = self.compile(artifact, options)
             engine = artifact.manifest["files"]["tensorrt_engine"]
-        return TensorRTSession(artifact.path / engine, artifact.manifest.get("variant_detail", "fp32"), options.cuda_graph)
+        session = TensorRTSession if torch_cuda() else CudaPythonTensorRTSession
+        return session(artifact.path / engine, artifact.manifest.get("variant_detail", "fp32"), options.cuda_graph)
 
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         engine = artifact.manifest["files"].get("tensorrt_engine")

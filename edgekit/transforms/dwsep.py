@@ -11,6 +11,9 @@ the bias (and any BatchNorm after the conv, which stays where it is) to the poin
 
 from __future__ import annotations
 
+import copy
+import functools
+
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
@@ -45,7 +48,10 @@ def is_candidate(conv: Any) -> bool:
 
 
 def factorise(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(depthwise (Cin*r, 1, K, K), pointwise (Cout, Cin*r, 1, 1), relative error)."""
+    """(depthwise (r*Cin, 1, K, K), pointwise (Cout, r*Cin, 1, 1), relative error).
+
+    Channel j*Cin + c holds input channel c's j-th filter: filter-major, so that the
+    depthwise conv reads the input repeated r times (see separable_from)."""
     c_out, c_in, kh, kw = weight.shape
     r = min(rank, kh * kw, c_out)
     depthwise = np.zeros((c_in * r, 1, kh, kw), dtype=np.float64)
@@ -53,16 +59,41 @@ def factorise(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, fl
     residual = 0.0
     for c in range(c_in):
         u, s, vt = np.linalg.svd(weight[:, c].reshape(c_out, kh * kw).astype(np.float64), full_matrices=False)
-        depthwise[c * r : (c + 1) * r, 0] = vt[:r].reshape(r, kh, kw)
-        pointwise[:, c * r : (c + 1) * r, 0, 0] = u[:, :r] * s[:r]
+        depthwise[c::c_in][:r, 0] = vt[:r].reshape(r, kh, kw)
+        pointwise[:, c::c_in][:, :r, 0, 0] = u[:, :r] * s[:r]
         residual += float((s[r:] ** 2).sum())
     total = float((weight.astype(np.float64) ** 2).sum())
     error = (residual / total) ** 0.5 if total > 0 else 0.0
     return depthwise.astype(np.float32), pointwise.astype(np.float32), error
 
 
+@functools.lru_cache(maxsize=1)
+def _repeat_channels():
+    from torch import nn
+
+    class RepeatChannels(nn.Module):
+        """The input r times along channels (a Concat in ONNX)."""
+
+        def __init__(self, times: int):
+            super().__init__()
+            self.times = times
+
+        def forward(self, x):
+            import torch
+
+            return torch.cat([x] * self.times, 1)
+
+    return RepeatChannels
+
+
 def separable_from(conv: Any, rank: int):
-    """An nn.Sequential(depthwise, pointwise) initialised from ``conv``, and its kernel error."""
+    """nn.Sequential(depthwise, pointwise) initialised from ``conv``, and its kernel error.
+
+    With rank r > 1 the depthwise conv has r filters per input channel. It is built as
+    Sequential(RepeatChannels(r), depthwise with one filter per channel, pointwise) rather
+    than one conv with channel multiplier r: CPU runtimes have fast kernels for the first
+    form only (resnet18, every 3x3 at r=2: OpenVINO 20.4 -> 9.9 ms, ONNX Runtime 14.5 ->
+    13.3 ms; the extra copy is cheap)."""
     import torch
     from torch import nn
 
@@ -72,17 +103,20 @@ def separable_from(conv: Any, rank: int):
         raise UsageError(f"--dw-rank must be >= 1, got {rank}")
     depthwise_w, pointwise_w, error = factorise(conv.weight.detach().cpu().numpy(), rank)
     channels = depthwise_w.shape[0]
-    depthwise = nn.Conv2d(
-        conv.in_channels, channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.in_channels, bias=False, padding_mode=conv.padding_mode,
-    )
+    # A copy of the layer itself, so that subclasses keep their own padding rule (timm's
+    # Conv2dSame pads TensorFlow-style in forward and has padding=0 in its attributes).
+    depthwise = copy.deepcopy(conv)
+    depthwise.in_channels = depthwise.out_channels = depthwise.groups = channels
+    depthwise.weight = nn.Parameter(torch.from_numpy(depthwise_w).to(conv.weight.dtype))
+    depthwise.register_parameter("bias", None)
     pointwise = nn.Conv2d(channels, conv.out_channels, 1, bias=conv.bias is not None)
     with torch.no_grad():
-        depthwise.weight.copy_(torch.from_numpy(depthwise_w))
         pointwise.weight.copy_(torch.from_numpy(pointwise_w))
         if conv.bias is not None:
             pointwise.bias.copy_(conv.bias.detach())
-    return nn.Sequential(depthwise, pointwise), error
+    if channels == conv.in_channels:
+        return nn.Sequential(depthwise, pointwise), error
+    return nn.Sequential(_repeat_channels()(channels // conv.in_channels), depthwise, pointwise), error
 
 
 def _output_sizes(module: Any, size: int) -> dict[str, tuple[int, int]]:

@@ -56,7 +56,11 @@ class PruneOptions:
     """``ratio``: fraction of the output channels removed from each prunable group
     (``uniform``), or from all of them ranked together (``global``, which takes more from
     layers whose channels matter less). ``iterative_steps`` > 1 reaches the ratio in
-    equal steps, re-ranking after each (with ``taylor``, on fresh gradients)."""
+    equal steps, re-ranking after each (with ``taylor``, on fresh gradients).
+    ``round_to``: every pruned layer keeps a multiple of this many channels. CPU and GPU
+    convolution kernels work on blocks of 8 or 16 channels; odd counts fall off their fast
+    paths, and a pruned model can then run slower than the original (measured on ONNX
+    Runtime, MobileNetV2 pruned 30%, see benchmarks/results/prune.md)."""
 
     ratio: float
     criterion: str = "l2"
@@ -64,6 +68,7 @@ class PruneOptions:
     protect_stem: bool = True
     protect_classifier: bool = True
     iterative_steps: int = 1
+    round_to: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
@@ -74,6 +79,8 @@ class PruneOptions:
             raise UsageError(f"unknown pruning scope {self.scope!r}; use one of {', '.join(SCOPES)}")
         if isinstance(self.iterative_steps, bool) or not isinstance(self.iterative_steps, int) or self.iterative_steps < 1:
             raise UsageError(f"iterative steps must be a whole number >= 1, got {self.iterative_steps!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise UsageError(f"channel rounding must be a whole number >= 1, got {self.round_to!r}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,7 @@ def _build_pruner(module: "nn.Module", example_input: "torch.Tensor", options: P
                 pruning_ratio=options.ratio,
                 iterative_steps=options.iterative_steps,
                 ignored_layers=ignored,
+                round_to=options.round_to if options.round_to > 1 else None,
             )
     except Exception as e:
         raise EdgekitError(f"torch-pruning cannot trace {type(module).__name__} for pruning: {_first_line(e)}") from e

@@ -1,0 +1,316 @@
+"""`edgekit bundle`: one folder with everything a device needs to run and judge an artifact.
+
+    DIR/bundle.json          every file with its SHA-256, the evaluation views in order, backends
+    DIR/artifact/            manifest.json and model.onnx (+ the INT8 CPU forms, made here)
+    DIR/preprocessing.json   the preprocessing contract, from the manifest
+    DIR/images/              the evaluation photos (and their licences)
+    DIR/reference/           the PyTorch FP32 logits for exactly those views, computed here
+    DIR/edgekit/             the torch-free part of edgekit, copied from this installation
+    DIR/README.txt           the command to run
+
+The device runs ``cd DIR && python3 -m edgekit.device_runner bench`` with numpy, Pillow
+and the backend's runtime only. The code it runs is copied, not rewritten: the modules
+the runner imports (found by following edgekit's own imports) go in as they are.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .backends import BACKENDS
+from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, numeric_format, sha256_file, stable_hash
+from .data import SAMPLES_DIR, ImageSet
+from .device_runner import BUNDLE_BACKENDS, BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND, RUNTIME_PACKAGES
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ARTIFACT_DIR = "artifact"
+REFERENCE_FILE = "reference/pytorch_fp32_logits.npy"
+# Where the runner starts; everything these import, at any depth, is copied with them.
+RUNNER_ROOTS = ("device_runner", "worker", "backends.onnxruntime", "backends.openvino", "backends.tensorrt")
+RUNNER_DATA = ("samples/imagenet_classes.tsv",)  # class names for --images folders named by synset
+NOT_ON_DEVICE = {"torch", "torchvision", "timm", "onnx", "click", "rich", "matplotlib", "torch_pruning"}
+
+# (stage, done, total) -> None
+Progress = Callable[[str, Optional[int], Optional[int]], None]
+
+
+# --------------------------------------------------------------------------- the runner's code
+
+
+def _module_path(name: str) -> Optional[Path]:
+    """'backends.base' -> edgekit/backends/base.py (or a package's __init__.py); '' is edgekit."""
+    base = PACKAGE_DIR.joinpath(*name.split(".")) if name else PACKAGE_DIR
+    for candidate in (base.with_suffix(".py") if name else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _relative_imports(path: Path, module: str) -> set[str]:
+    """edgekit modules that ``module`` imports, anywhere in the file (inside functions too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        parts = package.split(".") if package else []
+        parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+        base = ".".join(parts + (node.module.split(".") if node.module else []))
+        found.add(base)
+        for alias in node.names:  # `from . import x` may name a module
+            sub = f"{base}.{alias.name}" if base else alias.name
+            if _module_path(sub) is not None:
+                found.add(sub)
+    return found
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level packages imported when the module loads (not inside functions)."""
+    names: set[str] = set()
+
+    def visit(statements) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(node, field, []))
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return names
+
+
+def runner_modules() -> list[str]:
+    """Every edgekit module the device runner can reach, with the packages above them."""
+    seen: set[str] = set()
+    todo = list(RUNNER_ROOTS)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_path(name)
+        if path is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(len(parts))]  # edgekit/__init__, backends/__init__...
+        todo += sorted(_relative_imports(path, name))
+    for name in sorted(seen):
+        heavy = _top_level_imports(_module_path(name)) & NOT_ON_DEVICE
+        if heavy:  # an edgekit bug, not a user error: the runner must load without these
+            raise RuntimeError(f"edgekit.{name} imports {', '.join(sorted(heavy))} at import time; the device runner cannot carry it")
+    return sorted(seen)
+
+
+def _copy_runner(staging: Path) -> None:
+    for name in runner_modules():
+        source = _module_path(name)
+        target = staging / "edgekit" / source.relative_to(PACKAGE_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    for name in RUNNER_DATA:
+        target = staging / "edgekit" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_DIR / name, target)
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def check_backends(backends: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(backends))
+    if not names:
+        raise UsageError("name a backend: --backend onnxruntime, openvino or tensorrt")
+    for name in names:
+        BACKENDS.get(name)  # unknown names: one line with the close ones
+        if name not in BUNDLE_BACKENDS:
+            raise UsageError(f"{name} is the baseline and runs here: its FP32 logits travel in the bundle; bundle a deployment runtime ({', '.join(BUNDLE_BACKENDS)})")
+    return names
+
+
+def _readable(images: ImageSet, artifact: Artifact) -> ImageSet:
+    """Drop views of files that cannot be read (with a warning): every bundled view must
+    have its row of reference logits."""
+    from .data import preprocess
+
+    bad = set()
+    for view in {v.image.path: v for v in images.views}.values():
+        try:
+            preprocess(view, artifact.preprocessing)
+        except DataError as e:
+            warnings.warn(str(e), stacklevel=2)
+            bad.add(view.image.path)
+    kept = tuple(v for v in images.views if v.image.path not in bad)
+    if not kept:
+        raise DataError(f"none of the images in {images.description} could be read")
+    return ImageSet(views=kept, description=images.description) if bad else images
+
+
+def _copy_images(images: ImageSet, staging: Path) -> list[dict]:
+    """images/<path relative to the images' common folder>; returns the views in order."""
+    files = list(dict.fromkeys(v.image.path.resolve() for v in images.views))
+    root = Path(os.path.commonpath([p.parent for p in files]))
+    names = {}
+    for path in files:
+        name = (Path("images") / path.relative_to(root)).as_posix()
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, staging / name)
+        names[path] = name
+    if root == SAMPLES_DIR.resolve():
+        shutil.copyfile(SAMPLES_DIR / "LICENCES.md", staging / "images" / "LICENCES.md")
+    return [
+        {"file": names[v.image.path.resolve()], "labels": list(v.image.labels) if v.image.labels is not None else None, "view": v.view}
+        for v in images.views
+    ]
+
+
+def _copy_artifact(artifact: Artifact, backends: Sequence[str], staging: Path) -> Artifact:
+    """manifest.json and the ONNX graph; for INT8, the CPU forms the CPU backends run,
+    made here because making them needs the onnx package the device may lack."""
+    tampered = artifact.verify_files()
+    if tampered:
+        raise EdgekitError(f"{artifact.path}: {', '.join(tampered)} no longer match the manifest hashes; export again")
+    folder = staging / ARTIFACT_DIR
+    folder.mkdir()
+    shutil.copyfile(artifact.path / MANIFEST_NAME, folder / MANIFEST_NAME)
+    shutil.copyfile(artifact.onnx_path, folder / artifact.onnx_path.name)
+    copied = Artifact.load(folder)
+    if numeric_format(copied.manifest) == "int8":
+        if "onnxruntime" in backends:
+            from .backends.onnxruntime import write_cpu_form
+
+            for form in ("u8s8", "u8u8"):  # which one runs depends on the device's CPU
+                write_cpu_form(copied, form)
+        if "openvino" in backends:
+            from .backends.openvino import _cpu_form
+
+            _cpu_form(copied)
+    return copied
+
+
+def _readme(meta: dict) -> str:
+    runtimes = sorted({package for b in meta["backends"] for _, package in RUNTIME_PACKAGES[b]})
+    return (
+        f"edgekit bundle {meta['id']}: {meta['model']} [{meta['artifact_key']}, {meta['variant']}] for {', '.join(meta['backends'])}\n\n"
+        f"Needs Python 3.10+ with: pip install numpy pillow {' '.join(runtimes)}\n"
+        + ("(TensorRT on Jetson: its Python bindings come with JetPack; without torch, also pip install cuda-python.)\n" if "tensorrt" in meta["backends"] else "")
+        + "\n"
+        + f"    cd <this folder> && {RUN_COMMAND}\n"
+        f"    {RUN_COMMAND} --help       # --iterations, --batch, --threads, --device, --images DIR, --out FILE\n\n"
+        "It checks every file against bundle.json, prints a table and writes results.json,\n"
+        "which `edgekit report` and `edgekit check` read like any `edgekit bench` result.\n"
+    )
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / BUNDLE_FILE).is_file())):
+        raise UsageError(f"{out} exists and is not an edgekit bundle; choose another -o (an old bundle there is replaced)")
+
+
+def make_bundle(
+    artifact: Artifact,
+    backends: Sequence[str],
+    images: ImageSet,
+    out: Path,
+    *,
+    device: str = "cpu",
+    batch_sizes: Sequence[int] = (1,),
+    progress: Progress = lambda stage, done, total: None,
+) -> Path:
+    """Write the bundle for ``artifact`` to ``out`` (built aside, then renamed into place)."""
+    from .pipeline import reference_logits
+
+    backends = check_backends(backends)
+    out = Path(out)
+    _check_destination(out)
+    images = _readable(images, artifact)
+    has_original = artifact.manifest["model"].get("weights_source") is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        progress("copying the artifact and images", None, None)
+        bundled = _copy_artifact(artifact, backends, staging)
+        views = _copy_images(images, staging)
+        (staging / "preprocessing.json").write_text(json.dumps(artifact.manifest["preprocessing"], indent=2) + "\n")
+        _copy_runner(staging)
+        reference = None
+        if has_original:
+            import numpy as np
+
+            logits = reference_logits(artifact, images, progress=lambda _backend, stage, done, total: progress(f"pytorch reference: {stage}", done, total))
+            if len(logits) != len(images):
+                raise DataError(f"PyTorch gave {len(logits)} rows of logits for {len(images)} images; some could not be read")
+            (staging / REFERENCE_FILE).parent.mkdir(parents=True, exist_ok=True)
+            np.save(staging / REFERENCE_FILE, logits.astype(np.float32))
+            reference = {"file": REFERENCE_FILE, "backend": "pytorch", "precision": "fp32", "shape": list(logits.shape), "runtime": _version("torch")}
+        files = {
+            p.relative_to(staging).as_posix(): sha256_file(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "id": stable_hash({"files": files, "backends": backends, "views": views, "defaults": [device, list(batch_sizes)]}),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "edgekit": _version("edgekit"),
+            "model": bundled.model_name,
+            "artifact_key": bundled.key,
+            "variant": bundled.manifest.get("variant", "fp32"),
+            "artifact": ARTIFACT_DIR,
+            "backends": list(backends),
+            "defaults": {"device": device, "batch_sizes": list(batch_sizes)},
+            "preprocessing": artifact.manifest["preprocessing"],
+            "input": artifact.manifest.get("input"),
+            "images": {
+                "description": images.description, "identity": images.identity, "labelled": images.labelled,
+                "count": len(images), "views": views,
+            },
+            "reference": reference,
+            "runner": {"command": RUN_COMMAND, "requires": ["numpy", "pillow"] + sorted({p for b in backends for _, p in RUNTIME_PACKAGES[b]})},
+            "files": files,
+        }
+        (staging / "README.txt").write_text(_readme(meta))
+        meta["files"]["README.txt"] = sha256_file(staging / "README.txt")
+        (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private
+        _replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bundle_name(artifact: Artifact, backends: Sequence[str]) -> str:
+    from .artifacts import artifact_dir_name
+
+    return f"{artifact_dir_name(artifact.model_name)}-{artifact.key}-{'+'.join(backends)}"

@@ -1,0 +1,362 @@
+"""The runner inside a bundle: ``cd BUNDLE && python3 -m edgekit.device_runner bench``.
+
+``edgekit bundle`` writes a folder with the artifact, evaluation images, the PyTorch FP32
+logits for exactly those images, and a copy of the torch-free part of edgekit (this
+module among it). Here the bundle is checked against the SHA-256 of every file in
+bundle.json, each backend runs in its own worker process (the same worker, preprocessing
+and timing as ``edgekit bench``), its logits are compared with the bundled PyTorch ones,
+and the same results document ``edgekit bench`` writes goes to results.json, so
+``edgekit report`` and ``edgekit check`` read both alike.
+
+Needs numpy, Pillow and the backend's runtime; no torch, click or rich. Nothing here
+imports numpy at module level, so a missing numpy is one error line too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import platform
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .core import Artifact, BackendUnavailableError, DataError, EdgekitError, UsageError, sha256_file
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = "edgekit-bundle/1"
+BUNDLE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+RUN_COMMAND = "python3 -m edgekit.device_runner bench"
+
+# (module to import, what `pip install` brings it) per backend. On Jetson, TensorRT's
+# Python bindings come with JetPack rather than from pip.
+RUNTIME_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "onnxruntime": (("onnxruntime", "onnxruntime"),),
+    "openvino": (("openvino", "openvino"),),
+    "tensorrt": (("tensorrt", "tensorrt"),),
+}
+BASE_PACKAGES = (("numpy", "numpy"), ("PIL", "pillow"))
+
+# (backend, stage, done, total) -> None, as in pipeline.Progress
+Progress = Callable[[str, str, Optional[int], Optional[int]], None]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _python() -> str:
+    return f"this Python ({sys.executable})"
+
+
+def require_packages(needed: tuple[tuple[str, str], ...], what: str) -> None:
+    missing = [package for module, package in needed if not _importable(module)]
+    if missing:
+        raise BackendUnavailableError(f"{what} needs {', '.join(missing)}, which {_python()} cannot import; install with: pip install {' '.join(missing)}")
+
+
+def check_runtime(backend: str) -> None:
+    """Fail before any work when a backend's runtime is missing, naming the pip package."""
+    require_packages(RUNTIME_PACKAGES[backend], f"backend {backend}")
+    if backend == "tensorrt" and not (_importable("torch") or _importable("cuda.bindings") or _importable("cuda.cudart")):
+        require_packages((("cuda.bindings", "cuda-python"),), "backend tensorrt (device buffers without torch)")
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path) -> Bundle:
+        path = Path(path)
+        meta_path = path / BUNDLE_FILE
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            raise DataError(f"{path} has no {BUNDLE_FILE}: not an edgekit bundle (make one with `edgekit bundle`, or pass --bundle DIR)") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{meta_path}: not valid JSON ({e.msg}); copy the bundle again") from None
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise DataError(f"{meta_path}: format {found!r}, this runner reads {BUNDLE_FORMAT!r}")
+        for backend in meta.get("backends", []):
+            if backend not in BUNDLE_BACKENDS:
+                raise UsageError(f"{meta_path}: unknown backend {backend!r}; bundles run {', '.join(BUNDLE_BACKENDS)}")
+        return cls(path=path, meta=meta)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(self.meta["backends"])
+
+    @property
+    def artifact(self) -> Artifact:
+        return Artifact.load(self.path / self.meta["artifact"])
+
+    def verify(self) -> int:
+        """Every file bundle.json lists, with its SHA-256; returns how many were checked."""
+        files: dict[str, str] = self.meta["files"]
+        missing = [name for name in files if not (self.path / name).is_file()]
+        if missing:
+            raise DataError(f"bundle {self.path}: {_names(missing)} missing; copy the whole folder again")
+        changed = [name for name, digest in files.items() if sha256_file(self.path / name) != digest]
+        if changed:
+            raise DataError(f"bundle {self.path}: {_names(changed)} {'does' if len(changed) == 1 else 'do'} not match the sha256 in {BUNDLE_FILE}; the bundle was changed or damaged in transit, copy it again")
+        return len(files)
+
+    def image_set(self):
+        from .data import ImageSet, ImageView, LabelledImage
+
+        images = self.meta["images"]
+        views = tuple(
+            ImageView(LabelledImage(self.path / v["file"], tuple(v["labels"]) if v["labels"] is not None else None), int(v["view"]))
+            for v in images["views"]
+        )
+        return ImageSet(views=views, description=images["description"])
+
+    def reference(self):
+        """The PyTorch FP32 logits for image_set(), row for row (None for an imported ONNX)."""
+        import numpy as np
+
+        reference = self.meta.get("reference")
+        return None if not reference else np.load(self.path / reference["file"])
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def default_bundle_dir() -> Path:
+    """The folder holding this copy of edgekit: the bundle, when run from one."""
+    return Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    backends: tuple[str, ...] = ()  # empty: every backend the bundle was made for
+    batch_sizes: tuple[int, ...] = ()  # empty: the bundle's
+    iterations: int = 100
+    warmup: int = 10
+    max_seconds: float = 15.0
+    repeats: int = 1
+    threads: Optional[int] = None
+    device: Optional[str] = None  # None: the bundle's
+    precision: Optional[str] = None
+    compress_fp16: bool = False
+    trt_workspace: Optional[str] = None
+    cuda_graph: bool = False
+    throughput_seconds: Optional[float] = None
+    power: str = "auto"  # edgekit.telemetry source: auto, tegrastats, nvml, rapl, off
+    images: Optional[Path] = None  # own images instead of the bundled ones (no PyTorch reference then)
+    labels: Optional[Path] = None
+
+
+def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda backend, stage, done, total: None, command: Optional[str] = None):
+    """Verify, run every backend in its own worker, compare with the bundled logits.
+    Returns (results document, results, image set)."""
+    from .backends import BackendOptions
+    from .backends.tensorrt import parse_workspace
+    from .bench import TimingOptions, compare_to_baseline, cross_parity
+    from .core import BenchResult
+    from .data import folder_images, make_image_set
+    from .report import results_document
+    from .worker import image_set_to_job, spawn
+
+    bundle.verify()
+    backends = options.backends or bundle.backends
+    for backend in backends:
+        if backend not in bundle.backends:
+            raise UsageError(f"this bundle was made for {', '.join(bundle.backends)}, not {backend}; make one with: edgekit bundle ... --backend {backend}")
+    for backend in backends:
+        check_runtime(backend)
+    from .telemetry import check_power_source
+
+    check_power_source(options.power)
+    defaults = bundle.meta.get("defaults", {})
+    timing = TimingOptions(
+        batch_sizes=tuple(options.batch_sizes or defaults.get("batch_sizes", (1,))),
+        warmup=options.warmup, iterations=options.iterations, max_seconds=options.max_seconds, repeats=options.repeats,
+    )
+    backend_options = BackendOptions(
+        threads=options.threads, device=options.device or defaults.get("device", "cpu"), precision=options.precision,
+        compress_fp16=options.compress_fp16, batch_sizes=timing.batch_sizes,
+        workspace_bytes=parse_workspace(options.trt_workspace) if options.trt_workspace else None, cuda_graph=options.cuda_graph,
+    )
+    artifact = bundle.artifact
+    shape = artifact.manifest["input"]["shape"]
+    if isinstance(shape[0], int) and any(b != shape[0] for b in timing.batch_sizes):
+        raise UsageError(f"this model has a static batch of {shape[0]}; bundle one exported without --static to time other batch sizes")
+    if options.images is not None:
+        found = folder_images(options.images, options.labels)
+        images = make_image_set(found, 1, f"{options.images} ({len(found)} images) x 1 views")
+        reference = None
+    else:
+        images, reference = bundle.image_set(), bundle.reference()
+        if reference is not None and len(reference) != len(images):
+            raise DataError(f"bundle {bundle.path}: {len(reference)} reference rows for {len(images)} images; make the bundle again")
+
+    outputs = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
+        for backend in backends:
+            job = {
+                "backend": backend,
+                "artifact": str(artifact.path.resolve()),
+                "options": dataclasses.asdict(backend_options),
+                "images": image_set_to_job(images),
+                "timing": dataclasses.asdict(timing),
+                "throughput": {"batch_sizes": list(timing.batch_sizes), "seconds": options.throughput_seconds} if options.throughput_seconds else None,
+                "power": options.power,
+                "logits_out": str(Path(tmp) / f"{backend}.npy"),
+                "result_out": str(Path(tmp) / f"{backend}.json"),
+            }
+            outputs[backend] = spawn(job, Path(tmp), lambda stage, done, total, b=backend: progress(b, stage, done, total))
+
+    labels = [v.image.labels for v in images.views]
+    results = []
+    for backend, (raw, logits) in outputs.items():
+        accuracy = compare_to_baseline(logits, reference, labels)
+        environment = {**raw["environment"], "host": platform.node(), "bundle": bundle.meta["id"]}
+        results.append(BenchResult.from_dict({
+            **raw,
+            "model": artifact.model_name,
+            "backend": backend,
+            "variant": artifact.manifest.get("variant", "fp32"),
+            "artifact_key": artifact.key,
+            "accuracy": dataclasses.asdict(accuracy),
+            "environment": environment,
+        }))
+    compared = {**({"pytorch": reference} if reference is not None else {}), **{b: logits for b, (_, logits) in outputs.items()}}
+    document = results_document(
+        results,
+        parity=[dataclasses.asdict(p) for p in cross_parity(compared)],
+        artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
+        images={"description": images.description, "count": len(images), "identity": images.identity, "labelled": images.labelled},
+        command=command,
+        extra={"bundle": {
+            "id": bundle.meta["id"],
+            "created": bundle.meta.get("created"),
+            "reference": None if reference is None else {k: v for k, v in bundle.meta["reference"].items() if k != "file"},
+        }},
+    )
+    return document, results, images
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as edgekit's own errors
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+class _StageLines:
+    """Progress on stderr: a rewritten line on a terminal, one line per stage otherwise
+    (over ssh, into a log)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last: Optional[str] = None
+
+    def __call__(self, backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
+        label = f"{backend}: {stage}"
+        if self.tty:
+            self.stream.write("\r\033[K" + label + (f" {done}/{total}" if total else ""))
+            self.stream.flush()
+        elif label != self.last:
+            print(label, file=self.stream, flush=True)
+        self.last = label
+
+    def close(self) -> None:
+        if self.tty and self.last is not None:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python3 -m edgekit.device_runner", description="Run an edgekit bundle on this machine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{bench,verify}")
+    bench = commands.add_parser("bench", help="time the bundled model, compare it with the bundled PyTorch logits, write results.json")
+    verify = commands.add_parser("verify", help="check every file against bundle.json")
+    for p in (bench, verify):
+        p.add_argument("--bundle", type=Path, help="the bundle folder (default: the one this runner sits in)")
+    bench.add_argument("--backend", action="append", choices=BUNDLE_BACKENDS, help="run only this backend (repeat for several; default: all the bundle has)")
+    bench.add_argument("--batch", action="append", type=_positive_int, help="batch size to time (repeat for several; default: the bundle's)")
+    bench.add_argument("--iterations", type=_positive_int, default=100)
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--max-seconds", type=float, default=15.0, help="time budget per batch size (at least 10 iterations run)")
+    bench.add_argument("--repeats", type=_positive_int, default=1, help="rounds of --iterations; the spread of their p50s shows the noise")
+    bench.add_argument("--threads", type=_positive_int, help="intra-op threads (default: the runtime's choice)")
+    bench.add_argument("--device", help="cpu; cuda or tensorrt (onnxruntime-gpu); gpu, npu (OpenVINO); default: the bundle's")
+    bench.add_argument("--precision", choices=("f32", "bf16", "f16"), help="OpenVINO inference precision; f16 builds FP16 TensorRT engines")
+    bench.add_argument("--ov-fp16-weights", action="store_true", help="OpenVINO: FP16 weights in the IR")
+    bench.add_argument("--trt-workspace", help="TensorRT builder workspace limit, e.g. 2GiB")
+    bench.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay inference from a CUDA graph")
+    bench.add_argument("--throughput", type=float, help="also measure throughput mode (OpenVINO) for this many seconds")
+    bench.add_argument("--power", default="auto", choices=("auto", "tegrastats", "nvml", "rapl", "off"), help="power and energy per image while timing (tegrastats on Jetson); default: what this machine has")
+    bench.add_argument("--images", type=Path, help="your own images (class folders named by synset or index, or a flat folder) instead of the bundled ones")
+    bench.add_argument("--labels", type=Path, help="labels for a flat --images folder: '<file name> <class index or synset>' per line")
+    bench.add_argument("--out", type=Path, help="results file (default: results.json in the bundle)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    progress = _StageLines()
+    try:
+        require_packages(BASE_PACKAGES, "the edgekit runner")
+        bundle = Bundle.load(args.bundle or default_bundle_dir())
+        if args.command == "verify":
+            print(f"bundle {bundle.path}: {bundle.verify()} files match {BUNDLE_FILE}")
+            return 0
+        options = RunOptions(
+            backends=tuple(dict.fromkeys(args.backend or ())), batch_sizes=tuple(args.batch or ()),
+            iterations=args.iterations, warmup=args.warmup, max_seconds=args.max_seconds, repeats=args.repeats, threads=args.threads,
+            device=args.device, precision=args.precision, compress_fp16=args.ov_fp16_weights, trt_workspace=args.trt_workspace,
+            cuda_graph=args.cuda_graph, throughput_seconds=args.throughput, power=args.power, images=args.images, labels=args.labels,
+        )
+        command = "python3 -m edgekit.device_runner " + shlex.join(argv)
+        try:
+            document, results, images = run_bundle(bundle, options, progress, command)
+        finally:
+            progress.close()
+        from .report import text_table, write_json
+
+        reference = "PyTorch FP32 (bundled logits)" if document["bundle"]["reference"] else "labels only (no PyTorch reference for these images)"
+        title = f"{results[0].model} [{results[0].artifact_key}] on {platform.node()}, {images.description}; accuracy vs {reference} on the same {len(images)} images"
+        print(text_table(results, title), end="")
+        path = write_json(document, args.out or bundle.path / "results.json")
+        print(f"results: {path}", file=sys.stderr)
+        return 0
+    except EdgekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

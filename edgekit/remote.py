@@ -1,0 +1,274 @@
+"""`edgekit bench --remote user@host[:port]`: a bundle copied over OpenSSH, run there, its
+results fetched back.
+
+Everything goes through the real ``ssh`` client (so ~/.ssh/config, agents, jump hosts and
+known_hosts work as the user has them), non-interactively: BatchMode, a connect timeout,
+and new host keys accepted on first use. The bundle travels as a tar stream into
+``tar -x`` on the device, under a temporary name renamed when complete; a device that
+already holds the same bundle (same id) keeps it, with the TensorRT engines it built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .core import Artifact, BackendUnavailableError, EdgekitError, UsageError
+from .device_runner import BUNDLE_FILE
+
+SSH_OPTS_ENV = "EDGEKIT_SSH_OPTS"  # extra ssh arguments, e.g. "-i ~/.ssh/jetson -J bastion"
+DEFAULT_REMOTE_DIR = "edgekit-bundles"  # relative: under the remote user's home
+CONNECT_TIMEOUT_S = 10
+REMOTE_RESULTS = "results.json"
+_TARGET = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s/\[\]]+)(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    host: str
+    user: Optional[str] = None
+    port: Optional[int] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "RemoteHost":
+        match = _TARGET.match(text.strip())
+        if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+            raise UsageError(f"--remote: expected user@host or user@host:port, got {text!r}")
+        return cls(host=match["host"].strip("[]"), user=match["user"], port=int(match["port"]) if match["port"] else None)
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"{self.user}@" if self.user else "") + host + (f":{self.port}" if self.port else "")
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    options: tuple[str, ...] = ()  # `-o` values, e.g. IdentityFile=~/.ssh/jetson
+    extra_args: tuple[str, ...] = ()  # from EDGEKIT_SSH_OPTS
+    connect_timeout: int = CONNECT_TIMEOUT_S
+
+    @classmethod
+    def from_environment(cls, options: Sequence[str] = ()) -> "SshSettings":
+        return cls(options=tuple(options), extra_args=tuple(shlex.split(os.environ.get(SSH_OPTS_ENV, ""))))
+
+
+@dataclass(frozen=True)
+class RemoteRequest:
+    """Where and how a bench runs remotely: --remote, --ssh-option, --remote-python, --remote-dir."""
+
+    host: RemoteHost
+    settings: SshSettings = SshSettings()
+    python: str = "python3"
+    remote_dir: str = DEFAULT_REMOTE_DIR
+
+    @classmethod
+    def parse(cls, target: str, ssh_options: Sequence[str] = (), python: Optional[str] = None, remote_dir: Optional[str] = None) -> "RemoteRequest":
+        return cls(RemoteHost.parse(target), SshSettings.from_environment(ssh_options), python or "python3", remote_dir or DEFAULT_REMOTE_DIR)
+
+
+def ssh_command(host: RemoteHost, settings: SshSettings, remote_command: str) -> list[str]:
+    """ssh takes the first value it is given for an option, so the user's come first."""
+    args = ["ssh"]
+    for option in settings.options:
+        args += ["-o", option]
+    args += list(settings.extra_args)
+    args += [
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={settings.connect_timeout}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", "ServerAliveInterval=15",
+    ]
+    if host.port:
+        args += ["-p", str(host.port)]
+    return args + ["--", host.destination, remote_command]
+
+
+def _require_ssh() -> None:
+    if shutil.which("ssh") is None:
+        raise BackendUnavailableError("--remote needs the OpenSSH client (ssh); install it, e.g. apt-get install openssh-client")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _ssh_failure(host: RemoteHost, returncode: int, stderr: str, doing: str) -> EdgekitError:
+    message = _last_line(stderr)
+    if returncode == 255:  # ssh's own failure: connection, authentication, host key
+        return EdgekitError(f"cannot reach {host}: {message or 'ssh exited with code 255'}")
+    return EdgekitError(f"{host}: {doing} failed (exit {returncode}){': ' + message if message else ''}")
+
+
+def _ssh(host: RemoteHost, settings: SshSettings, command: str, doing: str, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(ssh_command(host, settings, command), check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EdgekitError(f"{host}: {doing} did not finish within {timeout:.0f} s") from None
+
+
+def _run(host: RemoteHost, settings: SshSettings, command: str, doing: str, timeout: float = 120) -> str:
+    proc = _ssh(host, settings, command, doing, timeout)
+    if proc.returncode != 0:
+        raise _ssh_failure(host, proc.returncode, proc.stderr, doing)
+    return proc.stdout
+
+
+def remote_path(path: str) -> str:
+    """Quoted for the remote shell, keeping a leading ~/ (the remote home) unquoted."""
+    return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
+
+
+def check_connection(host: RemoteHost, settings: SshSettings, python: str = "python3") -> str:
+    """Fail fast, before any bundling, when the device cannot be reached or lacks ``python``;
+    returns its Python version."""
+    _require_ssh()
+    proc = _ssh(host, settings, f"{remote_path(python)} -c 'import platform; print(platform.python_version())'", "starting Python", CONNECT_TIMEOUT_S + 50)
+    if proc.returncode == 127:
+        raise EdgekitError(f"{host}: no {python} there ({_last_line(proc.stderr)}); pass --remote-python PATH")
+    if proc.returncode != 0:
+        raise _ssh_failure(host, proc.returncode, proc.stderr, f"starting {python}")
+    return proc.stdout.strip()
+
+
+def remote_bundle_id(host: RemoteHost, settings: SshSettings, folder: str, python: str) -> Optional[str]:
+    """The id of an intact bundle already at ``folder`` on the device, or None."""
+    q = shlex.quote
+    check = f"cd {q(folder)} 2>/dev/null && {remote_path(python)} -m edgekit.device_runner verify >/dev/null 2>&1 && cat {BUNDLE_FILE} || true"
+    text = _run(host, settings, check, "reading the bundle there", timeout=300)
+    try:
+        return json.loads(text).get("id") if text.strip() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def upload(bundle_dir: Path, host: RemoteHost, settings: SshSettings, folder: str) -> None:
+    """Stream ``bundle_dir`` into ``folder`` on the device (unpacked aside, then renamed)."""
+    q = shlex.quote
+    staging = f"{folder}.tmp"
+    command = (
+        f"mkdir -p {q(posixpath.dirname(folder) or '.')} && rm -rf {q(staging)} && mkdir {q(staging)} && "
+        f"tar -xf - -C {q(staging)} && rm -rf {q(folder)} && mv {q(staging)} {q(folder)}"
+    )
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(ssh_command(host, settings, command), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
+        assert proc.stdin is not None
+        try:
+            with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+                for path in sorted(bundle_dir.iterdir()):
+                    tar.add(path, arcname=path.name)
+            proc.stdin.close()
+        except BrokenPipeError:  # ssh gave up (cannot connect): its message says why
+            pass
+        returncode = proc.wait()
+        stderr.seek(0)
+        message = stderr.read().decode(errors="replace")
+    if returncode != 0:
+        raise _ssh_failure(host, returncode, message, "copying the bundle")
+
+
+def run_remote(
+    bundle_dir: Path,
+    bundle_id: str,
+    host: RemoteHost,
+    settings: SshSettings,
+    runner_args: Sequence[str],
+    remote_dir: str = DEFAULT_REMOTE_DIR,
+    python: str = "python3",
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict:
+    """Copy the bundle (unless the device has it), run its runner, return the results document."""
+    if remote_dir == "~" or remote_dir.startswith("~/"):  # quoted below, so home-relative instead
+        remote_dir = remote_dir[2:] or "."
+    folder = posixpath.join(remote_dir, bundle_dir.name)
+    if remote_bundle_id(host, settings, folder, python) == bundle_id:
+        progress(f"{host} already holds bundle {bundle_id}")
+    else:
+        progress(f"copying the bundle to {host}:{folder}")
+        upload(bundle_dir, host, settings, folder)
+    q = shlex.quote
+    command = f"cd {q(folder)} && {remote_path(python)} -m edgekit.device_runner bench {' '.join(q(a) for a in runner_args)} --out {REMOTE_RESULTS}"
+    progress(f"running on {host}: {python} -m edgekit.device_runner bench")
+    proc = subprocess.Popen(ssh_command(host, settings, command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    error, tail = None, ""
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        if line.startswith("error: "):
+            error = line[len("error: "):]
+        elif line.strip():
+            tail = line
+            progress(f"{host}: {line.strip()}")
+    returncode = proc.wait()
+    if returncode == 127 and error is None:
+        raise EdgekitError(f"{host}: {python} not found there ({tail}); pass --remote-python PATH")
+    if returncode != 0:
+        if error is not None:
+            raise EdgekitError(f"{host}: {error}")
+        raise _ssh_failure(host, returncode, tail, "the runner")
+    text = _run(host, settings, f"cat {q(folder + '/' + REMOTE_RESULTS)}", "fetching the results", timeout=120)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EdgekitError(f"{host}: the results file is not valid JSON ({e.msg})") from None
+
+
+def runner_arguments(options, timing, throughput_seconds: Optional[float] = None, power: str = "auto") -> list[str]:
+    """A bench's BackendOptions and TimingOptions as the device runner's arguments."""
+    args = [a for b in timing.batch_sizes for a in ("--batch", str(b))]
+    args += ["--iterations", str(timing.iterations), "--warmup", str(timing.warmup), "--max-seconds", str(timing.max_seconds)]
+    args += ["--repeats", str(timing.repeats), "--device", options.device, "--power", power]
+    for flag, value in (("--threads", options.threads), ("--precision", options.precision), ("--trt-workspace", options.workspace_bytes), ("--throughput", throughput_seconds)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + ["--ov-fp16-weights"] * bool(options.compress_fp16) + ["--cuda-graph"] * bool(options.cuda_graph)
+
+
+def bench_remote(
+    artifact: Artifact,
+    backends: Sequence[str],
+    images,
+    remote: RemoteRequest,
+    options,
+    timing,
+    throughput_seconds: Optional[float] = None,
+    power: str = "auto",
+    progress: Callable[[str, Optional[int], Optional[int]], None] = lambda stage, done, total: None,
+) -> dict:
+    """Bundle ``artifact`` for ``backends`` with ``images`` (PyTorch runs here for the
+    reference logits), run it on the remote host, return its results document with every
+    row and the machine marked with the host."""
+    from .bundle import bundle_name, make_bundle
+
+    deployed = tuple(b for b in backends if b != "pytorch")
+    if not deployed:
+        raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
+    with tempfile.TemporaryDirectory(prefix="edgekit-remote-") as tmp:
+        folder = make_bundle(
+            artifact, deployed, images, Path(tmp) / bundle_name(artifact, deployed),
+            device=options.device, batch_sizes=timing.batch_sizes, progress=lambda stage, done, total: progress(f"bundle: {stage}", done, total),
+        )
+        bundle_id = json.loads((folder / BUNDLE_FILE).read_text())["id"]
+        document = run_remote(
+            folder, bundle_id, remote.host, remote.settings, runner_arguments(options, timing, throughput_seconds, power),
+            remote.remote_dir, remote.python, progress=lambda line: progress(line, None, None),
+        )
+    host = str(remote.host)
+    document["results"] = [{**r, "environment": {**r.get("environment", {}), "remote": host}} for r in document["results"]]
+    document["machine"] = {**document.get("machine", {}), "remote": host}
+    document["remote_command"] = document.get("command")
+    return document
