@@ -86,6 +86,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS / "zoo_sweep")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
+    parser.add_argument("--resume", action="store_true", help="keep the recorded rows; sweep only the families not recorded yet")
+    parser.add_argument("--contended", nargs="*", default=[], help="models whose recorded latency was taken while other work shared the machine")
     args = parser.parse_args()
     if args.markdown_only:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
@@ -99,7 +101,14 @@ def main() -> int:
 
     families = [f for f in FAMILIES if not args.only or f[1] in args.only]
     created = now_iso()
-    rows = []
+    rows, runs, contended = [], [], list(args.contended)
+    if args.resume and args.out.with_suffix(".json").is_file():
+        previous = json.loads(args.out.with_suffix(".json").read_text())
+        rows, runs = previous["rows"], previous.get("runs", [previous["created"]])
+        contended += previous.get("contended", [])
+        families = [f for f in families if f[1] not in {r["model"] for r in rows}]
+    runs = runs + [created]
+    planned = len(rows) + len(families)
     for i, (family, name) in enumerate(families, 1):
         print(f"[{i}/{len(families)}] {family}: {name}", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -119,7 +128,7 @@ def main() -> int:
         rows.append(row)
         print(f"    {row['status']} in {row['seconds']:.0f} s" + (f": {row.get('reason')}" if row["status"] != "ok" else ""), file=sys.stderr, flush=True)
         # written after every row, so an interrupted sweep still leaves its rows
-        document = {"created": created, "command": "python " + " ".join(sys.argv), "machine": machine_info(), "rows": rows, "planned": len(families)}
+        document = {"created": created, "runs": runs, "command": "python " + " ".join(sys.argv), "machine": machine_info(), "rows": rows, "planned": planned, "contended": contended}
         args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(document))
     print(f"wrote {args.out.with_suffix('.json')} and .md", file=sys.stderr)
@@ -140,7 +149,8 @@ def markdown(doc: dict) -> str:
     lines = [
         "# Zoo sweep: every family through ONNX Runtime and OpenVINO, FP32 and INT8",
         "",
-        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores. Command: `{doc['command']}`. Created {doc['created']}.",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores. Command: `{doc['command']}`. Created {doc['created']}"
+        + (f"; rows recorded in {len(doc['runs'])} runs ({', '.join(doc['runs'])})." if len(doc.get("runs", [])) > 1 else "."),
         f"{ok} of {len(doc['rows'])} models went through every step"
         + (f" ({doc['planned'] - len(doc['rows'])} not reached: the sweep stopped early)" if doc.get("planned", 0) > len(doc["rows"]) else "")
         + ". Cells: batch-1 p50 ms (10 iterations, indicative) and, in",
@@ -148,6 +158,12 @@ def markdown(doc: dict) -> str:
         "efficientnet_lite0: agreement checks that a backend computes the same function, and for INT8",
         "(minmax, no fallback) it is only a rough sign; a random network's logits are nearly tied.",
         "",
+        *([
+            "**Latency of the rows marked * is not comparable** with other rows or results: they ran while other",
+            "benchmarks and tests shared the machine's 2 cores (PyTorch eager times of 1-6 s are that contention).",
+            "Those cells say that each step ran, not how fast.",
+            "",
+        ] if doc.get("contended") else []),
         "| family | model | status | params M | GMACs | PyTorch FP32 | ORT FP32 | OpenVINO FP32 | ORT INT8 | OpenVINO INT8 | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -157,7 +173,7 @@ def markdown(doc: dict) -> str:
         if r["status"] == "not run":
             lines.append(f"| {r['family']} | {r['model']} | not run | - | - | - | - | - | - | - | the sweep was stopped before this model (session time) |")
             continue
-        note = "real weights" if not r["random_init"] else "random init"
+        note = ("real weights" if not r["random_init"] else "random init") + (" *" if r["model"] in doc.get("contended", ()) else "")
         if r["status"] != "ok":
             note = f"failed at {r.get('failed_at')}: {r.get('reason')}"
         params = f"{r['params_m']:.1f}" if r.get("params_m") else "-"
