@@ -53,6 +53,28 @@ def _console(stderr: bool = True):
     return console if console.is_terminal else Console(stderr=stderr, width=200, markup=False)
 
 
+def _progress_bar(console):
+    """A transient progress display (markup off: stage texts hold model keys in brackets)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console, transient=True)
+
+
+def _print_results(results, parity, title: str, count: int) -> None:
+    """The result tables on stdout: latency and accuracy, then what applies of throughput
+    mode, device time and cross-backend parity."""
+    from .report import device_time_table, has_device_time, parity_table, rich_table, throughput_table
+
+    out = _console(stderr=False)
+    out.print(rich_table(results, title))
+    if any(r.throughput for r in results):
+        out.print(throughput_table(results))
+    if has_device_time(results):
+        out.print(device_time_table(results))
+    if len(parity) > 1:
+        out.print(parity_table(parity, f"cross-backend parity on the same {count} images"))
+
+
 def _progress_reporter(progress, tasks: dict):
     def report(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
         description = f"{backend}: {stage}"
@@ -192,8 +214,6 @@ def _quantize_options(v: dict):
 
 
 def _build(model: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant: Optional[dict] = None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .export import ExportOptions
     from .pipeline import ModelRequest, build_artifact, default_calibration
     from .variants import fp16_artifact, quantize_artifact
@@ -213,8 +233,7 @@ def _build(model: str, weights_file, random_init, input_size, opset, static, no_
     if variant.get("int8"):
         quantize_options = _quantize_options(variant)
         calibration = default_calibration(variant["calib_dir"], variant["calib_labels"], variant["calib_limit"], variant["seed"]).resolve()
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress_bar(console) as progress:
         report = _progress_reporter(progress, {})
         artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
         if variant.get("prune_ratio") is not None:
@@ -426,13 +445,11 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
     top-1 drop, agreement and mean KL vs PyTorch on the same images.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .backends import BACKENDS, BackendOptions
     from .backends.tensorrt import parse_workspace
     from .bench import TimingOptions
     from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
-    from .report import device_time_table, has_device_time, parity_table, results_document, rich_table, throughput_table, write_json
+    from .report import results_document, write_json
 
     console = _console()
     backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
@@ -474,19 +491,11 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     if remote is not None:
         _bench_remote(artifact, request, remote, json_path, console)
         return
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress_bar(console) as progress:
         run = run_bench(artifact, request, _progress_reporter(progress, {}))
 
     title = f"{artifact.model_name} [{artifact.key}] on {run.images.description}; accuracy vs PyTorch on the same {len(run.images)} images"
-    out = _console(stderr=False)
-    out.print(rich_table(run.results, title))
-    if any(r.throughput for r in run.results):
-        out.print(throughput_table(run.results))
-    if has_device_time(run.results):
-        out.print(device_time_table(run.results))
-    if len(run.parity) > 1:
-        out.print(parity_table(run.parity, f"cross-backend parity on the same {len(run.images)} images"))
+    _print_results(run.results, run.parity, title, len(run.images))
     document = results_document(
         run.results,
         parity=[dataclasses.asdict(p) for p in run.parity],
@@ -530,12 +539,9 @@ def _bundle_images(data_dir, labels_file, views, limit):
 
 
 def _make_bundle(artifact, backends, image_set, out: Path, device: str, batch_sizes, console) -> Path:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .bundle import make_bundle
 
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress_bar(console) as progress:
         report = _progress_reporter(progress, {})
         return make_bundle(
             artifact, backends, image_set, out, device=device, batch_sizes=tuple(batch_sizes),
@@ -591,12 +597,10 @@ def bundle_command(target, weights_file, random_init, input_size, opset, static,
 
 def _bench_remote(artifact, request, remote, json_path, console) -> None:
     """Bundle, copy, run over ssh, fetch: the device's rows, shown and saved like local ones."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .bench import BackendParity
     from .core import BenchResult
     from .remote import bench_remote, check_connection
-    from .report import device_time_table, has_device_time, parity_table, rich_table, throughput_table, write_json
+    from .report import write_json
 
     host = remote.host
     if not [b for b in request.backends if b != "pytorch"]:
@@ -606,8 +610,7 @@ def _bench_remote(artifact, request, remote, json_path, console) -> None:
     console.print(f"{host}: reachable, Python {version}")
     if "pytorch" in request.backends:
         console.print(f"note: PyTorch runs here once, for the reference logits; everything timed runs on {host}")
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress_bar(console) as progress:
         report = _progress_reporter(progress, {})
         document = bench_remote(
             artifact, request.backends, request.images.resolve(), remote, request.options, request.timing,
@@ -617,15 +620,7 @@ def _bench_remote(artifact, request, remote, json_path, console) -> None:
     results = [BenchResult.from_dict(r) for r in document["results"]]
     count = document["images"]["count"]
     title = f"{artifact.model_name} [{artifact.key}] on {host} ({results[0].environment.get('cpu', '?')}), {document['images']['description']}; accuracy vs PyTorch on the same {count} images"
-    out = _console(stderr=False)
-    out.print(rich_table(results, title))
-    if any(r.throughput for r in results):
-        out.print(throughput_table(results))
-    if has_device_time(results):
-        out.print(device_time_table(results))
-    parity = [BackendParity(**p) for p in document.get("parity", [])]
-    if len(parity) > 1:
-        out.print(parity_table(parity, f"cross-backend parity on the same {count} images"))
+    _print_results(results, [BackendParity(**p) for p in document.get("parity", [])], title, count)
     path = write_json(document, json_path or artifact.path / f"results-{host.host}.json")
     console.print(f"results: {path}")
 
@@ -643,8 +638,6 @@ def _calibrated_on_bundled_photos(artifact) -> bool:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: the recipe's 'output', else <recipe>.results.json).")
 def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .recipe import load_recipe
     from .report import results_document, rich_table, write_json
     from .runner import run_recipe
@@ -655,8 +648,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
         f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
         f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
     )
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress_bar(console) as progress:
         results, parity, notes = run_recipe(recipe, _progress_reporter(progress, {}))
     _console(stderr=False).print(rich_table(results, f"recipe {recipe.name}"))
     for note in notes:

@@ -171,10 +171,9 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
     from .backends import BackendOptions
     from .backends.tensorrt import parse_workspace
     from .bench import TimingOptions, compare_to_baseline, cross_parity
-    from .core import BenchResult
     from .data import folder_images, make_image_set
     from .report import results_document
-    from .worker import image_set_to_job, spawn
+    from .worker import bench_result, make_job, spawn
 
     bundle.verify()
     backends = options.backends or bundle.backends
@@ -212,33 +211,17 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
     outputs = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
         for backend in backends:
-            job = {
-                "backend": backend,
-                "artifact": str(artifact.path.resolve()),
-                "options": dataclasses.asdict(backend_options),
-                "images": image_set_to_job(images),
-                "timing": dataclasses.asdict(timing),
-                "throughput": {"batch_sizes": list(timing.batch_sizes), "seconds": options.throughput_seconds} if options.throughput_seconds else None,
-                "power": options.power,
-                "logits_out": str(Path(tmp) / f"{backend}.npy"),
-                "result_out": str(Path(tmp) / f"{backend}.json"),
-            }
+            job = make_job(
+                backend, artifact, backend_options, images, Path(tmp),
+                timing=timing, throughput_seconds=options.throughput_seconds, power=options.power,
+            )
             outputs[backend] = spawn(job, Path(tmp), lambda stage, done, total, b=backend: progress(b, stage, done, total))
 
     labels = [v.image.labels for v in images.views]
     results = []
     for backend, (raw, logits) in outputs.items():
         accuracy = compare_to_baseline(logits, reference, labels)
-        environment = {**raw["environment"], "host": platform.node(), "bundle": bundle.meta["id"]}
-        results.append(BenchResult.from_dict({
-            **raw,
-            "model": artifact.model_name,
-            "backend": backend,
-            "variant": artifact.manifest.get("variant", "fp32"),
-            "artifact_key": artifact.key,
-            "accuracy": dataclasses.asdict(accuracy),
-            "environment": environment,
-        }))
+        results.append(bench_result(raw, artifact, backend, accuracy, host=platform.node(), bundle=bundle.meta["id"]))
     compared = {**({"pytorch": reference} if reference is not None else {}), **{b: logits for b, (_, logits) in outputs.items()}}
     document = results_document(
         results,

@@ -12,11 +12,11 @@ import numpy as np
 
 from .backends import BACKENDS, BackendOptions
 from .bench import BackendParity, TimingOptions, compare_to_baseline, cross_parity
-from .core import Artifact, BenchResult, LatencyStats, PowerStats, ThroughputStats, UsageError
+from .core import Artifact, BenchResult, UsageError
 from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
 from .export import ExportOptions, WeightsSource, export_model
 from .telemetry import check_power_source
-from .worker import image_set_to_job, spawn
+from .worker import bench_result, make_job, spawn
 
 BASELINE = "pytorch"
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
@@ -135,25 +135,7 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
         for name in request.backends:
             raw, logits = outputs[name]
             accuracy = compare_to_baseline(logits, baseline_logits, labels)
-            results.append(
-                BenchResult(
-                    model=artifact.model_name,
-                    backend=name,
-                    variant=artifact.manifest.get("variant", "fp32"),
-                    artifact_key=artifact.key,
-                    precision=raw["precision"],
-                    providers=tuple(raw["providers"]),
-                    threads=raw["threads"],
-                    latency=tuple(LatencyStats.from_dict(x) for x in raw["latency"]),
-                    peak_rss_mb=raw["peak_rss_mb"],
-                    size_mb=raw["size_mb"],
-                    accuracy=accuracy,
-                    environment=raw["environment"],
-                    throughput=tuple(ThroughputStats(**x) for x in raw.get("throughput", ())),
-                    power=tuple(PowerStats(**x) for x in raw.get("power", ())),
-                    gpu_memory_mb=raw.get("gpu_memory_mb"),
-                )
-            )
+            results.append(bench_result(raw, artifact, name, accuracy))
         parity = cross_parity({name: logits for name, (_, logits) in outputs.items()})
     return BenchRun(artifact=artifact, images=images, results=tuple(results), parity=parity)
 
@@ -167,35 +149,12 @@ def _run_worker(
     timed: bool,
     progress: Progress,
 ) -> tuple[dict, np.ndarray]:
-    job = {
-        "backend": backend,
-        "artifact": str(artifact.path.resolve()),
-        # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
-        "options": dataclasses.asdict(
-            dataclasses.replace(request.options, batch_sizes=tuple(request.timing.batch_sizes)) if timed else BackendOptions(threads=request.options.threads)
-        ),
-        "images": image_set_to_job(images),
-        "timing": (
-            {
-                "batch_sizes": list(request.timing.batch_sizes),
-                "warmup": request.timing.warmup,
-                "iterations": request.timing.iterations,
-                "max_seconds": request.timing.max_seconds,
-                "min_iterations": request.timing.min_iterations,
-                "repeats": request.timing.repeats,
-            }
-            if timed
-            else None
-        ),
-        "throughput": (
-            {"batch_sizes": list(request.timing.batch_sizes), "seconds": request.throughput_seconds}
-            if timed and request.throughput_seconds
-            else None
-        ),
-        "power": request.power if timed else "off",
-        "logits_out": str(tmp / f"{backend}.npy"),
-        "result_out": str(tmp / f"{backend}.json"),
-    }
+    # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
+    options = dataclasses.replace(request.options, batch_sizes=request.timing.batch_sizes) if timed else BackendOptions(threads=request.options.threads)
+    job = make_job(
+        backend, artifact, options, images, tmp,
+        timing=request.timing if timed else None, throughput_seconds=request.throughput_seconds, power=request.power,
+    )
     return spawn(job, tmp, lambda stage, done, total: progress(backend, stage, done, total))
 
 

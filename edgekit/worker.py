@@ -20,7 +20,7 @@ import numpy as np
 
 from .backends import BackendOptions, get_backend
 from .bench import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
-from .core import Artifact, EdgekitError
+from .core import AccuracyStats, Artifact, BenchResult, EdgekitError
 from .data import ImageSet, ImageView, LabelledImage, load_all
 from .telemetry import open_power_monitor
 
@@ -47,6 +47,43 @@ def image_set_to_job(image_set: ImageSet) -> dict:
     }
 
 
+def make_job(
+    backend: str,
+    artifact: Artifact,
+    options: BackendOptions,
+    images: ImageSet,
+    folder: Path,
+    timing: Optional[TimingOptions] = None,
+    throughput_seconds: Optional[float] = None,
+    power: str = "off",
+) -> dict:
+    """What one worker runs; without ``timing`` only the logits are computed."""
+    return {
+        "backend": backend,
+        "artifact": str(artifact.path.resolve()),
+        "options": asdict(options),
+        "images": image_set_to_job(images),
+        "timing": asdict(timing) if timing else None,
+        "throughput": {"batch_sizes": list(timing.batch_sizes), "seconds": throughput_seconds} if timing and throughput_seconds else None,
+        "power": power if timing else "off",
+        "logits_out": str(folder / f"{backend}.npy"),
+        "result_out": str(folder / f"{backend}.json"),
+    }
+
+
+def bench_result(raw: dict, artifact: Artifact, backend: str, accuracy: Optional[AccuracyStats], **environment: object) -> BenchResult:
+    """A worker's result as a BenchResult, with the accuracy judged by the parent."""
+    return BenchResult.from_dict({
+        **raw,
+        "model": artifact.model_name,
+        "backend": backend,
+        "variant": artifact.manifest.get("variant", "fp32"),
+        "artifact_key": artifact.key,
+        "accuracy": asdict(accuracy) if accuracy else None,
+        "environment": {**raw["environment"], **environment},
+    })
+
+
 def run_job(job: dict) -> dict:
     backend = get_backend(job["backend"])
     backend.check_available()
@@ -69,13 +106,14 @@ def run_job(job: dict) -> dict:
         emit(stage="accuracy", done=min(start + eval_batch, len(images)), total=len(images))
     np.save(job["logits_out"], np.concatenate(logits))
 
+    on_gpu = _runs_on_nvidia_gpu(job["backend"], options)
     latency = []
     power = []
     if job.get("timing"):
         timing = TimingOptions(**{**job["timing"], "batch_sizes": tuple(job["timing"]["batch_sizes"])})
         for batch_size in timing.batch_sizes:
             label = f"timing batch {batch_size}"
-            with open_power_monitor(job.get("power", "auto"), gpu=_runs_on_nvidia_gpu(job["backend"], options)) as monitor:
+            with open_power_monitor(job.get("power", "auto"), gpu=on_gpu) as monitor:
                 stats = time_session(
                     session.run,
                     images,
@@ -108,7 +146,7 @@ def run_job(job: dict) -> dict:
         "throughput": throughput,
         "power": power,
         "peak_rss_mb": peak_rss_mb(),
-        "gpu_memory_mb": _gpu_memory_mb() if _runs_on_nvidia_gpu(job["backend"], options) else None,
+        "gpu_memory_mb": _gpu_memory_mb() if on_gpu else None,
         "size_mb": backend.size_mb(compiled),
         "environment": {**machine_info(), "runtime": _runtime_version(job["backend"])},
     }
@@ -116,8 +154,6 @@ def run_job(job: dict) -> dict:
 
 def _gpu_memory_mb():
     """This process's GPU memory (engine, buffers, CUDA context), as NVML sees it."""
-    import os
-
     from .telemetry import gpu_memory_mb
 
     return gpu_memory_mb(pid=os.getpid())

@@ -201,17 +201,23 @@ class TensorRTSession:
     """Device buffers are torch CUDA tensors; one CUDA stream; optional CUDA graph."""
 
     def __init__(self, engine_path: Path, precision: str, use_cuda_graph: bool = False):
-        import tensorrt as trt
         import torch
 
         self._torch = torch
-        self._open_engine(engine_path)
         self._stream = torch.cuda.Stream()
+        self._start(engine_path, precision, use_cuda_graph, self._stream.cuda_stream, torch.cuda.get_device_name(0))
+
+    def _start(self, engine_path: Path, precision: str, use_cuda_graph: bool, stream_handle: int, device: str) -> None:
+        """What both kinds of session share: the engine, its context, caches, descriptions."""
+        import tensorrt as trt
+
+        self._open_engine(engine_path)
+        self._stream_handle = int(stream_handle)
         self._use_cuda_graph = use_cuda_graph
         self._graphs: dict[tuple[int, ...], Any] = {}
-        self._buffers: dict[tuple[int, ...], tuple[Any, Any]] = {}
+        self._buffers: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self.precision = f"{precision} (TensorRT {trt.__version__})"
-        self.providers = (f"tensorrt {trt.__version__} {torch.cuda.get_device_name(0)}",)
+        self.providers = (f"tensorrt {trt.__version__} {device}",)
         self.threads = None
         self.last_compute_ms: Optional[float] = None
 
@@ -227,22 +233,27 @@ class TensorRTSession:
         self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
 
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._context.set_input_shape(self._input, shape)
+        return tuple(self._context.get_tensor_shape(self._output))
+
+    def _bind(self, shape: tuple[int, ...], input_address: int, output_address: int) -> None:
+        self._context.set_input_shape(self._input, shape)
+        self._context.set_tensor_address(self._input, int(input_address))
+        self._context.set_tensor_address(self._output, int(output_address))
+
     def _buffers_for(self, shape: tuple[int, ...]):
         torch = self._torch
         if shape not in self._buffers:
-            self._context.set_input_shape(self._input, shape)
-            out_shape = tuple(self._context.get_tensor_shape(self._output))
             x = torch.empty(shape, dtype=torch.float32, device="cuda")
-            y = torch.empty(out_shape, dtype=torch.float32, device="cuda")
+            y = torch.empty(self._output_shape(shape), dtype=torch.float32, device="cuda")
             self._buffers[shape] = (x, y)
         x, y = self._buffers[shape]
-        self._context.set_input_shape(self._input, shape)
-        self._context.set_tensor_address(self._input, x.data_ptr())
-        self._context.set_tensor_address(self._output, y.data_ptr())
+        self._bind(shape, x.data_ptr(), y.data_ptr())
         return x, y
 
     def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._stream.cuda_stream):
+        if not self._context.execute_async_v3(self._stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -286,37 +297,21 @@ class CudaPythonTensorRTSession(TensorRTSession):
     memory would make them faster)."""
 
     def __init__(self, engine_path: Path, precision: str, use_cuda_graph: bool = False):
-        import tensorrt as trt
-
         self._rt = rt = cudart()
-        self._open_engine(engine_path)
         self._stream = cuda_call(rt.cudaStreamCreate())
         self._events = (cuda_call(rt.cudaEventCreate()), cuda_call(rt.cudaEventCreate()))
-        self._use_cuda_graph = use_cuda_graph
-        self._graphs: dict[tuple[int, ...], Any] = {}
-        self._buffers: dict[tuple[int, ...], tuple[Any, Any]] = {}
-        self.precision = f"{precision} (TensorRT {trt.__version__})"
-        self.providers = (f"tensorrt {trt.__version__} {gpu_facts()['gpu']} (cuda-python buffers)",)
-        self.threads = None
-        self.last_compute_ms: Optional[float] = None
+        self._start(engine_path, precision, use_cuda_graph, int(self._stream), f"{gpu_facts()['gpu']} (cuda-python buffers)")
 
     def _buffers_for(self, shape: tuple[int, ...]):
         rt = self._rt
         if shape not in self._buffers:
-            self._context.set_input_shape(self._input, shape)
-            host_out = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=np.float32)
+            host_out = np.empty(self._output_shape(shape), dtype=np.float32)
             x = cuda_call(rt.cudaMalloc(int(np.prod(shape)) * 4))
             y = cuda_call(rt.cudaMalloc(host_out.nbytes))
             self._buffers[shape] = (x, y, host_out)
         x, y, host_out = self._buffers[shape]
-        self._context.set_input_shape(self._input, shape)
-        self._context.set_tensor_address(self._input, int(x))
-        self._context.set_tensor_address(self._output, int(y))
+        self._bind(shape, x, y)
         return x, y, host_out
-
-    def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(int(self._stream)):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         rt = self._rt
