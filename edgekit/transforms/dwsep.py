@@ -92,8 +92,8 @@ def separable_from(conv: Any, rank: int):
     With rank r > 1 the depthwise conv has r filters per input channel. It is built as
     Sequential(RepeatChannels(r), depthwise with one filter per channel, pointwise) rather
     than one conv with channel multiplier r: CPU runtimes have fast kernels for the first
-    form only (resnet18, every 3x3 at r=2: OpenVINO 20.4 -> 9.9 ms, ONNX Runtime 14.5 ->
-    13.3 ms; the extra copy is cheap)."""
+    form only (resnet18, every KxK at r=2: OpenVINO 15.9 -> 8.7 ms, ONNX Runtime 12.1 ->
+    9.9 ms, benchmarks/results/dw_rank_layout.md; the extra copy is cheap)."""
     import torch
     from torch import nn
 
