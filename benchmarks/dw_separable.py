@@ -62,7 +62,8 @@ def per_layer_tradeoff(fp32, steps: int = 6, rounds: int = 3) -> dict:
     import torch
 
     from edgekit.backends.onnxruntime import plain_session
-    from edgekit.bench import TimingOptions, mean_kl, time_session
+    from edgekit.bench import TimingOptions, time_session
+    from edgekit.evaluation import mean_kl
     from edgekit.export import ExportOptions, torch_export_module
     from edgekit.models import load_from_manifest
     from edgekit.transforms.dwsep import convert, layer_table, rank_by_saving_per_error

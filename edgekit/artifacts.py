@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .core import MANIFEST_NAME, Artifact, InvalidModelFileError, sha256_file, write_manifest
+from .core import MANIFEST_NAME, Artifact, EdgekitError, InvalidModelFileError, sha256_file, write_manifest
+from .staging import make_staging_dir, move_aside, release_staging_dir
 
-ARTIFACT_FORMAT = "edgekit-artifact/1"
+ARTIFACT_FORMAT = "edgekit-artifact/2"  # 2: sealed manifest
 
 
 def artifact_dir_name(model_name: str) -> str:
@@ -36,7 +37,7 @@ def find_existing(root: Path, model_name: str, key: str) -> Optional[Artifact]:
         artifact = Artifact.load(folder)
     except InvalidModelFileError:
         return None
-    return artifact if not artifact.verify_files() else None
+    return artifact if not artifact.problems() else None
 
 
 def now_iso() -> str:
@@ -52,33 +53,50 @@ def build_artifact_folder(
     """Reuse the intact artifact for ``key`` or build it. Returns (artifact, reused).
 
     ``populate(staging)`` writes the model files into ``staging`` and returns the
-    manifest; this function adds format, key, creation time and the files' SHA-256.
+    manifest; this function adds format, key, creation time, the files' SHA-256 and the
+    seal. A folder at the key that is not intact is moved aside (with whatever a user put
+    in it), never deleted. A full or read-only disk is one error line naming the folder.
     """
     existing = find_existing(root, model_name, key)
     if existing is not None:
         return existing, True
     final = artifact_folder(root, model_name, key)
-    if final.exists():  # tampered or half-deleted: rebuild from scratch
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+    try:
+        if final.exists():
+            problem = next(iter(_problems(final)), "incomplete")
+            aside = move_aside(final, "damaged")
+            warnings.warn(f"{final} was not intact ({problem}); moved it to {aside} and building it again", stacklevel=2)
+        staging = make_staging_dir(final.parent, key)
+    except OSError as e:
+        raise EdgekitError(f"cannot write artifacts under {final.parent}: {e.strerror or e}") from None
     try:
         manifest = populate(staging)
-        files = manifest.get("files", {})
+        release_staging_dir(staging)
         manifest = {
             "format": ARTIFACT_FORMAT,
             "key": key,
             "created": now_iso(),
             **manifest,
-            "sha256": {name: sha256_file(staging / name) for name in files.values()},
+            "sha256": {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()},
         }
         write_manifest(staging, manifest)
-        staging.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(staging, final)
-        except OSError:  # another process finished the same artifact first
-            shutil.rmtree(staging, ignore_errors=True)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished the same artifact first
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise EdgekitError(f"cannot write the artifact under {final.parent}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Artifact.load(final), False
+
+
+def _problems(folder: Path) -> list[str]:
+    try:
+        return Artifact.load(folder).problems()
+    except InvalidModelFileError as e:
+        return [str(e)]

@@ -1,4 +1,4 @@
-"""The only place that times anything, and the accuracy arithmetic against a baseline.
+"""The only place that times anything (accuracy arithmetic lives in edgekit.evaluation).
 
 Every backend is timed the same way, host to host: a numpy batch in, numpy logits out,
 ``time.perf_counter_ns`` around ``session.run``. Nothing here imports torch.
@@ -11,11 +11,11 @@ import platform
 import resource
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from .core import AccuracyStats, LatencyStats, UsageError
+from .core import LatencyStats, UsageError
 
 if TYPE_CHECKING:
     from .telemetry import PowerMonitor
@@ -129,73 +129,3 @@ def machine_info() -> dict[str, object]:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-
-
-# --------------------------------------------------------------------------- accuracy
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def mean_kl(baseline: np.ndarray, other: np.ndarray) -> float:
-    """Mean over images of KL(softmax(baseline) || softmax(other))."""
-    lp, lq = _log_softmax(baseline), _log_softmax(other)
-    return max(0.0, float((np.exp(lp) * (lp - lq)).sum(axis=1).mean()))  # clamp rounding below 0
-
-
-def topk_accuracy(logits: np.ndarray, labels: Sequence[Optional[tuple[int, ...]]], k: int) -> Optional[float]:
-    """Percent of images whose top-k predictions include one of their acceptable labels."""
-    if not labels or any(lab is None for lab in labels):
-        return None
-    topk = np.argsort(-logits, axis=1)[:, :k]
-    hits = [bool(set(row.tolist()) & set(lab)) for row, lab in zip(topk, labels)]  # type: ignore[arg-type]
-    return float(np.mean(hits) * 100)
-
-
-def compare_to_baseline(
-    logits: np.ndarray,
-    baseline: Optional[np.ndarray],
-    labels: Sequence[Optional[tuple[int, ...]]],
-) -> AccuracyStats:
-    top1 = topk_accuracy(logits, labels, 1)
-    top5 = topk_accuracy(logits, labels, 5)
-    if baseline is None:
-        return AccuracyStats(len(logits), top1, top5, None, None, None, None)
-    if baseline.shape != logits.shape:
-        raise ValueError(f"logits {logits.shape} and baseline {baseline.shape} differ in shape")
-    base_top1 = topk_accuracy(baseline, labels, 1)
-    return AccuracyStats(
-        images=len(logits),
-        top1=top1,
-        top5=top5,
-        top1_drop=None if top1 is None or base_top1 is None else base_top1 - top1,
-        agreement=float((logits.argmax(1) == baseline.argmax(1)).mean() * 100),
-        mean_kl=mean_kl(baseline, logits),
-        max_abs_diff=float(np.abs(logits.astype(np.float64) - baseline).max()),
-    )
-
-
-@dataclass(frozen=True)
-class BackendParity:
-    """Two backends' outputs for one artifact on the same images."""
-
-    first: str
-    second: str
-    agreement: float  # percent of images with the same top-1
-    max_abs_diff: float  # largest logit difference
-
-
-def cross_parity(logits: dict[str, np.ndarray]) -> tuple[BackendParity, ...]:
-    names = list(logits)
-    return tuple(
-        BackendParity(
-            a, b,
-            float((logits[a].argmax(1) == logits[b].argmax(1)).mean() * 100),
-            float(np.abs(logits[a].astype(np.float64) - logits[b]).max()),
-        )
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
-    )

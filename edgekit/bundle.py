@@ -26,10 +26,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from .backends import BACKENDS
 from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, numeric_format, sha256_file, stable_hash
-from .data import SAMPLES_DIR, ImageSet
+from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_BACKENDS, BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND, RUNTIME_PACKAGES
+from .evaluation import LogitsFile
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"
@@ -144,15 +147,16 @@ def check_backends(backends: Sequence[str]) -> tuple[str, ...]:
 def _readable(images: ImageSet, artifact: Artifact) -> ImageSet:
     """Drop views of files that cannot be read (with a warning): every bundled view must
     have its row of reference logits."""
-    from .data import preprocess
+    from .data import UnreadableImage, preprocess
 
-    bad = set()
+    bad = {}
     for view in {v.image.path: v for v in images.views}.values():
         try:
             preprocess(view, artifact.preprocessing)
-        except DataError as e:
-            warnings.warn(str(e), stacklevel=2)
-            bad.add(view.image.path)
+        except UnreadableImage as e:
+            bad[view.image.path] = e.reason
+    if bad:
+        warnings.warn(skipped_summary([(0, str(path), reason) for path, reason in bad.items()]) + "; not bundled", stacklevel=2)
     kept = tuple(v for v in images.views if v.image.path not in bad)
     if not kept:
         raise DataError(f"none of the images in {images.description} could be read")
@@ -180,9 +184,7 @@ def _copy_images(images: ImageSet, staging: Path) -> list[dict]:
 def _copy_artifact(artifact: Artifact, backends: Sequence[str], staging: Path) -> Artifact:
     """manifest.json and the ONNX graph; for INT8, the CPU forms the CPU backends run,
     made here because making them needs the onnx package the device may lack."""
-    tampered = artifact.verify_files()
-    if tampered:
-        raise EdgekitError(f"{artifact.path}: {', '.join(tampered)} no longer match the manifest hashes; export again")
+    artifact.verified()
     folder = staging / ARTIFACT_DIR
     folder.mkdir()
     shutil.copyfile(artifact.path / MANIFEST_NAME, folder / MANIFEST_NAME)
@@ -195,9 +197,9 @@ def _copy_artifact(artifact: Artifact, backends: Sequence[str], staging: Path) -
             for form in ("u8s8", "u8u8"):  # which one runs depends on the device's CPU
                 write_cpu_form(copied, form)
         if "openvino" in backends:
-            from .backends.openvino import _cpu_form
+            from .backends.openvino import cpu_form
 
-            _cpu_form(copied)
+            cpu_form(copied)
     return copied
 
 
@@ -258,14 +260,13 @@ def make_bundle(
         _copy_runner(staging)
         reference = None
         if has_original:
-            import numpy as np
-
-            logits = reference_logits(artifact, images, progress=lambda _backend, stage, done, total: progress(f"pytorch reference: {stage}", done, total))
-            if len(logits) != len(images):
-                raise DataError(f"PyTorch gave {len(logits)} rows of logits for {len(images)} images; some could not be read")
-            (staging / REFERENCE_FILE).parent.mkdir(parents=True, exist_ok=True)
-            np.save(staging / REFERENCE_FILE, logits.astype(np.float32))
-            reference = {"file": REFERENCE_FILE, "backend": "pytorch", "precision": "fp32", "shape": list(logits.shape), "runtime": _version("torch")}
+            with tempfile.TemporaryDirectory(prefix="edgekit-reference-") as work:
+                logits = reference_logits(artifact, images, Path(work), progress=lambda _backend, stage, done, total: progress(f"pytorch reference: {stage}", done, total)).logits
+                if not np.array_equal(logits.rows, np.arange(len(images))):
+                    raise DataError(f"PyTorch read {len(logits.rows)} of the {len(images)} bundled images; some could not be read")
+                (staging / REFERENCE_FILE).parent.mkdir(parents=True, exist_ok=True)
+                _save_npy(logits, staging / REFERENCE_FILE)
+            reference = {"file": REFERENCE_FILE, "backend": "pytorch", "precision": "fp32", "shape": [len(logits.rows), logits.classes], "runtime": _version("torch")}
         files = {
             p.relative_to(staging).as_posix(): sha256_file(p)
             for p in sorted(staging.rglob("*"))
@@ -301,6 +302,16 @@ def make_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _save_npy(logits: LogitsFile, path: Path) -> None:
+    """The rows as a float32 .npy, written chunk by chunk (memory stays flat)."""
+    from .evaluation import chunks
+
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (len(logits.rows), logits.classes)})
+        for chunk in chunks(np.arange(len(logits.rows))):
+            f.write(logits.read(chunk).tobytes())
 
 
 def _version(distribution: str) -> Optional[str]:

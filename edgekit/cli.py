@@ -27,7 +27,10 @@ class EdgekitGroup(click.Group):
     """Turns EdgekitError into one line on stderr and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        import signal
+
         warnings.formatwarning = _one_line_warning
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up like Ctrl-C
         try:
             return super().invoke(ctx)
         except EdgekitError as e:
@@ -54,10 +57,15 @@ def _console(stderr: bool = True):
 
 
 def _progress_bar(console):
-    """A transient progress display (markup off: stage texts hold model keys in brackets)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """A transient progress display with rate and time left (markup off: stage texts hold
+    model keys in brackets)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console, transient=True)
+    rate = TextColumn("{task.fields[rate]}", markup=False)
+    return Progress(
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
+        console=console, transient=True,
+    )
 
 
 def _print_results(results, parity, title: str, count: int) -> None:
@@ -76,11 +84,21 @@ def _print_results(results, parity, title: str, count: int) -> None:
 
 
 def _progress_reporter(progress, tasks: dict):
+    """(backend, stage, done, total) -> one line per backend; a new stage restarts its
+    rate (images/s while evaluating, runs/s while timing) and time left."""
+    stages: dict[str, str] = {}
+
     def report(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
         description = f"{backend}: {stage}"
         if backend not in tasks:
-            tasks[backend] = progress.add_task(description, total=total)
+            tasks[backend] = progress.add_task(description, total=total, rate="")
+        elif stages.get(backend) != stage:
+            progress.reset(tasks[backend], total=total, completed=done or 0, description=description, rate="")
+        stages[backend] = stage
         progress.update(tasks[backend], description=description, total=total, completed=done or 0)
+        speed = next((t.speed for t in progress.tasks if t.id == tasks[backend]), None)
+        unit = "images/s" if stage == "accuracy" else "/s"
+        progress.update(tasks[backend], rate=f"{speed:.1f} {unit}" if speed else "")
 
     return report
 
@@ -355,11 +373,7 @@ def _open_target(target: str, weights_file, random_init, input_size, opset, stat
 
     path = Path(target)
     if path.is_dir():
-        artifact = Artifact.load(path)
-        tampered = artifact.verify_files()
-        if tampered:
-            raise EdgekitError(f"{target}: {', '.join(tampered)} no longer match the manifest hashes; export again")
-        return artifact, True
+        return Artifact.load(path).verified(), True
     if path.suffix.lower() == ".onnx" or path.is_file():
         return import_onnx_file(path, out_dir)
     return _build(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
@@ -449,7 +463,7 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     from .backends.tensorrt import parse_workspace
     from .bench import TimingOptions
     from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
-    from .report import results_document, write_json
+    from .report import describe_images, results_document, write_results
 
     console = _console()
     backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
@@ -494,18 +508,27 @@ def bench_command(target, weights_file, random_init, input_size, opset, static, 
     with _progress_bar(console) as progress:
         run = run_bench(artifact, request, _progress_reporter(progress, {}))
 
-    title = f"{artifact.model_name} [{artifact.key}] on {run.images.description}; accuracy vs PyTorch on the same {len(run.images)} images"
-    _print_results(run.results, run.parity, title, len(run.images))
+    compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.results)
+    baseline = "PyTorch on the same images" if compared else "labels only"
+    title = f"{artifact.model_name} [{artifact.key}] on {describe_images(run.image_summary)}; accuracy vs {baseline}"
+    _print_results(run.results, run.parity, title, run.evaluated)
     document = results_document(
         run.results,
         parity=[dataclasses.asdict(p) for p in run.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-        images={"description": run.images.description, "count": len(run.images), "identity": run.images.identity, "labelled": run.images.labelled},
+        images=run.image_summary,
         command=" ".join(["edgekit"] + sys.argv[1:]),
     )
-    path = write_json(document, json_path or artifact.path / "results.json")
+    path = write_results(document, json_path or artifact.path / "results.json")
     console.print(f"results: {path}")
+    _exit_if_failed(run.failed, path)
     _exit_if_budget_missed(artifact, variant)
+
+
+def _exit_if_failed(failed, path) -> None:
+    if failed:
+        names = ", ".join(r.backend for r in failed)
+        raise EdgekitError(f"{names} failed: {failed[0].error} (the other rows were saved to {path})")
 
 
 # --------------------------------------------------------------------------- bundles and remote devices
@@ -597,10 +620,11 @@ def bundle_command(target, weights_file, random_init, input_size, opset, static,
 
 def _bench_remote(artifact, request, remote, json_path, console) -> None:
     """Bundle, copy, run over ssh, fetch: the device's rows, shown and saved like local ones."""
-    from .bench import BackendParity
     from .core import BenchResult
+    from .evaluation import BackendParity
     from .remote import bench_remote, check_connection
-    from .report import write_json
+    from .report import describe_images, write_results
+    from .results_io import validate_results_document
 
     host = remote.host
     if not [b for b in request.backends if b != "pytorch"]:
@@ -617,12 +641,14 @@ def _bench_remote(artifact, request, remote, json_path, console) -> None:
             request.throughput_seconds, request.power, progress=lambda stage, done, total: report("remote", stage, done, total),
         )
     document["command"] = " ".join(["edgekit"] + sys.argv[1:])
+    validate_results_document(document, f"{host}: results")
     results = [BenchResult.from_dict(r) for r in document["results"]]
-    count = document["images"]["count"]
-    title = f"{artifact.model_name} [{artifact.key}] on {host} ({results[0].environment.get('cpu', '?')}), {document['images']['description']}; accuracy vs PyTorch on the same {count} images"
-    _print_results(results, [BackendParity(**p) for p in document.get("parity", [])], title, count)
-    path = write_json(document, json_path or artifact.path / f"results-{host.host}.json")
+    images = document["images"]
+    title = f"{artifact.model_name} [{artifact.key}] on {host} ({results[0].environment.get('cpu', '?')}), {describe_images(images)}; accuracy vs PyTorch on the same images"
+    _print_results(results, [BackendParity(**p) for p in document.get("parity", [])], title, images.get("images_evaluated", images["count"]))
+    path = write_results(document, json_path or artifact.path / f"results-{host.host}.json")
     console.print(f"results: {path}")
+    _exit_if_failed([r for r in results if r.error], path)
 
 
 def _calibrated_on_bundled_photos(artifact) -> bool:
@@ -639,7 +665,7 @@ def _calibrated_on_bundled_photos(artifact) -> bool:
 def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
     from .recipe import load_recipe
-    from .report import results_document, rich_table, write_json
+    from .report import results_document, rich_table, write_results
     from .runner import run_recipe
 
     recipe = load_recipe(recipe_path)
@@ -657,25 +683,17 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
         results, parity=parity, command=" ".join(["edgekit"] + sys.argv[1:]),
         extra={"recipe": str(recipe_path), "reference": recipe.reference},
     )
-    path = write_json(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
+    path = write_results(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
     console.print(f"results: {path}")
+    _exit_if_failed([r for r in results if r.error], path)
     if notes and recipe.int8.get("strict"):
         raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in notes) + " (strict)")
 
 
 def _load_results(paths) -> list[dict]:
-    import json
+    from .results_io import load_results_documents
 
-    documents = []
-    for path in paths:
-        try:
-            document = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EdgekitError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
-        if not isinstance(document, dict) or "results" not in document:
-            raise EdgekitError(f"{path} is not an edgekit results file (no 'results' list)")
-        documents.append(document)
-    return documents
+    return load_results_documents(paths)
 
 
 @main.command("report")
@@ -701,9 +719,11 @@ def report_command(results, out_dir: Path, title: str) -> None:
 def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_regression: str, reference, junit_path) -> None:
     """Exit 1 when NEW regresses against --baseline in accuracy or latency (for CI)."""
     from rich.table import Table
+    from rich.text import Text
 
-    from .gate import compare, parse_percent, summary_rows, write_junit
+    from .gate import check_threshold, compare, parse_percent, status_style, summary_rows, write_junit
 
+    max_top1_drop = check_threshold(max_top1_drop, "--max-top1-drop")
     try:
         allowed = parse_percent(max_latency_regression)
     except ValueError:
@@ -716,9 +736,8 @@ def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_r
     table = Table(title=f"{new} vs {baseline}", title_justify="left")
     for column in ("status", "cell", "check", "detail"):
         table.add_column(column)
-    colours = {"FAIL": "red", "MISSING": "red", "NEW": "yellow", "PASS": "green"}
     for status, label, check, message in summary_rows(report):
-        table.add_row(f"[{colours[status]}]{status}[/]", label, check, message)
+        table.add_row(Text(status, style=status_style(status)), label, check, message)
     _console(stderr=False).print(table)
     if junit_path:
         console.print(f"JUnit XML: {write_junit(report, junit_path)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -145,16 +144,41 @@ def stable_hash(payload: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def manifest_seal(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest without its seal (canonical JSON): any edit to the manifest,
+    a deleted hash list included, breaks it."""
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A folder under exported/ holding model files and the manifest that describes them."""
+    """A folder under exported/ holding model files and the manifest that describes them.
+
+    The manifest lists every file of the artifact with its SHA-256 and carries a seal (the
+    SHA-256 of everything else in it); ``verify`` checks both. Derived caches beside the
+    files (CPU forms, OpenVINO IR, TensorRT engines) carry their own records, see
+    edgekit.staging.
+    """
 
     path: Path
     manifest: dict[str, Any]
 
+    def file(self, name: Any) -> Path:
+        """A file named in the manifest, confined to the artifact folder."""
+        text = name if isinstance(name, str) else ""
+        if not text or text.startswith(("/", "\\")) or "\\" in text or ".." in Path(text).parts or (len(text) > 1 and text[1] == ":"):
+            raise InvalidModelFileError(f"{self.path}/{MANIFEST_NAME}: file {name!r} is not a path inside the artifact")
+        full = self.path / text
+        root, resolved = self.path.resolve(), full.resolve()
+        if root not in resolved.parents:
+            raise InvalidModelFileError(f"{self.path}/{MANIFEST_NAME}: file {text} leads outside the artifact (to {resolved})")
+        return full
+
     @property
     def onnx_path(self) -> Path:
-        return self.path / self.manifest.get("files", {}).get("onnx", ONNX_NAME)
+        return self.file(self.manifest.get("files", {}).get("onnx", ONNX_NAME))
 
     @property
     def model_name(self) -> str:
@@ -173,27 +197,62 @@ class Artifact:
         path = Path(path)
         manifest_path = path / MANIFEST_NAME
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
             raise InvalidModelFileError(f"{path}: no {MANIFEST_NAME}; not an edgekit artifact") from None
-        except json.JSONDecodeError as e:
-            raise InvalidModelFileError(f"{manifest_path}: not valid JSON ({e.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidModelFileError(f"{manifest_path}: not valid JSON ({getattr(e, 'msg', None) or type(e).__name__})") from None
+        except OSError as e:
+            raise InvalidModelFileError(f"cannot read {manifest_path}: {e.strerror}") from None
+        if not isinstance(manifest, dict):
+            raise InvalidModelFileError(f"{manifest_path}: not an edgekit manifest")
         return cls(path=path, manifest=manifest)
 
-    def verify_files(self) -> list[str]:
-        """Names of files whose SHA-256 no longer matches the manifest (empty when intact)."""
-        bad = []
-        for name, digest in self.manifest.get("sha256", {}).items():
-            p = self.path / name
-            if not p.is_file() or sha256_file(p) != digest:
-                bad.append(name)
-        return bad
+    def problems(self) -> list[str]:
+        """What no longer matches what edgekit wrote (empty when intact): the seal, then
+        every listed file's presence and SHA-256, and that every file the manifest points
+        to is a listed one."""
+        seal = self.manifest.get("seal")
+        if seal is None:
+            return [f"{MANIFEST_NAME} has no seal (written by an older edgekit, or edited)"]
+        if seal != manifest_seal(self.manifest):
+            return [f"{MANIFEST_NAME} was changed after edgekit wrote it (its seal does not match)"]
+        listed = self.manifest.get("sha256")
+        if not isinstance(listed, dict) or not listed:
+            return [f"{MANIFEST_NAME} lists no files"]
+        found = []
+        for name in self.manifest.get("files", {}).values():
+            if name not in listed:
+                found.append(f"{name} is not among the files the manifest hashes")
+        for name, digest in listed.items():
+            try:
+                path = self.file(name)
+            except InvalidModelFileError as e:
+                found.append(str(e))
+                continue
+            if not path.is_file():
+                found.append(f"{name} is missing")
+            elif sha256_file(path) != digest:
+                found.append(f"{name} does not match its SHA-256 in the manifest")
+        return found
+
+    def verified(self) -> "Artifact":
+        """Self, or a one-line InvalidModelFileError naming what changed."""
+        found = self.problems()
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise InvalidModelFileError(f"{self.path}: {found[0]}{more}; export it again")
+        return self
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, folder / MANIFEST_NAME)
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal and write the manifest atomically; returns it as written."""
+    from .results_io import atomic_write_text
+
+    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "seal"}, default=str))
+    manifest["seal"] = manifest_seal(manifest)
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
 
 
 # --------------------------------------------------------------------------- results
@@ -219,7 +278,7 @@ class LatencyStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
-        return cls(**{**d, "p50_rounds": tuple(d.get("p50_rounds", ()))})
+        return cls(**{**_known(cls, d), "p50_rounds": tuple(d.get("p50_rounds") or ())})
 
 
 @dataclass(frozen=True)
@@ -252,13 +311,43 @@ class PowerStats:
 
 @dataclass(frozen=True)
 class AccuracyStats:
-    images: int
-    top1: Optional[float]  # percent, None without labels
+    images: int  # views evaluated (by every backend of the run)
+    top1: Optional[float]  # percent, None without labels or where top-1 does not apply (see note)
     top5: Optional[float]
     top1_drop: Optional[float]  # points vs the baseline on the same images
     agreement: Optional[float]  # percent of images whose top-1 equals the baseline's
     mean_kl: Optional[float]  # mean KL(baseline || this) of softmax outputs
     max_abs_diff: Optional[float]  # max |logit - baseline logit|
+    files: Optional[int] = None  # distinct photos behind the views
+    # 95% intervals, in the same units (see edgekit.uncertainty and ci_method)
+    top1_ci: Optional[tuple[float, float]] = None
+    top5_ci: Optional[tuple[float, float]] = None
+    top1_drop_ci: Optional[tuple[float, float]] = None
+    agreement_ci: Optional[tuple[float, float]] = None
+    ci_method: Optional[str] = None
+    note: Optional[str] = None  # why top-1 is not reported (random-init weights, another label space...)
+
+    @property
+    def drop_within_noise(self) -> Optional[bool]:
+        """True when the 95% interval of the drop includes 0: no measurable change."""
+        if self.top1_drop_ci is None:
+            return None
+        return self.top1_drop_ci[0] <= 0.0 <= self.top1_drop_ci[1]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AccuracyStats":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for name in ("top1_ci", "top5_ci", "top1_drop_ci", "agreement_ci"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _known(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``d`` that ``cls`` has: results files written by newer versions still load."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in known}
 
 
 @dataclass(frozen=True)
@@ -271,16 +360,21 @@ class BenchResult:
     providers: tuple[str, ...]
     threads: Optional[int]
     latency: tuple[LatencyStats, ...]
-    peak_rss_mb: float
+    peak_rss_mb: Optional[float]
     size_mb: Optional[float]
     accuracy: Optional[AccuracyStats]
     environment: dict[str, Any] = field(default_factory=dict)
     throughput: tuple[ThroughputStats, ...] = ()  # asynchronous-request mode, where the backend has one
     power: tuple[PowerStats, ...] = ()  # per timed batch size, where a power source was read
     gpu_memory_mb: Optional[float] = None  # this process's GPU memory after the runs (NVML), on NVIDIA GPUs
+    error: Optional[str] = None  # this backend failed; the other rows of the run were kept
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def failed(cls, model: str, backend: str, variant: str, artifact_key: str, error: str, environment: Optional[dict[str, Any]] = None) -> "BenchResult":
+        return cls(model, backend, variant, artifact_key, "-", (), None, (), None, None, None, environment or {}, error=error)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
@@ -290,15 +384,16 @@ class BenchResult:
             backend=d["backend"],
             variant=d["variant"],
             artifact_key=d["artifact_key"],
-            precision=d["precision"],
-            providers=tuple(d.get("providers", ())),
+            precision=d.get("precision") or "-",
+            providers=tuple(d.get("providers") or ()),
             threads=d.get("threads"),
-            latency=tuple(LatencyStats.from_dict(x) for x in d["latency"]),
-            peak_rss_mb=d["peak_rss_mb"],
+            latency=tuple(LatencyStats.from_dict(x) for x in d.get("latency") or ()),
+            peak_rss_mb=d.get("peak_rss_mb"),
             size_mb=d.get("size_mb"),
-            accuracy=AccuracyStats(**acc) if acc else None,
-            environment=d.get("environment", {}),
-            throughput=tuple(ThroughputStats(**x) for x in d.get("throughput", ())),
-            power=tuple(PowerStats(**x) for x in d.get("power", ())),
+            accuracy=AccuracyStats.from_dict(acc) if acc else None,
+            environment=d.get("environment") or {},
+            throughput=tuple(ThroughputStats(**_known(ThroughputStats, x)) for x in d.get("throughput") or ()),
+            power=tuple(PowerStats(**_known(PowerStats, x)) for x in d.get("power") or ()),
             gpu_memory_mb=d.get("gpu_memory_mb"),
+            error=d.get("error"),
         )

@@ -3,26 +3,41 @@
 Only numpy and Pillow are used here (no torch), so a process that runs one backend, and
 the on-device runner, can load images without PyTorch. For PIL images the result equals
 torchvision's Resize + CenterCrop + Normalize.
+
+Every view has an identity: its index in the image set (which names its file, crop and
+labels). Workers stream views from a views file, decode them in a small thread pool a
+few batches ahead, and report each view they could not read by that index, so results
+are joined on identity and memory stays flat however many images there are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .core import DataError, Preprocessing
+from .core import BackendUnavailableError, DataError, Preprocessing, UsageError
+
+if TYPE_CHECKING:
+    from .evaluation import ViewTable
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
 _WNID = re.compile(r"^n\d{8}$")
+_ILSVRC_VAL = re.compile(r"^ILSVRC2012_val_(\d{8})$")
+VIEWS_FORMAT = "edgekit-views/1"
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))  # decoding runs beside the runtime's own threads
+PREFETCH_BATCHES = 2
 
 # A view is a crop of the photo (fraction of each side, where it sits) with an optional
 # horizontal flip, taken before the model's own resize + centre crop. View 0 is exactly
@@ -50,6 +65,19 @@ class ImageView:
     image: LabelledImage
     view: int  # index into VIEW_GRID
 
+    @property
+    def key(self) -> str:
+        return f"{self.image.path}#{self.view}"
+
+
+@dataclass(frozen=True)
+class IndexedView:
+    """A view and its index in its image set: the identity results are joined on."""
+
+    index: int
+    file: int  # index of its photo among the set's distinct files
+    view: ImageView
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -71,6 +99,52 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.views)
+
+    def indexed(self) -> Iterator[IndexedView]:
+        files: dict[Path, int] = {}
+        for i, v in enumerate(self.views):
+            yield IndexedView(i, files.setdefault(v.image.path, len(files)), v)
+
+    @property
+    def file_count(self) -> int:
+        return len({v.image.path for v in self.views})
+
+    def view_table(self) -> "ViewTable":
+        """Photo index and acceptable labels of every view, for joining results."""
+        import numpy as np
+
+        from .evaluation import ViewTable, label_matrix
+
+        names: dict[Path, int] = {}
+        files = np.fromiter((names.setdefault(v.image.path, len(names)) for v in self.views), dtype=np.int64, count=len(self.views))
+        labels = label_matrix([v.image.labels for v in self.views])
+        return ViewTable(files=files, labels=labels, file_names=tuple(str(p) for p in names))
+
+    def write_views_file(self, path: Path) -> Path:
+        """One JSON line per view (after a header): what every worker of a run streams."""
+        with open(path, "w") as f:
+            f.write(json.dumps({"format": VIEWS_FORMAT, "description": self.description, "count": len(self.views)}) + "\n")
+            for v in self.indexed():
+                labels = list(v.view.image.labels) if v.view.image.labels is not None else None
+                f.write(json.dumps([v.index, v.file, str(v.view.image.path), v.view.view, labels]) + "\n")
+        return Path(path)
+
+
+def read_views_file(path: Path) -> tuple[dict, Iterator[IndexedView]]:
+    """(header, the views one by one) of a file written by ImageSet.write_views_file."""
+    f = open(path)
+    header = json.loads(f.readline())
+    if header.get("format") != VIEWS_FORMAT:
+        f.close()
+        raise DataError(f"{path}: not an edgekit views file")
+
+    def views() -> Iterator[IndexedView]:
+        with f:
+            for line in f:
+                index, file, name, view, labels = json.loads(line)
+                yield IndexedView(index, file, ImageView(LabelledImage(Path(name), tuple(labels) if labels is not None else None), view))
+
+    return header, views()
 
 
 # --------------------------------------------------------------------------- class names
@@ -117,23 +191,29 @@ def folder_images(root: Path, labels_file: Optional[Path] = None) -> list[Labell
     """Images from an ImageNet-style class-folder tree or a flat folder (+ optional label file).
 
     Class folders named by WordNet synset (``n01440764``) or class index give labels;
-    a flat folder takes labels from ``labels_file`` (lines ``<file name> <label>``, label
-    a class index or synset; Kaggle's LOC_val_solution.csv for ILSVRC2012 val reads as
-    is), else none.
+    a flat folder takes labels from ``labels_file``, else none. Label files: lines
+    ``<file name> <label>`` (label a class index or synset; Kaggle's LOC_val_solution.csv
+    for ILSVRC2012 val reads as is), or the devkit's ILSVRC2012_validation_ground_truth.txt
+    (one devkit class id per line for ILSVRC2012_val_<n> files; its meta.mat beside it).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot list image folder {root}: {e.strerror}") from None
+    subdirs = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
     if subdirs and labels_file is None:
         images = []
         for d in subdirs:
             label = _folder_label(d.name)
             images += [LabelledImage(p, None if label is None else (label,)) for p in _image_files(d)]
     else:
-        table = _read_label_file(labels_file) if labels_file else None
+        files = _image_files(root)
+        table = _read_label_file(Path(labels_file), files) if labels_file else None
         images = []
-        for p in _image_files(root):
+        for p in files:
             label = table.get(p.name, table.get(p.stem)) if table is not None else None
             if table is not None and label is None:
                 raise DataError(f"{labels_file} has no label for {p.name}")
@@ -150,23 +230,70 @@ def _folder_label(name: str) -> Optional[int]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_label_file(path: Path) -> dict[str, int]:
     try:
-        lines = Path(path).read_text().splitlines()
+        entries = list(os.scandir(folder))
+    except OSError as e:
+        raise DataError(f"cannot list image folder {folder}: {e.strerror}") from None
+    return sorted(Path(e.path) for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def _read_label_file(path: Path, files: Sequence[Path] = ()) -> dict[str, int]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise DataError(f"cannot read label file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"label file {path} is not UTF-8 text (expected '<file name> <label>' lines)") from None
+    content = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if content and all(line.isdigit() for line in content):
+        return _ground_truth_labels(path, content, files)
     table = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#") or (number == 1 and line.startswith("ImageId")):
             continue  # blank, comment, or the header of Kaggle's LOC_val_solution.csv
         parts = re.split(r"[\s,]+", line.strip())
         if len(parts) < 2:
-            raise DataError(f"{path}:{number}: expected '<file name> <label>', got {line.strip()!r}")
+            raise DataError(f"{path}:{number}: expected '<file name> <label>', got {line.strip()[:80]!r}")
         table[parts[0]] = parse_label(parts[1])
     return table
+
+
+def _ground_truth_labels(path: Path, ids: Sequence[str], files: Sequence[Path]) -> dict[str, int]:
+    """ILSVRC2012_validation_ground_truth.txt: line n is the devkit class id (1-1000, the
+    devkit's own order, not ImageNet's index order) of ILSVRC2012_val_<n>; meta.mat
+    beside it maps the ids to synsets."""
+    synsets = _devkit_synsets(path.parent / "meta.mat", path)
+    table = {}
+    for p in files:
+        match = _ILSVRC_VAL.match(p.stem)
+        if not match:
+            raise DataError(f"{path} numbers images by line, but {p.name} is not named ILSVRC2012_val_<8 digits>")
+        number = int(match.group(1))
+        if not 1 <= number <= len(ids):
+            raise DataError(f"{path} has {len(ids)} lines, none for {p.name}")
+        class_id = int(ids[number - 1])
+        if class_id not in synsets:
+            raise DataError(f"{path}:{number}: class id {class_id} is not in {path.parent / 'meta.mat'}")
+        table[p.name] = parse_label(synsets[class_id])
+    return table
+
+
+def _devkit_synsets(meta: Path, ground_truth: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> WNID from the devkit's meta.mat (a MATLAB file: read with scipy)."""
+    if not meta.is_file():
+        raise DataError(
+            f"{ground_truth} numbers classes by the ILSVRC2012 devkit's ids; put the devkit's data/meta.mat beside it "
+            "(or label the images with LOC_val_solution.csv or class folders)"
+        )
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise BackendUnavailableError(f"reading {meta} (the ILSVRC2012 devkit's class list) needs scipy: pip install scipy") from None
+    try:
+        synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
+        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["ILSVRC2012_ID"]) <= 1000}
+    except Exception as e:  # scipy raises several types for a file that is not the devkit's
+        raise DataError(f"{meta} is not the ILSVRC2012 devkit's meta.mat ({type(e).__name__})") from None
 
 
 # Calibration and held-out evaluation on the same photos use disjoint views.
@@ -197,18 +324,17 @@ def resolve_images(
     limit: Optional[int] = None,
     view_offset: int = 0,
     view_stride: int = 1,
-    seed: Optional[int] = None,
+    seed: int = 0,
 ) -> ImageSet:
-    """Bundled photos by default, else ``data_dir``; ``limit`` caps the files (a seeded
-    random sample when ``seed`` is given, else the first ones)."""
+    """Bundled photos by default, else ``data_dir``; ``limit`` caps the files with a
+    seeded random sample (kept in path order)."""
+    if labels_file is not None and data_dir is None:
+        raise UsageError("a label file goes with an image folder (--labels with --data)")
     images = bundled_images() if data_dir is None else folder_images(data_dir, labels_file)
     if limit is not None and limit < len(images):
-        if seed is None:
-            images = images[:limit]
-        else:
-            import random
+        import random
 
-            images = sorted(random.Random(seed).sample(images, limit), key=lambda i: str(i.path))
+        images = sorted(random.Random(seed).sample(images, limit), key=lambda i: str(i.path))
     source = f"bundled photos ({len(images)})" if data_dir is None else f"{data_dir} ({len(images)} images)"
     which = "" if (view_offset, view_stride) == (0, 1) else (" odd" if view_offset % 2 else " even")
     description = f"{source} x {views_per_image}{which} views"
@@ -227,14 +353,43 @@ _RESAMPLING = {
 }
 
 
+class UnreadableImage(DataError):
+    """A file that cannot be decoded; ``reason`` is the decoder's own words."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _open_rgb(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
+            return _to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(path, f"larger than Pillow's pixel limit ({str(e).split('(')[0].strip()})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableImage(path, reason) from None
+
+
+def _to_rgb(im):
+    """8-bit RGB. Pillow's convert() clips 16-bit and 32-bit greyscale to 0..255 (a 16-bit
+    PNG turns white), so those are scaled to 8 bits first."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0  # 0..65535 -> 0..255
+        elif im.mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
 
 
 def preprocess(view: ImageView, prep: Preprocessing) -> np.ndarray:
@@ -276,37 +431,110 @@ def _center_crop(image, size: int):
     return image.crop((left, top, left + size, top + size))
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive views of a stream: the ones read (``indices``, ``array``) and the ones
+    that could not be (``skipped``: index, file, reason)."""
+
+    indices: tuple[int, ...]
+    array: Optional[np.ndarray]  # NCHW float32; None when no view of the batch could be read
+    labels: tuple[Optional[tuple[int, ...]], ...]
+    skipped: tuple[tuple[int, str, str], ...] = ()
+
+
+def _read_view(view: ImageView, prep: Preprocessing) -> tuple[Optional[np.ndarray], Optional[str]]:
+    try:
+        return preprocess(view, prep), None
+    except UnreadableImage as e:
+        return None, e.reason
+
+
+def stream_batches(
+    views: Iterable[IndexedView],
+    prep: Preprocessing,
+    batch_size: int,
+    threads: int = DECODE_THREADS,
+    prefetch_batches: int = PREFETCH_BATCHES,
+) -> Iterator[Batch]:
+    """Decode and preprocess ``views`` in order, ``threads`` at a time and at most
+    ``prefetch_batches`` batches ahead of the consumer (Pillow releases the GIL while it
+    decodes and resizes), so memory is bounded by the batch size, not the data set."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgekit-decode")
+    pending: deque = deque()
+    source = iter(views)
+    window = max(batch_size * prefetch_batches, threads)
+
+    def fill() -> None:
+        while len(pending) < window:
+            view = next(source, None)
+            if view is None:
+                return
+            pending.append((view, pool.submit(_read_view, view.view, prep)))
+
+    indices: list[int] = []
+    arrays: list[np.ndarray] = []
+    labels: list[Optional[tuple[int, ...]]] = []
+    skipped: list[tuple[int, str, str]] = []
+
+    def emit() -> Batch:
+        batch = Batch(tuple(indices), np.stack(arrays) if arrays else None, tuple(labels), tuple(skipped))
+        indices.clear(), arrays.clear(), labels.clear(), skipped.clear()
+        return batch
+
+    try:
+        fill()
+        while pending:
+            view, future = pending.popleft()
+            fill()
+            array, reason = future.result()
+            if array is None:
+                skipped.append((view.index, str(view.view.image.path), reason or "unreadable"))
+            else:
+                indices.append(view.index)
+                arrays.append(array)
+                labels.append(view.view.image.labels)
+            if len(arrays) == batch_size:
+                yield emit()
+        if arrays or skipped:
+            yield emit()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def skipped_summary(skipped: Sequence[tuple[int, str, str]], shown: int = 3) -> str:
+    """'2 unreadable images skipped: a.jpg (image file is truncated), ...'"""
+    files = list(dict.fromkeys((Path(path).name, reason) for _, path, reason in skipped))
+    listed = "; ".join(f"{name} ({reason})" for name, reason in files[:shown])
+    more = f"; and {len(files) - shown} more" if len(files) > shown else ""
+    return f"{len(files)} unreadable image{'s' if len(files) != 1 else ''} skipped: {listed}{more}"
+
+
 def iter_batches(
     image_set: ImageSet, prep: Preprocessing, batch_size: int, skip_unreadable: bool = True
 ) -> Iterator[tuple[np.ndarray, list[Optional[tuple[int, ...]]]]]:
     """Stream (NCHW batch, labels) without holding the whole set in memory.
 
-    Unreadable files are skipped with a warning; a set with none readable is an error.
+    Unreadable files are skipped with one warning naming them; a set with none readable
+    is an error.
     """
-    batch: list[np.ndarray] = []
-    labels: list[Optional[tuple[int, ...]]] = []
-    read = 0
-    for view in image_set.views:
-        try:
-            batch.append(preprocess(view, prep))
-        except DataError as e:
-            if not skip_unreadable:
-                raise
-            warnings.warn(str(e), stacklevel=2)
-            continue
-        labels.append(view.image.labels)
-        read += 1
-        if len(batch) == batch_size:
-            yield np.stack(batch), labels
-            batch, labels = [], []
-    if batch:
-        yield np.stack(batch), labels
+    read, skipped = 0, []
+    for batch in stream_batches(image_set.indexed(), prep, batch_size):
+        if batch.skipped and not skip_unreadable:
+            _, path, reason = batch.skipped[0]
+            raise UnreadableImage(Path(path), reason)
+        skipped += batch.skipped
+        if batch.array is not None:
+            read += len(batch.indices)
+            yield batch.array, list(batch.labels)
+    if skipped:
+        warnings.warn(skipped_summary(skipped), stacklevel=2)
     if read == 0:
         raise DataError(f"none of the images in {image_set.description} could be read")
 
 
 def load_all(image_set: ImageSet, prep: Preprocessing) -> tuple[np.ndarray, list[Optional[tuple[int, ...]]]]:
-    """The whole set as one array (for the small evaluation sets bench uses)."""
+    """The whole set as one array (for the small calibration and parity sets); rows and
+    labels stay aligned, unreadable views dropped from both."""
     arrays, labels = [], []
     for x, y in iter_batches(image_set, prep, batch_size=64):
         arrays.append(x)

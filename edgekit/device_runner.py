@@ -23,7 +23,7 @@ import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from .core import Artifact, BackendUnavailableError, DataError, EdgekitError, UsageError, sha256_file
@@ -32,6 +32,7 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "edgekit-bundle/1"
 BUNDLE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 RUN_COMMAND = "python3 -m edgekit.device_runner bench"
+PARTIAL_EXIT = 3  # results.json was written, but some backends failed (their rows say why)
 
 # (module to import, what `pip install` brings it) per backend. On Jetson, TensorRT's
 # Python bindings come with JetPack rather than from pip.
@@ -100,19 +101,38 @@ class Bundle:
     def backends(self) -> tuple[str, ...]:
         return tuple(self.meta["backends"])
 
+    def inside(self, relative: Any, what: str) -> Path:
+        """A path named in bundle.json, confined to the bundle: relative, without '..', and
+        not leading out through a symlink. Anything else is refused, never read."""
+        text = relative if isinstance(relative, str) else ""
+        parts = PurePosixPath(text).parts
+        if not text or text.startswith(("/", "\\")) or "\\" in text or ".." in parts or (len(text) > 1 and text[1] == ":"):
+            raise DataError(f"bundle {self.path}: {what} {relative!r} is not a path inside the bundle; refusing to read it")
+        full = self.path / text
+        root = self.path.resolve()
+        resolved = full.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise DataError(f"bundle {self.path}: {what} {text} leads outside the bundle (to {resolved}) through a symlink; refusing to read it")
+        return full
+
     @property
     def artifact(self) -> Artifact:
-        return Artifact.load(self.path / self.meta["artifact"])
+        return Artifact.load(self.inside(self.meta.get("artifact"), "artifact"))
 
     def verify(self) -> int:
         """Every file bundle.json lists, with its SHA-256; returns how many were checked."""
-        files: dict[str, str] = self.meta["files"]
-        missing = [name for name in files if not (self.path / name).is_file()]
+        files = self.meta.get("files")
+        if not isinstance(files, dict) or not files:
+            raise DataError(f"bundle {self.path}: {BUNDLE_FILE} lists no files; make the bundle again")
+        paths = {name: self.inside(name, "file") for name in files}
+        missing = [name for name, path in paths.items() if not path.is_file()]
         if missing:
             raise DataError(f"bundle {self.path}: {_names(missing)} missing; copy the whole folder again")
-        changed = [name for name, digest in files.items() if sha256_file(self.path / name) != digest]
+        changed = [name for name, digest in files.items() if sha256_file(paths[name]) != digest]
         if changed:
             raise DataError(f"bundle {self.path}: {_names(changed)} {'does' if len(changed) == 1 else 'do'} not match the sha256 in {BUNDLE_FILE}; the bundle was changed or damaged in transit, copy it again")
+        for name in ("artifact",):
+            self.inside(self.meta.get(name), name)
         return len(files)
 
     def image_set(self):
@@ -120,17 +140,17 @@ class Bundle:
 
         images = self.meta["images"]
         views = tuple(
-            ImageView(LabelledImage(self.path / v["file"], tuple(v["labels"]) if v["labels"] is not None else None), int(v["view"]))
+            ImageView(LabelledImage(self.inside(v["file"], "image"), tuple(v["labels"]) if v["labels"] is not None else None), int(v["view"]))
             for v in images["views"]
         )
         return ImageSet(views=views, description=images["description"])
 
     def reference(self):
-        """The PyTorch FP32 logits for image_set(), row for row (None for an imported ONNX)."""
-        import numpy as np
+        """The PyTorch FP32 logits for image_set(), row i for view i (None for an imported ONNX)."""
+        from .evaluation import LogitsFile
 
         reference = self.meta.get("reference")
-        return None if not reference else np.load(self.path / reference["file"])
+        return None if not reference else LogitsFile.from_npy(self.inside(reference.get("file"), "reference"))
 
 
 def _names(names: list[str], shown: int = 3) -> str:
@@ -167,13 +187,14 @@ class RunOptions:
 
 def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda backend, stage, done, total: None, command: Optional[str] = None):
     """Verify, run every backend in its own worker, compare with the bundled logits.
-    Returns (results document, results, image set)."""
+    Returns (results document, judged results)."""
     from .backends import BackendOptions
     from .backends.tensorrt import parse_workspace
-    from .bench import TimingOptions, compare_to_baseline, cross_parity
+    from .bench import TimingOptions
     from .data import folder_images, make_image_set
+    from .judging import judge
     from .report import results_document
-    from .worker import bench_result, make_job, spawn
+    from .worker import make_job, spawn, write_views
 
     bundle.verify()
     backends = options.backends or bundle.backends
@@ -205,29 +226,30 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
         reference = None
     else:
         images, reference = bundle.image_set(), bundle.reference()
-        if reference is not None and len(reference) != len(images):
-            raise DataError(f"bundle {bundle.path}: {len(reference)} reference rows for {len(images)} images; make the bundle again")
+        if reference is not None and len(reference.rows) != len(images):
+            raise DataError(f"bundle {bundle.path}: {len(reference.rows)} reference rows for {len(images)} images; make the bundle again")
 
-    outputs = {}
+    outputs, errors = {}, {}
     with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
+        views = write_views(images, Path(tmp))
         for backend in backends:
             job = make_job(
-                backend, artifact, backend_options, images, Path(tmp),
+                backend, artifact, backend_options, views, Path(tmp),
                 timing=timing, throughput_seconds=options.throughput_seconds, power=options.power,
             )
-            outputs[backend] = spawn(job, Path(tmp), lambda stage, done, total, b=backend: progress(b, stage, done, total))
-
-    labels = [v.image.labels for v in images.views]
-    results = []
-    for backend, (raw, logits) in outputs.items():
-        accuracy = compare_to_baseline(logits, reference, labels)
-        results.append(bench_result(raw, artifact, backend, accuracy, host=platform.node(), bundle=bundle.meta["id"]))
-    compared = {**({"pytorch": reference} if reference is not None else {}), **{b: logits for b, (_, logits) in outputs.items()}}
+            try:
+                outputs[backend] = spawn(job, Path(tmp), lambda stage, done, total, b=backend: progress(b, stage, done, total))
+            except EdgekitError as e:  # the other backends still run; this row says why it has no figures
+                errors[backend] = str(e)
+        judged = judge(
+            artifact, images, backends, outputs, errors, ("pytorch", reference) if reference is not None else None,
+            host=platform.node(), bundle=bundle.meta["id"],
+        )
     document = results_document(
-        results,
-        parity=[dataclasses.asdict(p) for p in cross_parity(compared)],
+        judged.results,
+        parity=[dataclasses.asdict(p) for p in judged.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-        images={"description": images.description, "count": len(images), "identity": images.identity, "labelled": images.labelled},
+        images=judged.images,
         command=command,
         extra={"bundle": {
             "id": bundle.meta["id"],
@@ -235,7 +257,7 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
             "reference": None if reference is None else {k: v for k, v in bundle.meta["reference"].items() if k != "file"},
         }},
     )
-    return document, results, images
+    return document, judged
 
 
 # --------------------------------------------------------------------------- command line
@@ -305,6 +327,9 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a kill cleans up like Ctrl-C
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     progress = _StageLines()
@@ -322,22 +347,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         command = "python3 -m edgekit.device_runner " + shlex.join(argv)
         try:
-            document, results, images = run_bundle(bundle, options, progress, command)
+            document, judged = run_bundle(bundle, options, progress, command)
         finally:
             progress.close()
-        from .report import text_table, write_json
+        from .report import describe_images, text_table, write_results
 
         reference = "PyTorch FP32 (bundled logits)" if document["bundle"]["reference"] else "labels only (no PyTorch reference for these images)"
-        title = f"{results[0].model} [{results[0].artifact_key}] on {platform.node()}, {images.description}; accuracy vs {reference} on the same {len(images)} images"
-        print(text_table(results, title), end="")
-        path = write_json(document, args.out or bundle.path / "results.json")
+        first = judged.results[0]
+        title = f"{first.model} [{first.artifact_key}] on {platform.node()}, {describe_images(judged.images)}; accuracy vs {reference}"
+        print(text_table(judged.results, title), end="")
+        path = write_results(document, args.out or bundle.path / "results.json")
         print(f"results: {path}", file=sys.stderr)
+        failed = [r for r in judged.results if r.error]
+        if failed:
+            print(f"error: {', '.join(r.backend for r in failed)} failed ({failed[0].error}); the other rows are in {path}", file=sys.stderr)
+            return PARTIAL_EXIT
         return 0
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
 
 

@@ -6,17 +6,17 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
-
-import numpy as np
+from typing import Any, Callable, Optional
 
 from .backends import BACKENDS, BackendOptions
-from .bench import BackendParity, TimingOptions, compare_to_baseline, cross_parity
-from .core import Artifact, BenchResult, UsageError
+from .bench import TimingOptions
+from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
+from .evaluation import BackendParity
 from .export import ExportOptions, WeightsSource, export_model
+from .judging import judge
 from .telemetry import check_power_source
-from .worker import bench_result, make_job, spawn
+from .worker import WorkerOutput, make_job, spawn, write_views
 
 BASELINE = "pytorch"
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
@@ -51,7 +51,7 @@ class ImageRequest:
     limit: Optional[int] = None
     view_offset: int = 0
     view_stride: int = 1
-    seed: Optional[int] = None
+    seed: int = 0
 
     def resolve(self) -> ImageSet:
         return resolve_images(
@@ -86,6 +86,15 @@ class BenchRun:
     images: ImageSet
     results: tuple[BenchResult, ...]
     parity: tuple[BackendParity, ...] = ()
+    image_summary: Optional[dict[str, Any]] = None  # evaluated, skipped (with reasons): the results document's "images"
+
+    @property
+    def failed(self) -> tuple[BenchResult, ...]:
+        return tuple(r for r in self.results if r.error)
+
+    @property
+    def evaluated(self) -> int:
+        return int((self.image_summary or {}).get("images_evaluated", len(self.images)))
 
 
 def build_artifact(
@@ -124,46 +133,44 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
     check_power_source(request.power)  # an explicitly named source that cannot be read fails before any work
     images = request.images.resolve()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
-        outputs = {}
+        views = write_views(images, Path(tmp))
+        outputs: dict[str, WorkerOutput] = {}
+        errors: dict[str, str] = {}
         order = ([BASELINE] if has_original else []) + [b for b in request.backends if b != BASELINE]
         for name in order:
-            timed = name in request.backends
-            outputs[name] = _run_worker(artifact, name, request, images, Path(tmp), timed, progress)
-        labels = [v.image.labels for v in images.views]
-        baseline_logits = outputs[BASELINE][1] if has_original else None
-        results = []
-        for name in request.backends:
-            raw, logits = outputs[name]
-            accuracy = compare_to_baseline(logits, baseline_logits, labels)
-            results.append(bench_result(raw, artifact, name, accuracy))
-        parity = cross_parity({name: logits for name, (_, logits) in outputs.items()})
-    return BenchRun(artifact=artifact, images=images, results=tuple(results), parity=parity)
+            try:
+                outputs[name] = _run_worker(artifact, name, request, views, Path(tmp), name in request.backends, progress)
+            except EdgekitError as e:  # the other backends still run, and this row says why it has no figures
+                errors[name] = str(e)
+                progress(name, f"failed: {e}", None, None)
+        baseline = (BASELINE, outputs[BASELINE].logits) if BASELINE in outputs else None
+        judged = judge(artifact, images, request.backends, outputs, errors, baseline)
+    return BenchRun(artifact=artifact, images=images, results=judged.results, parity=judged.parity, image_summary=judged.images)
 
 
 def _run_worker(
     artifact: Artifact,
     backend: str,
     request: BenchRequest,
-    images: ImageSet,
+    views: Path,
     tmp: Path,
     timed: bool,
     progress: Progress,
-) -> tuple[dict, np.ndarray]:
+) -> WorkerOutput:
     # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
     options = dataclasses.replace(request.options, batch_sizes=request.timing.batch_sizes) if timed else BackendOptions(threads=request.options.threads)
     job = make_job(
-        backend, artifact, options, images, tmp,
+        backend, artifact, options, views, tmp,
         timing=request.timing if timed else None, throughput_seconds=request.throughput_seconds, power=request.power,
     )
     return spawn(job, tmp, lambda stage, done, total: progress(backend, stage, done, total))
 
 
-def reference_logits(artifact: Artifact, images: ImageSet, threads: Optional[int] = None, progress: Progress = _no_progress) -> np.ndarray:
-    """The PyTorch original's logits on ``images`` (untimed, CPU, in a process of its own):
-    the baseline a bundle carries to a device that has no PyTorch."""
+def reference_logits(artifact: Artifact, images: ImageSet, folder: Path, threads: Optional[int] = None, progress: Progress = _no_progress) -> WorkerOutput:
+    """The PyTorch original's logits on ``images`` (untimed, CPU, in a process of its own),
+    written under ``folder``: the baseline a bundle carries to a device without PyTorch."""
     if artifact.manifest["model"].get("weights_source") is None:
         raise UsageError(f"{artifact.path} was imported from an ONNX file: there is no PyTorch original to run")
     request = BenchRequest(backends=(BASELINE,), options=BackendOptions(threads=threads))
-    with tempfile.TemporaryDirectory(prefix="edgekit-reference-") as tmp:
-        _, logits = _run_worker(artifact, BASELINE, request, images, Path(tmp), False, progress)
-    return logits
+    views = write_views(images, folder)
+    return _run_worker(artifact, BASELINE, request, views, folder, False, progress)

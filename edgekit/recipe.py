@@ -26,12 +26,14 @@ the file, line and key.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .core import UsageError
+from .remote import RECIPE_SSH_OPTIONS, RemoteHost, recipe_safe_ssh_option, remote_dir_problem, remote_python_problem
 
 VARIANTS = ("fp32", "fp16", "int8", "pruned", "pruned+int8", "pruned+fp16", "dw-separable", "dw-separable+int8", "dw-separable+fp16")
 
@@ -45,16 +47,43 @@ class RecipeError(UsageError):
 Check = Callable[[Any], bool]
 
 
-def _int(minimum: int) -> tuple[str, Check]:
-    return f"an integer >= {minimum}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # TOML true is a bool, and bool an int
 
 
-def _number(lo: float, hi: float) -> tuple[str, Check]:
-    return f"a number in [{lo}, {hi}]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+def _is_number(v: Any) -> bool:
+    """An int or a finite float (TOML has nan and inf literals), never a bool."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _int(minimum: int, maximum: Optional[int] = None) -> tuple[str, Check]:
+    """Counts have only a lower bound, as their CLI flags (click.IntRange(minimum))."""
+    if maximum is None:
+        return f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum
+    return f"an integer in [{minimum}, {maximum}]", lambda v: _is_int(v) and minimum <= v <= maximum
+
+
+def _text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)  # 100, 0.1, 1000000
+
+
+def _number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[str, Check]:
+    def check(v: Any) -> bool:
+        return _is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return f"a number in {'(' if lo_open else '['}{_text(lo)}, {_text(hi)}{')' if hi_open else ']'}", check
+
+
+def _at_least(lo: float) -> tuple[str, Check]:
+    return f"a finite number >= {_text(lo)}", lambda v: _is_number(v) and v >= lo
 
 
 def _choice(*options: str) -> tuple[str, Check]:
-    return "one of " + ", ".join(options), lambda v: v in options
+    return "one of " + ", ".join(options), lambda v: isinstance(v, str) and v in options
+
+
+def _strings(v: Any, non_empty: bool = True) -> bool:
+    return isinstance(v, list) and (bool(v) or not non_empty) and all(isinstance(x, str) and x != "" for x in v)
 
 
 _BOOL = ("true or false", lambda v: isinstance(v, bool))
@@ -63,18 +92,18 @@ _STR = ("a string", lambda v: isinstance(v, str) and v != "")
 MODEL_KEYS = {
     "weights": _STR,
     "random_init": _BOOL,
-    "input_size": _int(16),
-    "opset": _int(11),
+    "input_size": _int(16, 2048),  # as --input-size
+    "opset": _int(11, 23),  # as --opset
     "static": _BOOL,
     "no_slim": _BOOL,
     "out": _STR,
 }
 SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
     "": {
-        "models": ("a non-empty list of model names", lambda v: isinstance(v, list) and v and all(isinstance(m, str) for m in v)),
-        "variants": ("a list drawn from " + ", ".join(VARIANTS), lambda v: isinstance(v, list) and v and all(x in VARIANTS for x in v)),
-        "backends": ("a non-empty list of backend names", lambda v: isinstance(v, list) and v and all(isinstance(b, str) for b in v)),
-        "batch": ("a list of integers >= 1", lambda v: isinstance(v, list) and v and all(isinstance(b, int) and b >= 1 for b in v)),
+        "models": ("a non-empty list of model names", _strings),
+        "variants": ("a list drawn from " + ", ".join(VARIANTS), lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x in VARIANTS for x in v)),
+        "backends": ("a non-empty list of backend names", _strings),
+        "batch": ("a list of integers >= 1", lambda v: isinstance(v, list) and v and all(_is_int(b) and b >= 1 for b in v)),
         "reference": _STR,
         "output": _STR,
         "name": _STR,
@@ -85,17 +114,17 @@ SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
         "calib_labels": _STR,
         "calib_limit": _int(8),
         "calib_method": _choice("minmax", "percentile", "entropy"),
-        "percentile": _number(50.0, 100.0),
+        "percentile": _number(50.0, 100.0, lo_open=True),  # as QuantizeOptions; 100 is the maximum
         "seed": _int(0),
         "max_drop": _number(0.0, 100.0),
         "min_agreement": _number(0.0, 100.0),
-        "max_kl": _number(0.0, 1e9),
+        "max_kl": _at_least(0.0),
         "max_fallback": _int(0),
         "bias_correction": _BOOL,
         "strict": _BOOL,
     },
     "prune": {
-        "ratio": ("a fraction in (0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
+        "ratio": ("a fraction in (0, 1)", lambda v: _is_number(v) and 0 < v < 1),
         "criterion": _choice("l1", "l2", "taylor"),
         "scope": _choice("uniform", "global"),
         "round_to": _int(1),
@@ -106,8 +135,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
     },
     "dw_separable": {
         "rank": _int(1),
-        "budget": _number(0.0, 1e9),
-        "layers": ("a list of layer names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        "budget": _at_least(0.0),
+        "layers": ("a list of layer names", lambda v: _strings(v, non_empty=False)),
     },
     "bench": {
         "iterations": _int(1),
@@ -126,11 +155,48 @@ SCHEMA: dict[str, dict[str, tuple[str, Check]]] = {
         "trt_workspace": _STR,
         "cuda_graph": _BOOL,
         "power": _choice("auto", "tegrastats", "nvml", "rapl", "off"),
-        "remote": ("user@host or user@host:port", lambda v: isinstance(v, str) and v != ""),
+        "remote": ("user@host or user@host:port", _STR[1]),
         "remote_python": _STR,
         "remote_dir": _STR,
-        "ssh_options": ("a list of ssh -o options", lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
+        "ssh_options": ("a list of ssh -o options (Name=value)", lambda v: _strings(v, non_empty=False)),
     },
+}
+
+
+def _remote_problem(value: str) -> Optional[str]:
+    try:
+        RemoteHost.parse(value)
+    except UsageError:
+        return f"'remote' must be user@host or user@host:port (names of letters, digits, '.', '_' and '-', not beginning with '-'), got {value!r}"
+    return None
+
+
+def _ssh_options_problem(options: list[str]) -> Optional[str]:
+    for option in options:
+        reason = recipe_safe_ssh_option(option)
+        if reason:
+            return (
+                f"[bench] ssh_options: {option!r} is refused: {reason}. A recipe cannot run commands on this machine; "
+                'pass such an option on the command line yourself (--ssh-option NAME=VALUE for edgekit bench, '
+                'or EDGEKIT_SSH_OPTS="-o NAME=VALUE" for edgekit run and bench). A recipe may set only ' + ", ".join(RECIPE_SSH_OPTIONS)
+            )
+    return None
+
+
+def _remote_value_problem(key: str, check: Callable[[str], Optional[str]]) -> Callable[[str], Optional[str]]:
+    def problem(value: str) -> Optional[str]:
+        reason = check(value)
+        return f"'{key}' cannot be {value!r}: {reason}" if reason else None
+
+    return problem
+
+
+# Checks beyond the type and range, by (section, key): a message, or None when fine.
+PROBLEMS: dict[tuple[str, str], Callable[[Any], Optional[str]]] = {
+    ("bench", "remote"): _remote_problem,
+    ("bench", "ssh_options"): _ssh_options_problem,
+    ("bench", "remote_python"): _remote_value_problem("remote_python", remote_python_problem),
+    ("bench", "remote_dir"): _remote_value_problem("remote_dir", remote_dir_problem),
 }
 
 # CLI flag -> recipe key ("section.key"; every [export] key can also sit in [model.<name>])
@@ -230,9 +296,11 @@ def load_recipe(path: Path) -> Recipe:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
     except OSError as e:
         raise RecipeError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a TOML text file (invalid UTF-8 at byte {e.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -288,6 +356,10 @@ def _validate(values: dict[str, Any], schema: dict[str, tuple[str, Check]], sect
         expected, check = schema[key]
         if not check(value):
             raise RecipeError(locate.at(key, section, f"'{key}' must be {expected}, got {value!r}"))
+        problem = PROBLEMS.get((section, key))
+        message = problem(value) if problem else None
+        if message:
+            raise RecipeError(locate.at(key, section, message))
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -303,7 +375,9 @@ class _Locator:
         self.lines = text.splitlines()
 
     def line_of(self, key: str, section: str) -> Optional[int]:
-        current = ""
+        name = rf"""(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')"""  # bare or quoted
+        table = rf"""(?:{re.escape(section)}|"{re.escape(section)}"|'{re.escape(section)}')"""
+        current, inline = "", None
         for number, line in enumerate(self.lines, 1):
             stripped = line.strip()
             header = re.match(r"^\[([^\]]+)\]", stripped)
@@ -312,9 +386,14 @@ class _Locator:
                 if current == key or current == f"{section}.{key}".strip("."):
                     return number
                 continue
-            if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            if current == section and re.match(rf"^{name}\s*=", stripped):
                 return number
-        return None
+            if section and current == "":
+                if re.match(rf"^{table}\s*\.\s*{name}\s*=", stripped):  # bench.ssh_options = [...]
+                    return number
+                if inline is None and re.match(rf"^{table}\s*=", stripped):  # bench = { ... }
+                    inline = number
+        return inline
 
     def at(self, key: str, section: str, message: str) -> str:
         line = self.line_of(key, section)

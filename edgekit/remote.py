@@ -24,13 +24,153 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .core import Artifact, BackendUnavailableError, EdgekitError, UsageError
-from .device_runner import BUNDLE_FILE
+from .device_runner import BUNDLE_FILE, PARTIAL_EXIT
 
 SSH_OPTS_ENV = "EDGEKIT_SSH_OPTS"  # extra ssh arguments, e.g. "-i ~/.ssh/jetson -J bastion"
 DEFAULT_REMOTE_DIR = "edgekit-bundles"  # relative: under the remote user's home
 CONNECT_TIMEOUT_S = 10
 REMOTE_RESULTS = "results.json"
-_TARGET = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s/\[\]]+)(?::(?P<port>\d{1,5}))?$")
+# User and host names: letters, digits, '.', '_' and '-', never first a '-' (ssh would read
+# it as an option) and never a shell metacharacter (a user's ~/.ssh/config may put %r and %h
+# into a ProxyCommand or Match exec, which a shell runs). IPv6 addresses go in brackets.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_TARGET = re.compile(rf"^(?:(?P<user>{_NAME})@)?(?P<host>\[[0-9A-Fa-f:.]+\]|{_NAME})(?::(?P<port>\d{{1,5}}))?$")
+
+# --------------------------------------------------------------------------- what a recipe may ask of ssh
+
+# The ssh_config keywords a recipe's `[bench] ssh_options` may set: each only tunes how ssh
+# authenticates, verifies or keeps up the one connection the recipe already names. Nothing
+# here runs or loads local code (ProxyCommand, LocalCommand, KnownHostsCommand, Match exec
+# through Include, PKCS11Provider, SecurityKeyProvider, ssh-keysign through
+# HostbasedAuthentication...), opens other connections or sockets (ProxyJump, *Forward,
+# Control*, IdentityAgent, Tunnel), or sends local data away (SendEnv, SetEnv, ForwardAgent,
+# GSSAPIDelegateCredentials). HostKeyAlias is left out too: it chooses the name a new host
+# key is trusted under in known_hosts, so a recipe could pin its own server's key for any
+# other host. Anything else stays possible, typed by the user: `edgekit bench --ssh-option`
+# or the EDGEKIT_SSH_OPTS environment variable.
+RECIPE_SSH_OPTIONS = (
+    "AddressFamily", "BatchMode", "CASignatureAlgorithms", "CertificateFile", "CheckHostIP", "Ciphers", "Compression",
+    "ConnectTimeout", "ConnectionAttempts", "GSSAPIAuthentication", "HostKeyAlgorithms", "IPQoS", "IdentitiesOnly",
+    "IdentityFile", "KbdInteractiveAuthentication", "KexAlgorithms", "LogLevel", "MACs", "NumberOfPasswordPrompts",
+    "PasswordAuthentication", "Port", "PreferredAuthentications", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
+    "PubkeyAuthentication", "RekeyLimit", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking",
+    "TCPKeepAlive", "UpdateHostKeys", "User", "UserKnownHostsFile",
+)
+_RECIPE_SSH_OPTIONS = {name.lower(): name for name in RECIPE_SSH_OPTIONS}
+# Why some well-known keywords are refused (the allow-list above decides; this only explains).
+_REFUSED_BECAUSE = {
+    "proxycommand": "it runs a local command",
+    "localcommand": "it runs a local command",
+    "permitlocalcommand": "it lets LocalCommand run a local command",
+    "knownhostscommand": "it runs a local command",
+    "remotecommand": "it replaces the command edgekit runs",
+    "proxyjump": "it connects through other hosts (running ssh again)",
+    "proxyusefdpass": "it goes with ProxyCommand, which runs a local command",
+    "include": "it reads other config files, whose Match exec can run local commands",
+    "match": "Match exec runs local commands",
+    "host": "it starts a config block",
+    "pkcs11provider": "it loads a local library",
+    "securitykeyprovider": "it loads a local library",
+    "enablesshkeysign": "it runs the local ssh-keysign helper",
+    "hostbasedauthentication": "it runs the local ssh-keysign helper",
+    "controlmaster": "it shares connections through a local socket",
+    "controlpath": "it shares connections through a local socket",
+    "controlpersist": "it leaves a background ssh running",
+    "identityagent": "it connects to a local socket",
+    "localforward": "it opens a forwarded port",
+    "remoteforward": "it opens a forwarded port",
+    "dynamicforward": "it opens a local SOCKS proxy",
+    "gatewayports": "it exposes forwarded ports",
+    "permitremoteopen": "it goes with forwarded ports",
+    "tunnel": "it opens a network tunnel",
+    "tunneldevice": "it opens a network tunnel",
+    "forwardagent": "it lends the remote host your ssh agent",
+    "forwardx11": "it lends the remote host your X display",
+    "forwardx11trusted": "it lends the remote host your X display",
+    "gssapidelegatecredentials": "it lends the remote host your Kerberos credentials",
+    "sendenv": "it sends local environment variables away",
+    "setenv": "it sends values to the remote environment",
+    "hostname": "it connects to a host other than the recipe's 'remote'",
+    "hostkeyalias": "it chooses which host name a new host key is trusted under",
+    "hashknownhosts": "it changes how host keys are written to known_hosts",
+    "xauthlocation": "it names a local program to run",
+}
+_SSH_WHITESPACE = " \t\r\n"
+# The keyword as ssh's readconf.c reads it: after leading whitespace, up to whitespace or '='
+# (or between double quotes). Anything less plain (a quote inside the word, a leading '=')
+# is refused, rather than second-guessed.
+_SSH_KEYWORD = re.compile(r'[ \t\r\n]*(?:"(?P<quoted>[^"]*)"|(?P<plain>[^ \t\r\n"=]+))(?=[ \t\r\n=]|$)')
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def ssh_option_name(option: str) -> Optional[str]:
+    """The keyword of an ssh ``-o`` value as ssh reads it (``Key=Value``, ``Key Value``,
+    ``"Key" Value``, with leading whitespace), in its original case; None when there is no
+    plain keyword to read."""
+    match = _SSH_KEYWORD.match(option)
+    return None if match is None else (match["quoted"] if match["quoted"] is not None else match["plain"])
+
+
+def _ssh_option_value(option: str) -> str:
+    """What follows the keyword, skipped as readconf.c's strdelim skips it: whitespace, and one
+    '=' after an unquoted keyword."""
+    match = _SSH_KEYWORD.match(option)
+    assert match is not None
+    rest = option[match.end():]
+    if match["quoted"] is None and rest:
+        separator, rest = rest[0], rest[1:].lstrip(_SSH_WHITESPACE)
+        if separator != "=" and rest.startswith("="):
+            rest = rest[1:]
+    return rest.strip(_SSH_WHITESPACE)
+
+
+def recipe_safe_ssh_option(option: str) -> Optional[str]:
+    """Why ``option`` (an ssh ``-o`` value) may not come from a recipe, or None when it may.
+
+    Only keywords in RECIPE_SSH_OPTIONS pass (compared case-insensitively, as ssh does), with
+    a value on one line, without ``$`` (ssh expands ``${VAR}`` from the local environment in
+    some values) and, for User, a plain user name."""
+    if not isinstance(option, str) or not option.strip(_SSH_WHITESPACE):
+        return "it is empty"
+    if _CONTROL.search(option):
+        return "it holds a line break or another control character"
+    name = ssh_option_name(option)
+    if not name:
+        return "its option name cannot be read (expected Name=value or Name value)"
+    allowed = _RECIPE_SSH_OPTIONS.get(name.lower()) if re.fullmatch(r"[A-Za-z0-9]+", name) else None
+    if allowed is None:
+        because = _REFUSED_BECAUSE.get(name.lower())
+        return f"{name!r} is not an ssh option a recipe may set" + (f" ({because})" if because else "")
+    value = _ssh_option_value(option)
+    if not value:
+        return f"{allowed} has no value"
+    if "$" in option:
+        return f"{allowed}: '$' is not allowed in a recipe (ssh would expand ${{VAR}} from this machine's environment)"
+    if allowed == "User" and not re.fullmatch(_NAME, value):
+        return f"User must be a plain user name (letters, digits, '.', '_', '-'), got {value!r}"
+    return None
+
+
+def remote_python_problem(python: str) -> Optional[str]:
+    """Why ``python`` cannot be the remote Python's path or command name, or None."""
+    if not python or not python.strip():
+        return "it is empty"
+    if _CONTROL.search(python):
+        return "it holds a line break or another control character"
+    if python.startswith("-"):
+        return "it begins with '-'"
+    return None
+
+
+def remote_dir_problem(remote_dir: str) -> Optional[str]:
+    """Why ``remote_dir`` cannot be the remote folder for bundles, or None."""
+    if not remote_dir or not remote_dir.strip():
+        return "it is empty"
+    if _CONTROL.search(remote_dir):
+        return "it holds a line break or another control character"
+    if remote_dir.startswith("-"):
+        return "it begins with '-' (write ./-name for such a folder)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,9 +181,12 @@ class RemoteHost:
 
     @classmethod
     def parse(cls, text: str) -> "RemoteHost":
-        match = _TARGET.match(text.strip())
+        match = _TARGET.match(text.strip()) if isinstance(text, str) else None
         if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
-            raise UsageError(f"--remote: expected user@host or user@host:port, got {text!r}")
+            raise UsageError(
+                f"--remote: expected user@host or user@host:port (names of letters, digits, '.', '_' and '-', "
+                f"not beginning with '-'), got {text!r}"
+            )
         return cls(host=match["host"].strip("[]"), user=match["user"], port=int(match["port"]) if match["port"] else None)
 
     @property
@@ -63,7 +206,16 @@ class SshSettings:
 
     @classmethod
     def from_environment(cls, options: Sequence[str] = ()) -> "SshSettings":
-        return cls(options=tuple(options), extra_args=tuple(shlex.split(os.environ.get(SSH_OPTS_ENV, ""))))
+        for option in options:
+            if not option or "\x00" in option or "\n" in option or "\r" in option:
+                raise UsageError(f"--ssh-option: expected one Name=value option on one line, got {option!r}")
+        try:
+            extra = shlex.split(os.environ.get(SSH_OPTS_ENV, ""))
+        except ValueError as e:  # an unclosed quote
+            raise UsageError(f"{SSH_OPTS_ENV}: cannot split into arguments ({e})") from None
+        if any("\x00" in arg for arg in extra):
+            raise UsageError(f"{SSH_OPTS_ENV}: holds a NUL character")
+        return cls(options=tuple(options), extra_args=tuple(extra))
 
 
 @dataclass(frozen=True)
@@ -77,7 +229,12 @@ class RemoteRequest:
 
     @classmethod
     def parse(cls, target: str, ssh_options: Sequence[str] = (), python: Optional[str] = None, remote_dir: Optional[str] = None) -> "RemoteRequest":
-        return cls(RemoteHost.parse(target), SshSettings.from_environment(ssh_options), python or "python3", remote_dir or DEFAULT_REMOTE_DIR)
+        host = RemoteHost.parse(target)
+        python, remote_dir = python or "python3", remote_dir or DEFAULT_REMOTE_DIR
+        for flag, value, problem in (("--remote-python", python, remote_python_problem(python)), ("--remote-dir", remote_dir, remote_dir_problem(remote_dir))):
+            if problem:
+                raise UsageError(f"{flag}: {problem}, got {value!r}")
+        return cls(host, SshSettings.from_environment(ssh_options), python, remote_dir)
 
 
 def ssh_command(host: RemoteHost, settings: SshSettings, remote_command: str) -> list[str]:
@@ -133,6 +290,12 @@ def remote_path(path: str) -> str:
     return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
 
 
+def _argument_path(path: str) -> str:
+    """A remote path quoted as a command's argument: ./-x, not -x, which cd, mkdir, rm, mv
+    and tar would take for options."""
+    return shlex.quote("./" + path if path.startswith("-") else path)
+
+
 def check_connection(host: RemoteHost, settings: SshSettings, python: str = "python3") -> str:
     """Fail fast, before any bundling, when the device cannot be reached or lacks ``python``;
     returns its Python version."""
@@ -147,7 +310,7 @@ def check_connection(host: RemoteHost, settings: SshSettings, python: str = "pyt
 
 def remote_bundle_id(host: RemoteHost, settings: SshSettings, folder: str, python: str) -> Optional[str]:
     """The id of an intact bundle already at ``folder`` on the device, or None."""
-    q = shlex.quote
+    q = _argument_path
     check = f"cd {q(folder)} 2>/dev/null && {remote_path(python)} -m edgekit.device_runner verify >/dev/null 2>&1 && cat {BUNDLE_FILE} || true"
     text = _run(host, settings, check, "reading the bundle there", timeout=300)
     try:
@@ -158,7 +321,7 @@ def remote_bundle_id(host: RemoteHost, settings: SshSettings, folder: str, pytho
 
 def upload(bundle_dir: Path, host: RemoteHost, settings: SshSettings, folder: str) -> None:
     """Stream ``bundle_dir`` into ``folder`` on the device (unpacked aside, then renamed)."""
-    q = shlex.quote
+    q = _argument_path
     staging = f"{folder}.tmp"
     command = (
         f"mkdir -p {q(posixpath.dirname(folder) or '.')} && rm -rf {q(staging)} && mkdir {q(staging)} && "
@@ -201,7 +364,7 @@ def run_remote(
         progress(f"copying the bundle to {host}:{folder}")
         upload(bundle_dir, host, settings, folder)
     q = shlex.quote
-    command = f"cd {q(folder)} && {remote_path(python)} -m edgekit.device_runner bench {' '.join(q(a) for a in runner_args)} --out {REMOTE_RESULTS}"
+    command = f"cd {_argument_path(folder)} && {remote_path(python)} -m edgekit.device_runner bench {' '.join(q(a) for a in runner_args)} --out {REMOTE_RESULTS}"
     progress(f"running on {host}: {python} -m edgekit.device_runner bench")
     proc = subprocess.Popen(ssh_command(host, settings, command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -216,11 +379,11 @@ def run_remote(
     returncode = proc.wait()
     if returncode == 127 and error is None:
         raise EdgekitError(f"{host}: {python} not found there ({tail}); pass --remote-python PATH")
-    if returncode != 0:
+    if returncode not in (0, PARTIAL_EXIT):  # PARTIAL_EXIT: some backends failed, their rows say why
         if error is not None:
             raise EdgekitError(f"{host}: {error}")
         raise _ssh_failure(host, returncode, tail, "the runner")
-    text = _run(host, settings, f"cat {q(folder + '/' + REMOTE_RESULTS)}", "fetching the results", timeout=120)
+    text = _run(host, settings, f"cat {_argument_path(folder + '/' + REMOTE_RESULTS)}", "fetching the results", timeout=120)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

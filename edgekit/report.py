@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .core import BenchResult
+from .core import AccuracyStats, BenchResult, EdgekitError
 
 RESULTS_FORMAT = "edgekit-results/1"
 
@@ -36,12 +36,33 @@ def results_document(
 
 
 def write_json(document: dict[str, Any], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    """Atomically, through a temporary file of its own: concurrent writers never clash and
+    a failed write leaves nothing behind (one-line EdgekitError naming the path)."""
+    from .results_io import write_json_atomic
+
+    return write_json_atomic(document, Path(path))
+
+
+def write_results(document: dict[str, Any], path: Path) -> Path:
+    """Measured results must not be lost: when ``path`` cannot be written (full or
+    read-only disk), they go to a fallback file and the error says where."""
+    from .results_io import save_results_safely
+
+    written, reason = save_results_safely(document, Path(path))
+    if reason is not None:
+        raise EdgekitError(f"cannot write results to {path} ({reason}); they were saved to {written}")
+    return written
+
+
+def describe_images(images: dict[str, Any]) -> str:
+    """'bundled photos (7) x 11 even views: 77 images evaluated (1 file skipped, unreadable)'."""
+    evaluated = images.get("images_evaluated", images.get("count"))
+    text = f"{images.get('description')}: {evaluated} images evaluated"
+    skipped = images.get("images_skipped") or 0
+    if skipped:
+        files = len(images.get("skipped_files") or ())
+        text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
+    return text
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -81,18 +102,51 @@ def _power_cells(r: BenchResult, batch_size: Optional[int]) -> list[str]:
     return [_fmt(power.mean_power_w if power else None, ".2f"), _fmt(power.energy_per_inference_mj if power else None, ".3g")]
 
 
+INTERVAL_NOTE = (
+    "[lo, hi]: 95% interval (Wilson; paired Tango score for the drop; views of one photo counted as correlated). "
+    "'noise': the drop's interval includes 0, so no change was measured."
+)
+
+
+def _with_interval(value: Optional[float], interval, spec: str, note: Optional[str] = None) -> str:
+    if value is None:
+        return "n/a" if note else "-"
+    text = f"{value:{spec}}"
+    if interval:
+        lo, hi = interval
+        text += f" [{lo:{spec}}, {hi:{spec}}]"
+    return text
+
+
+def drop_cell(acc: Optional[AccuracyStats]) -> str:
+    if acc is None:
+        return "-"
+    text = _with_interval(acc.top1_drop, acc.top1_drop_ci, "+.1f", acc.note)
+    return text + " noise" if acc.drop_within_noise else text
+
+
+def accuracy_cells(acc: Optional[AccuracyStats]) -> list[str]:
+    """top-1, top-1 drop, agreement (each with its 95% interval) and mean KL."""
+    if acc is None:
+        return ["-"] * 4
+    return [
+        _with_interval(acc.top1, acc.top1_ci, ".1f", acc.note),
+        drop_cell(acc),
+        _with_interval(acc.agreement, acc.agreement_ci, ".1f"),
+        _fmt(acc.mean_kl, ".2e"),
+    ]
+
+
 def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
     results = list(results)
     with_power = has_power(results)
+    width = len(COLUMNS) + (len(POWER_COLUMNS) if with_power else 0)
     rows = []
     for r in results:
-        acc = r.accuracy
-        accuracy_cells = [
-            _fmt(acc.top1 if acc else None, ".1f"),
-            _fmt(acc.top1_drop if acc else None, "+.2f"),
-            _fmt(acc.agreement if acc else None, ".1f"),
-            _fmt(acc.mean_kl if acc else None, ".2e"),
-        ]
+        if r.error:
+            rows.append([r.backend, "FAILED"] + ["-"] * (width - 2))
+            continue
+        accuracy = accuracy_cells(r.accuracy)
         for i, lat in enumerate(r.latency or (None,)):
             rows.append(
                 [
@@ -105,18 +159,29 @@ def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
                     _fmt(lat.throughput_ips if lat else None, ".1f"),
                     _fmt(r.peak_rss_mb, ".0f") if i == 0 else "",
                     _fmt(r.size_mb, ".1f") if i == 0 else "",
-                    *(accuracy_cells if i == 0 else [""] * 4),
+                    *(accuracy if i == 0 else [""] * 4),
                     *(_power_cells(r, lat.batch_size if lat else None) if with_power else []),
                 ]
             )
     return rows
 
 
+def table_notes(results: Sequence[BenchResult]) -> list[str]:
+    """Lines under a table: failures, why top-1 does not apply, what the intervals are."""
+    notes = [f"{r.backend} failed: {r.error}" for r in results if r.error]
+    reasons = dict.fromkeys(r.accuracy.note for r in results if r.accuracy and r.accuracy.note)
+    notes += [f"top-1 {reason}" for reason in reasons]
+    if any(r.accuracy and (r.accuracy.top1_ci or r.accuracy.agreement_ci) for r in results):
+        notes.append(INTERVAL_NOTE)
+    return notes
+
+
 def markdown_table(results: Sequence[BenchResult]) -> str:
     columns = table_columns(results)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in result_rows(results)]
-    return "\n".join(lines) + "\n"
+    notes = table_notes(results)
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
 
 def text_table(results: Sequence[BenchResult], title: str) -> str:
@@ -127,13 +192,15 @@ def text_table(results: Sequence[BenchResult], title: str) -> str:
     lines = [title]
     for row in rows:
         lines.append(" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    lines += table_notes(results)
     return "\n".join(lines) + "\n"
 
 
 def rich_table(results: Sequence[BenchResult], title: str):
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    notes = table_notes(results)
+    table = Table(title=title, title_justify="left", caption="\n".join(notes) or None, caption_justify="left")
     for name in table_columns(results):
         table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
     for row in result_rows(results):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .core import BenchResult, DataError, LatencyStats
-from .report import RESULTS_FORMAT, markdown_table, result_rows, table_columns
+from .report import RESULTS_FORMAT, markdown_table, result_rows, table_columns, table_notes
+from .results_io import atomic_write_bytes, atomic_write_text, ensure_dir
 
 BASELINE_BACKEND = "pytorch"
 # Every row of a bench run is labelled with the artifact's variant, the PyTorch original
@@ -34,14 +36,22 @@ CSV_FIELDS = (
     "size_mb",
     "peak_rss_mb",
     "top1",
+    "top1_low",
+    "top1_high",
     "top1_drop",
+    "top1_drop_low",
+    "top1_drop_high",
+    "top1_drop_within_noise",
     "agreement",
+    "agreement_low",
+    "agreement_high",
     "mean_kl",
     "speedup_vs_pytorch",
     "mean_power_w",
     "energy_per_inference_mj",
     "machine_cpu",
     "created",
+    "error",
 )
 
 FIGSIZE = (8.0, 5.0)
@@ -155,11 +165,16 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
             "size_mb": r.size_mb,
             "peak_rss_mb": r.peak_rss_mb,
             "top1": acc.top1 if acc else None,
+            **_interval("top1", acc.top1_ci if acc else None),
             "top1_drop": acc.top1_drop if acc else None,
+            **_interval("top1_drop", acc.top1_drop_ci if acc else None),
+            "top1_drop_within_noise": acc.drop_within_noise if acc else None,
             "agreement": acc.agreement if acc else None,
+            **_interval("agreement", acc.agreement_ci if acc else None),
             "mean_kl": acc.mean_kl if acc else None,
             "machine_cpu": e.machine.get("cpu"),
             "created": e.created,
+            "error": r.error,
         }
         for stats in r.latency or (None,):
             timing = {} if stats is None else {
@@ -180,12 +195,16 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
     return rows
 
 
+def _interval(name: str, interval) -> dict[str, Any]:
+    return {f"{name}_low": interval[0] if interval else None, f"{name}_high": interval[1] if interval else None}
+
+
 def _write_csv(entries: Sequence[_Entry], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(_csv_rows(entries))
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(_csv_rows(entries))
+    return atomic_write_text(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- tables and pages
@@ -245,6 +264,7 @@ tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; }
+.note { color: #555; font-size: .85rem; margin: -1rem 0 1.5rem; }
 """
 
 
@@ -253,7 +273,8 @@ def _html_table(results: Sequence[BenchResult]) -> str:
     body = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in result_rows(results)
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table_notes(results))
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{notes}"
 
 
 def _html_list(items: Sequence[str]) -> str:
@@ -322,7 +343,9 @@ def _new_axes():
 
 
 def _save(fig, path: Path, caption: str) -> _Figure:
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())  # a full disk leaves no 0-byte PNG behind
     return _Figure(path, caption)
 
 
@@ -336,22 +359,39 @@ def _palette(names: Sequence[str], colormap: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class _ParetoPoint:
     latency_ms: float
-    accuracy: float
+    accuracy: float  # what the front is drawn with: top-1, with a change inside the noise credited as none
     model: str
     variant: str
     label: str
+    interval: Optional[tuple[float, float]] = None  # 95% interval of the measured value, drawn as an error bar
+    measured: Optional[float] = None  # the measured value, where it differs from ``accuracy``
 
 
 def _pareto_points(entries: Sequence[_Entry]) -> tuple[list[_ParetoPoint], bool]:
-    """Batch-1 points of one backend, and whether accuracy is top-1 (else agreement)."""
+    """Batch-1 points of one backend, and whether accuracy is top-1 (else agreement).
+
+    Top-1 where any row has it, and then only those rows: rows where it does not apply
+    (random-init weights, another label space, no labels) stay off the plot rather than
+    sit at 0%. Without any top-1, the plot shows agreement with the PyTorch original.
+    A top-1 that differs from the original's by less than the noise (its drop's 95%
+    interval includes 0) is placed at the original's top-1: the data show no change, so
+    no variant is crowned for a gain that is noise.
+    """
     timed = [(e, e.latency_at(1)) for e in entries]
     timed = [(e, stats) for e, stats in timed if stats is not None and e.result.accuracy is not None]
-    use_top1 = bool(timed) and all(e.result.accuracy.top1 is not None for e, _ in timed)
+    use_top1 = any(e.result.accuracy.top1 is not None for e, _ in timed)
+    if use_top1:
+        timed = [(e, stats) for e, stats in timed if e.result.accuracy.top1 is not None]
     points = []
     for e, stats in timed:
-        value = e.result.accuracy.top1 if use_top1 else e.result.accuracy.agreement
-        if value is not None:
-            points.append(_ParetoPoint(stats.p50_ms, value, e.result.model, e.result.variant, e.series))
+        acc = e.result.accuracy
+        value, interval = (acc.top1, acc.top1_ci) if use_top1 else (acc.agreement, acc.agreement_ci)
+        if value is None:
+            continue
+        credited = value
+        if use_top1 and acc.top1_drop is not None and acc.drop_within_noise:
+            credited = value + acc.top1_drop  # the original's top-1 on the same images
+        points.append(_ParetoPoint(stats.p50_ms, credited, e.result.model, e.result.variant, e.series, interval, value if credited != value else None))
     return points, use_top1
 
 
@@ -402,6 +442,11 @@ def _plot_pareto(entries: Sequence[_Entry], backend: str, out_dir: Path) -> Opti
     markers = {v: VARIANT_MARKERS[i % len(VARIANT_MARKERS)] for i, v in enumerate(sorted({p.variant for p in points}))}
     fig, ax = _new_axes()
     for p in points:
+        shown = p.accuracy if p.measured is None else p.measured
+        if p.interval is not None:
+            ax.errorbar(p.latency_ms, shown, yerr=[[max(0.0, shown - p.interval[0])], [max(0.0, p.interval[1] - shown)]], color=colours[p.model], alpha=0.5, capsize=3, linewidth=1, zorder=2)
+        if p.measured is not None:  # measured value (hollow) and where the front counts it (filled)
+            ax.scatter(p.latency_ms, p.measured, s=50, facecolors="none", edgecolors=colours[p.model], marker=markers[p.variant], zorder=3)
         ax.scatter(p.latency_ms, p.accuracy, s=70, color=colours[p.model], marker=markers[p.variant], edgecolor="black", linewidth=0.5, zorder=3)
     front = pareto_front([(p.latency_ms, p.accuracy) for p in points])
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linestyle="--", linewidth=1, zorder=2)
@@ -411,11 +456,14 @@ def _plot_pareto(entries: Sequence[_Entry], backend: str, out_dir: Path) -> Opti
     ax.margins(x=0.1, y=0.12)  # room for the annotations at the edges
     _annotate_points(ax, points)
     ax.set_xlabel("p50 latency at batch 1 (ms" + (", log scale)" if log else ")"))
-    ax.set_ylabel("top-1 accuracy (%)" if use_top1 else "top-1 agreement with PyTorch FP32 (%)")
+    ax.set_ylabel(("top-1 accuracy (%)" if use_top1 else "top-1 agreement with PyTorch FP32 (%)") + ", 95% interval")
     ax.set_title(f"{backend}: accuracy vs latency (up and to the left is better)")
     ax.grid(True, which="both", alpha=0.3)
     _pareto_legends(fig, colours, markers)
-    return _save(fig, out_dir / f"pareto_{backend}.png", f"{backend}: accuracy vs batch-1 latency, with the Pareto frontier")
+    caption = f"{backend}: accuracy vs batch-1 latency, with the Pareto frontier and 95% intervals"
+    if any(p.measured is not None for p in points):
+        caption += "; a hollow marker is a measured top-1 whose difference from the original is within the noise, counted at the original's top-1 (filled)"
+    return _save(fig, out_dir / f"pareto_{backend}.png", caption)
 
 
 def _grouped_speedups(entries: Sequence[_Entry]) -> dict[str, dict[str, float]]:
@@ -523,11 +571,10 @@ def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit
         raise DataError(f"no results to report in {len(documents)} document(s)")
     if warning:
         warnings.warn(warning, stacklevel=2)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(Path(out_dir))
     figures = _write_plots(entries, out_dir)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(_markdown(title, documents, machines, warning, entries, figures))
-    html_path.write_text(_html(title, documents, machines, warning, entries, figures))
+    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures))
+    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures))
     csv_path = _write_csv(entries, out_dir / "report.csv")
     return [md_path, csv_path, html_path, *(f.path for f in figures)]

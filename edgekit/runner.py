@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from .backends import BackendOptions
 from .backends.tensorrt import parse_workspace
 from .bench import TimingOptions
-from .core import Artifact, BenchResult
+from .core import Artifact, BenchResult, UsageError
 from .export import ExportOptions
 from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, ModelRequest, build_artifact, default_calibration, run_bench
 from .recipe import Recipe
@@ -98,8 +98,12 @@ def _remote(bench: dict[str, Any]):
     """[bench] remote = "user@host[:port]": checked (reachable, has its Python) before any work."""
     if not bench.get("remote"):
         return None
-    from .remote import RemoteRequest, check_connection
+    from .remote import RemoteRequest, check_connection, recipe_safe_ssh_option
 
+    for option in bench.get("ssh_options", ()):  # load_recipe refuses these too; a Recipe built in code is checked here
+        reason = recipe_safe_ssh_option(option)
+        if reason:
+            raise UsageError(f"[bench] ssh_options: {option!r} is refused: {reason}")
     remote = RemoteRequest.parse(bench["remote"], bench.get("ssh_options", ()), bench.get("remote_python"), bench.get("remote_dir"))
     check_connection(remote.host, remote.settings, remote.python)
     return remote

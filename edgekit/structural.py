@@ -179,7 +179,7 @@ BUDGET_IMAGES = 16  # images the layer-selection budget is measured on
 
 
 def _mean_kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
-    from .bench import mean_kl
+    from .evaluation import mean_kl
 
     return mean_kl(teacher_logits, student_logits)
 

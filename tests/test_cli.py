@@ -124,4 +124,4 @@ def test_tampered_artifact_folder_is_refused(tmp_path, tiny_artifact):
     shutil.copytree(tiny_artifact.path, copy)
     (copy / "model.onnx").write_bytes(b"changed")
     proc = run_cli("bench", str(copy), cwd=tmp_path)
-    assert_one_line_error(proc, "no longer match the manifest")
+    assert_one_line_error(proc, "model.onnx does not match its SHA-256")

@@ -93,9 +93,12 @@ def test_bad_layers_and_ranks_are_usage_errors():
 
 
 def test_digits_conversion_with_distillation_keeps_true_accuracy():
-    """The digits CNN's standard 3x3 stride-2 conv at rank 1: real test accuracy after
-    conversion (73% here, from 99%), recovered by distillation from the original on
-    unlabelled images (95.6%). The 3-channel stem is left alone: rank 1 keeps 3 filters."""
+    """The digits CNN's standard 3x3 stride-2 conv at rank 1: real test accuracy falls after
+    conversion and distillation from the original on unlabelled images wins most of it
+    back. How far it falls depends on the CPU the CNN was trained on (99 -> 73 -> 95.6 on an
+    AVX2 EPYC; 98.9 -> 89.6 -> 97.0 on an AVX-512 EPYC), so the bounds are relative: at
+    least half of the lost accuracy recovered, and within 5 points of the original. The
+    3-channel stem is left alone: rank 1 keeps 3 filters."""
     import copy
 
     from digits import _accuracy, load_digits_split, train_digits_net
@@ -108,5 +111,6 @@ def test_digits_conversion_with_distillation_keeps_true_accuracy():
     converted = _accuracy(student.eval(), x_test, y_test)
     distill(student, teacher, x_train, DistillOptions(steps=150, seed=0))
     recovered = _accuracy(student.eval(), x_test, y_test)
-    assert recovered > converted + 10.0, (original, converted, recovered)
+    assert original - converted > 2.0, (original, converted, recovered)  # the conversion really cost accuracy
+    assert original - recovered <= (original - converted) / 2, (original, converted, recovered)
     assert original - recovered <= 5.0, (original, converted, recovered)

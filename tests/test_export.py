@@ -26,7 +26,7 @@ def test_manifest_describes_the_artifact(lite0_artifact):
     assert m["steps"][0]["step"] == "export" and m["steps"][0]["opset"] == 17
     assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
     assert m["model"]["params_m"] == pytest.approx(4.652, abs=0.01)
-    assert lite0_artifact.verify_files() == []
+    assert lite0_artifact.problems() == []
     model = onnx.load(str(lite0_artifact.onnx_path))
     assert model.opset_import[0].version == 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -61,9 +61,13 @@ def test_tampered_artifact_is_detected_and_rebuilt(tmp_path):
     request = ModelRequest("squeezenet1_1", random_init=True, input_size=64)
     artifact, _ = build_artifact(request, root=tmp_path)
     artifact.onnx_path.write_bytes(artifact.onnx_path.read_bytes()[:1000])
-    assert Artifact.load(artifact.path).verify_files() == ["model.onnx"]
-    rebuilt, reused = build_artifact(request, root=tmp_path)
-    assert not reused and rebuilt.verify_files() == []
+    (artifact.path / "my-notes.txt").write_text("kept")  # what a user put there is never deleted
+    assert Artifact.load(artifact.path).problems() == ["model.onnx does not match its SHA-256 in the manifest"]
+    with pytest.warns(UserWarning, match="moved it to"):
+        rebuilt, reused = build_artifact(request, root=tmp_path)
+    assert not reused and rebuilt.problems() == []
+    aside = [p for p in artifact.path.parent.iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1 and (aside[0] / "my-notes.txt").read_text() == "kept"
 
 
 def test_corrupt_onnx_is_refused(tmp_path, lite0_artifact):

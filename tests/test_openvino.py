@@ -44,7 +44,9 @@ def test_fp16_weight_compression_is_a_separate_smaller_ir(tiny_artifact, images)
     assert np.abs(logits - reference).max() < 0.05
 
 
-def test_tampered_or_half_written_ir_is_rebuilt(tiny_artifact, images):
+def test_tampered_ir_is_named_and_half_written_ir_is_rebuilt(tiny_artifact, images):
+    from edgekit.staging import TamperedError
+
     backend = get_backend("openvino")
     folder = ir_folder(tiny_artifact, compress_fp16=False)
     backend.compile(tiny_artifact, BackendOptions())
@@ -53,13 +55,14 @@ def test_tampered_or_half_written_ir_is_rebuilt(tiny_artifact, images):
     blob = bytearray((folder / "model.bin").read_bytes())
     blob[len(blob) // 2 : len(blob) // 2 + 64] = bytes(64)  # corrupt some weights
     (folder / "model.bin").write_bytes(bytes(blob))
-    rebuilt = backend.load(backend.compile(tiny_artifact, BackendOptions()), BackendOptions()).run(images)
-    np.testing.assert_array_equal(rebuilt, good)
+    with pytest.raises(TamperedError, match="model.bin does not match the SHA-256"):
+        backend.compile(tiny_artifact, BackendOptions())
 
     (folder / "ir.json").unlink()  # as if the process died before the IR was complete
-    backend.compile(tiny_artifact, BackendOptions())
+    rebuilt = backend.load(backend.compile(tiny_artifact, BackendOptions()), BackendOptions()).run(images)
+    np.testing.assert_array_equal(rebuilt, good)
     assert (folder / "ir.json").is_file()
-    assert not list(folder.parent.glob("*.tmp*"))
+    assert not list(folder.parent.glob(".tmp-*"))
 
     shutil.rmtree(folder.parent)
     backend.compile(tiny_artifact, BackendOptions())

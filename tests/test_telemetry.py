@@ -333,10 +333,11 @@ def test_worker_records_power_per_batch_size(fake_tegrastats, tmp_path, monkeypa
         "backend": "onnxruntime",
         "artifact": str(folder),
         "options": {},
-        "images": worker.image_set_to_job(resolve_images(views_per_image=1, limit=2)),
+        "views": str(worker.write_views(resolve_images(views_per_image=1, limit=2), tmp_path)),
         "timing": {"batch_sizes": [1, 2], "warmup": 2, "iterations": 20, "max_seconds": 5.0, "min_iterations": 5, "repeats": 1},
         "power": "tegrastats",
-        "logits_out": str(tmp_path / "logits.npy"),
+        "logits_out": str(tmp_path / "logits.f32"),
+        "rows_out": str(tmp_path / "rows.npy"),
         "result_out": str(tmp_path / "result.json"),
     }
     result = worker.run_job(job)

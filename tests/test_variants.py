@@ -23,7 +23,7 @@ def test_int8_artifact_records_its_lineage(int8_artifact, tiny_artifact):
     assert calibration["count"] == 77 and calibration["description"].startswith("bundled photos")
     assert calibration["files_hash"] and calibration["preprocessing"]["input_size"] == 64
     assert m["quantization"]["sensitivity"]
-    assert int8_artifact.verify_files() == []
+    assert int8_artifact.problems() == []
 
 
 def test_int8_artifact_is_reused(int8_artifact, tiny_artifact, exported_root):

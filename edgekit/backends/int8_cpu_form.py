@@ -11,7 +11,10 @@ point equals the type's minimum, so the activation's clamp at 0 comes for free. 
 * every other activation becomes uint8 with zero point 128 and the same scale, which is
   numerically identical to int8 with zero point 0;
 * INT32 biases are rescaled to the new input scale (ONNX Runtime's fusion needs
-  bias_scale = input_scale * weight_scale).
+  bias_scale = input_scale * weight_scale). A bias DequantizeLinear that other nodes read
+  as well (equal biases merged at export, and a node left in float by fallback still
+  reading the quantized one) is left as it is: each Conv/Gemm that needs its bias
+  rescaled gets a DequantizeLinear and initializers of its own.
 
 On x86 CPUs without VNNI (AVX2 / AVX-512F only), ONNX Runtime's U8S8 kernels add pairs
 of uint8 x int8 products in int16 (vpmaddubsw), which saturates as soon as two large
@@ -19,7 +22,9 @@ activations meet two large weights: EfficientNet-Lite0 went from 93.5% to 42.9% 
 agreement. There the weights of every non-depthwise Conv/Gemm/MatMul become uint8 with
 zero point 128 (the same values, shifted), which routes them to the U8U8 kernels that
 widen to int16 before multiplying. Depthwise convolutions have their own kernel and keep
-int8 weights. On CPUs with VNNI (or ARM), weights stay int8.
+int8 weights. Each weight DequantizeLinear is shifted once however many nodes read it;
+where a depthwise Conv reads it too, the others read a shifted copy. On CPUs with VNNI
+(or ARM), weights stay int8.
 
 OpenVINO's CPU plugin has the same int16 overflow on such CPUs when it reads the signed
 activations as they are (EfficientNet-Lite0: 80.5% agreement vs 94.8% for the exact graph);
@@ -83,10 +88,17 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
     for n in model.graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+    fresh = _name_maker(model)
+    added_after: dict[str, list] = {}  # output of a node -> new nodes to insert right after it
 
     def clamped_at_zero(node) -> bool:
         m = _clip_min(node, inits) if node is not None else None
         return m is not None and m >= 0.0
+
+    def read_elsewhere(tensor: str, reader) -> bool:
+        """Whether a node other than ``reader`` (or the graph's outputs) reads ``tensor``."""
+        return tensor in graph_outputs or any(list(c.output) != list(reader.output) for c in consumers.get(tensor, []))
 
     new_params: dict[str, tuple[str, str, float]] = {}  # Q output -> (scale name, zp name, scale ratio)
     for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
@@ -101,7 +113,7 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
         non_negative = clamped_at_zero(made_by.get(q.input[0])) or (after and all(clamped_at_zero(c) for c in after))
         ratio = 127.0 / 255.0 if non_negative and widen_clamped else 1.0
         zp_value = 0 if non_negative else 128
-        scale_name, zp_name = f"{q.output[0]}__cpu_scale", f"{q.output[0]}__cpu_zp"
+        scale_name, zp_name = fresh(f"{q.output[0]}__cpu_scale"), fresh(f"{q.output[0]}__cpu_zp")
         model.graph.initializer.append(numpy_helper.from_array((scale * ratio).astype(np.float32), scale_name))
         model.graph.initializer.append(numpy_helper.from_array(np.full(zero_point.shape, zp_value, np.uint8), zp_name))
         q.input[1], q.input[2] = scale_name, zp_name
@@ -110,7 +122,12 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
                 dq.input[1], dq.input[2] = scale_name, zp_name
                 new_params[dq.output[0]] = (scale_name, zp_name, ratio)
 
-    # Bias scale must follow the input scale.
+    # Bias scale must follow the input scale. A bias DequantizeLinear that other nodes read
+    # too (the exporter deduplicates equal biases, e.g. zeros, and a node left in float by
+    # fallback keeps reading the quantized one) is never changed: their inputs may have
+    # changed by other ratios, or not at all. Each Conv/Gemm that needs a rescaled bias then
+    # reads its own copy, made from the shared node's untouched initializers.
+    shared_bias_dqs = set()
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
             continue
@@ -118,38 +135,124 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
         bias_dq = made_by.get(node.input[2])
         if not changed or changed[2] == 1.0 or bias_dq is None or bias_dq.op_type != "DequantizeLinear":
             continue
+        bias_init, bias_scale_init = inits.get(bias_dq.input[0]), inits.get(bias_dq.input[1])
+        if bias_init is None or bias_scale_init is None or bias_init.data_type != TensorProto.INT32:
+            continue
         ratio = changed[2]
-        bias = numpy_helper.to_array(inits[bias_dq.input[0]]).astype(np.float64)
-        bias_scale = numpy_helper.to_array(inits[bias_dq.input[1]]).astype(np.float32)
+        bias = numpy_helper.to_array(bias_init).astype(np.float64)
+        bias_scale = numpy_helper.to_array(bias_scale_init).astype(np.float32)
         new_bias = np.clip(np.round(bias / ratio), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-        bias_name, bias_scale_name = f"{bias_dq.input[0]}__cpu", f"{bias_dq.input[1]}__cpu"
+        bias_name, bias_scale_name = fresh(f"{bias_dq.input[0]}__cpu"), fresh(f"{bias_dq.input[1]}__cpu")
         model.graph.initializer.append(numpy_helper.from_array(new_bias, bias_name))
         model.graph.initializer.append(numpy_helper.from_array((bias_scale * ratio).astype(np.float32), bias_scale_name))
-        bias_dq.input[0], bias_dq.input[1] = bias_name, bias_scale_name
+        if not read_elsewhere(bias_dq.output[0], node):
+            bias_dq.input[0], bias_dq.input[1] = bias_name, bias_scale_name
+            continue
+        own = _copy_node(bias_dq, [bias_name, bias_scale_name, *bias_dq.input[2:]], fresh(f"{bias_dq.output[0]}__cpu"))
+        added_after.setdefault(bias_dq.output[0], []).append(own)
+        shared_bias_dqs.add(bias_dq.output[0])
+        node.input[2] = own.output[0]
     if (form or weight_form()) == "u8u8":
-        _shift_weights_to_uint8(model, made_by, inits)
+        _shift_weights_to_uint8(model, made_by, inits, consumers, fresh, added_after)
+    # a shared bias DequantizeLinear whose readers all got their own copy is dead
+    unread = {t for t in shared_bias_dqs if t not in graph_outputs and not any(t in c.input for c in consumers[t])}
+    _insert_and_remove(model, added_after, unread)
     drop_unused_initializers(model)
     return len(new_params)
+
+
+def _name_maker(model):
+    """A function that returns a tensor name unused in ``model`` (``base`` itself if free)."""
+    graph = model.graph
+    taken = {i.name for i in graph.initializer} | {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    taken |= {name for n in graph.node for name in (*n.input, *n.output)}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh
+
+
+def _copy_node(node, inputs, output: str):
+    """A copy of the single-output ``node`` (attributes included) reading ``inputs``."""
+    from onnx import NodeProto
+
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    copy.input.extend(inputs)
+    copy.output[0] = output
+    copy.name = f"{node.name or node.op_type}__{output}"
+    return copy
+
+
+def _insert_and_remove(model, added_after: dict[str, list], removed: set[str]) -> None:
+    """Insert new nodes right after the node producing each key of ``added_after`` (copies of
+    it that read initializers, or what it reads: the graph stays topologically sorted), and
+    drop the nodes whose first output is in ``removed``."""
+    from onnx import NodeProto
+
+    if not added_after and not removed:
+        return
+    nodes = []
+    for n in model.graph.node:
+        key = n.output[0] if n.output else None
+        if key not in removed:
+            kept = NodeProto()
+            kept.CopyFrom(n)
+            nodes.append(kept)
+        nodes.extend(added_after.get(key, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _is_depthwise(node) -> bool:
     return node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
 
 
-def _shift_weights_to_uint8(model, made_by, inits) -> None:
-    """int8 weights (zero point z) -> uint8 weights + 128 (zero point z + 128): same values."""
+def _shift_weights_to_uint8(model, made_by, inits, consumers, fresh, added_after) -> None:
+    """int8 weights (zero point z) -> uint8 weights + 128 (zero point z + 128): same values.
+
+    Each weight DequantizeLinear is shifted once, however many nodes read it, and each int8
+    initializer gets one uint8 copy, however many DequantizeLinear nodes read it. Where a
+    depthwise Conv (which keeps int8 weights) reads the same DequantizeLinear, that node is
+    left as it is and the other readers share one shifted copy of it.
+    """
     from onnx import TensorProto, numpy_helper
 
+    uint8_copy: dict[str, str] = {}  # int8 initializer -> its uint8 (+128) copy
+
+    def shifted(name: str) -> str:
+        if name not in uint8_copy:
+            uint8_copy[name] = fresh(f"{name}__u8")
+            values = (numpy_helper.to_array(inits[name]).astype(np.int16) + 128).astype(np.uint8)
+            model.graph.initializer.append(numpy_helper.from_array(values, uint8_copy[name]))
+        return uint8_copy[name]
+
+    done: dict[str, str | None] = {}  # weight DQ output -> what a shifted reader reads (None: unchanged)
     for node in model.graph.node:
         if node.op_type not in INTEGER_MATMUL_OPS or _is_depthwise(node) or len(node.input) < 2:
             continue
         dq = made_by.get(node.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
             continue
-        weight, zero_point = inits.get(dq.input[0]), inits.get(dq.input[2])
-        if weight is None or zero_point is None or weight.data_type != TensorProto.INT8:
-            continue
-        for name, tensor in ((dq.input[0], weight), (dq.input[2], zero_point)):
-            shifted = (numpy_helper.to_array(tensor).astype(np.int16) + 128).astype(np.uint8)
-            model.graph.initializer.append(numpy_helper.from_array(shifted, f"{name}__u8"))
-        dq.input[0], dq.input[2] = f"{dq.input[0]}__u8", f"{dq.input[2]}__u8"
+        source = dq.output[0]
+        if source not in done:
+            weight, zero_point = inits.get(dq.input[0]), inits.get(dq.input[2])
+            if weight is None or zero_point is None or weight.data_type != TensorProto.INT8:
+                done[source] = None
+                continue
+            inputs = [shifted(dq.input[0]), dq.input[1], shifted(dq.input[2]), *dq.input[3:]]
+            if any(_is_depthwise(c) and c.input[1] == source for c in consumers.get(source, [])):
+                own = _copy_node(dq, inputs, fresh(f"{source}__u8"))
+                added_after.setdefault(source, []).append(own)
+                done[source] = own.output[0]
+            else:
+                dq.input[0], dq.input[2] = inputs[0], inputs[2]
+                done[source] = source
+        if done[source] is not None:
+            node.input[1] = done[source]

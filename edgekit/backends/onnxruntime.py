@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +11,7 @@ from ..core import Artifact, UsageError, numeric_format
 from .base import BackendOptions, file_size_mb, require_module
 
 
-CPU_LOWERING_VERSION = 2  # bump when int8_cpu_form changes: lowered files are cached by name
+CPU_LOWERING_VERSION = 3  # bump when int8_cpu_form changes: lowered files are cached by name
 
 
 class OnnxRuntimeSession:
@@ -74,18 +73,22 @@ def plain_session(path: Path):
 
 def write_cpu_form(artifact: Artifact, form: str) -> Path:
     """The INT8 QDQ graph lowered for the CPU provider in ``form`` ('u8s8' or 'u8u8', see
-    int8_cpu_form), cached beside the artifact by name; a bundle ships both ready-made."""
+    int8_cpu_form), cached beside the artifact by name and hashed (see edgekit.staging);
+    a bundle ships both ready-made."""
+    from ..staging import derived_is_current, record_derived, staged_file
+
     lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
-    if not lowered.is_file():
+    made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_LOWERING_VERSION, "form": form}
+    if not derived_is_current(lowered, made_from):
         import onnx
 
         from .int8_cpu_form import lower_qdq_for_cpu
 
         model = onnx.load(str(artifact.onnx_path))
         lower_qdq_for_cpu(model, form)
-        tmp = lowered.with_suffix(f".tmp{os.getpid()}")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, lowered)  # atomic: a half-written file is never read
+        with staged_file(lowered) as tmp:  # atomic: a half-written file is never read
+            onnx.save(model, str(tmp))
+        record_derived(lowered, made_from)
     return lowered
 
 

@@ -60,7 +60,10 @@ def _ir_manifest(source: Path, compress_fp16: bool) -> dict:
 
 
 def ir_is_intact(folder: Path, expected: dict) -> bool:
-    """The IR matches its recorded hashes and was made from this ONNX the same way."""
+    """The IR was made from this ONNX the same way (False: rebuild it); TamperedError when
+    it was, but its files no longer match the hashes recorded when it was written."""
+    from ..staging import TamperedError
+
     try:
         recorded = json.loads((folder / "ir.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -68,49 +71,62 @@ def ir_is_intact(folder: Path, expected: dict) -> bool:
     if any(recorded.get(k) != v for k, v in expected.items()):
         return False
     files = recorded.get("files", {})
-    return bool(files) and all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
+    if not files:
+        return False
+    changed = [name for name, digest in files.items() if not (folder / name).is_file() or sha256_file(folder / name) != digest]
+    if changed:
+        raise TamperedError(
+            f"{folder / changed[0]} does not match the SHA-256 edgekit recorded when it wrote it; delete {folder} to have the IR rebuilt"
+        )
+    return True
 
 
 def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
     """Convert ``source`` to ``folder``/model.xml (+ .bin) unless an intact IR is there.
 
-    Written to a staging folder and renamed, so a half-written IR is never used; a folder
-    whose files no longer match their hashes is rebuilt.
+    Written to a staging folder and renamed, so a half-written IR is never used; an IR made
+    from another source or by another version is rebuilt, one whose files were changed
+    after they were written is an error.
     """
     import openvino as ov
 
     expected = _ir_manifest(source, compress_fp16)
     if ir_is_intact(folder, expected):
         return folder / "model.xml"
-    staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    from ..staging import make_staging_dir, release_staging_dir
+
+    staging = make_staging_dir(folder.parent, folder.name)
     try:
         model = ov.convert_model(str(source))
         # save_model compresses weights to FP16 unless told not to
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=compress_fp16)
         files = {name: sha256_file(staging / name) for name in ("model.xml", "model.bin")}
         (staging / "ir.json").write_text(json.dumps({**expected, "files": files}, indent=2) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
+        release_staging_dir(staging)
+        shutil.rmtree(folder, ignore_errors=True)  # edgekit's own cache, made from another source
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder / "model.xml"
 
 
-def _cpu_form(artifact: Artifact) -> Path:
-    """The INT8 graph with uint8 activations (non-negative ones at 0..127), cached."""
+def cpu_form(artifact: Artifact) -> Path:
+    """The INT8 graph with uint8 activations (non-negative ones at 0..127), cached beside the
+    artifact and hashed (see edgekit.staging)."""
+    from ..staging import derived_is_current, record_derived, staged_file
+
     lowered = artifact.path / f"model.ov-cpu-v{CPU_FORM_VERSION}.onnx"
-    if not lowered.is_file():
+    made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION}
+    if not derived_is_current(lowered, made_from):
         import onnx
 
         from .int8_cpu_form import lower_qdq_for_cpu
 
         model = onnx.load(str(artifact.onnx_path))
         lower_qdq_for_cpu(model, "u8s8", widen_clamped=False)
-        tmp = lowered.with_suffix(f".tmp{os.getpid()}")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, lowered)
+        with staged_file(lowered) as tmp:
+            onnx.save(model, str(tmp))
+        record_derived(lowered, made_from)
     return lowered
 
 
@@ -218,7 +234,7 @@ class OpenVinoBackend:
             raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
         source = artifact.onnx_path
         if numeric_format(artifact.manifest) == "int8" and ov_device(options.device).startswith("CPU"):
-            source = _cpu_form(artifact)
+            source = cpu_form(artifact)
         xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
         manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "openvino_xml": str(xml.relative_to(artifact.path))}}
         return Artifact(path=artifact.path, manifest=manifest)

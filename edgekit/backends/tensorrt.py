@@ -17,7 +17,6 @@ instead of failing to deserialize. A timing cache persists beside it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -163,8 +162,15 @@ def build_engine(source: Path, folder: Path, spec: EngineSpec, input_name: str, 
     manifest_path = engine_path.with_suffix(".json")
     flags = builder_flags(spec.precision)
     current = engine_manifest(spec, source, machine_fingerprint(), flags)
-    recorded = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    try:
+        recorded = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        recorded = None
     if engine_path.is_file() and why_rebuild(recorded, current) is None:
+        if recorded.get("engine_sha256") != sha256_file(engine_path):
+            from ..staging import TamperedError
+
+            raise TamperedError(f"{engine_path} does not match the SHA-256 edgekit recorded when it built it; delete it to have it rebuilt")
         return engine_path
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -189,11 +195,11 @@ def build_engine(source: Path, folder: Path, spec: EngineSpec, input_name: str, 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UsageError(f"TensorRT could not build an engine from {source.name} ({spec.precision})")
-    tmp = engine_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    manifest_path.write_text(json.dumps(current, indent=2) + "\n")
+    from ..results_io import atomic_write_bytes, atomic_write_text
+
+    atomic_write_bytes(engine_path, bytes(serialized))  # a half-written engine is never read
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    atomic_write_text(manifest_path, json.dumps({**current, "engine_sha256": sha256_file(engine_path)}, indent=2) + "\n")
     return engine_path
 
 

@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..bench import compare_to_baseline
+from ..evaluation import compare_to_baseline
 from ..core import AccuracyStats, DataError, UsageError
 from .entropy import kl_threshold
 from .qdq_graph import (

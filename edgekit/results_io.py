@@ -1,0 +1,707 @@
+"""Results documents in and out, safely.
+
+Reading: :func:`load_results_document` parses and validates an ``edgekit-results/1``
+document and raises :class:`~edgekit.core.DataError` with one line naming the file and the
+JSON path of the first bad field (``new.json: results[0].latency[0].p50_ms must be a
+positive number, got null``). Everything the gate, the report and
+``BenchResult.from_dict`` read is checked; unknown keys are accepted anywhere, so newer
+documents still load. :func:`normalise_results_document` returns a copy that today's
+``BenchResult.from_dict`` accepts (unknown keys inside latency, accuracy, throughput and
+power entries dropped, nulls of list fields made empty, fields a failed row may lack
+filled in).
+
+Writing: :func:`atomic_write_bytes`, :func:`atomic_write_text` and :func:`write_json_atomic`
+write through a unique temporary file in the target's folder (fsync, then ``os.replace``),
+so concurrent writers never clash, a reader never sees half a file, and a failed write
+leaves the old file as it was and no temporary file behind. An ``OSError`` becomes one
+:class:`WriteError` line naming the path and the reason. :func:`save_results_safely`
+keeps measured results when the requested place cannot take them.
+
+Standard library only (no torch, no numpy): the CLI, the gate and the on-device runner
+may all import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+from .core import AccuracyStats, DataError, EdgekitError, LatencyStats, PowerStats, ThroughputStats
+
+RESULTS_FORMAT = "edgekit-results/1"  # the same string as edgekit.report.RESULTS_FORMAT
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "RESULTS_FORMAT",
+    "WriteError",
+    "SavedResults",
+    "load_results_document",
+    "load_results_documents",
+    "validate_results_document",
+    "normalise_results_document",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json_atomic",
+    "dumps_results",
+    "save_results_safely",
+    "save_results_or_raise",
+    "ensure_dir",
+]
+
+
+# =========================================================================== reading
+
+_MISSING = object()
+_SHOWN_CHARS = 40
+
+
+def _show(value: Any) -> str:
+    """A bad value as the message shows it, JSON-style: null, true, NaN, "high", a list."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        shown = json.dumps(value[:_SHOWN_CHARS])
+        return shown[:-1] + '..."' if len(value) > _SHOWN_CHARS else shown
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------- checks
+# A check pairs what the message says is expected with the test of a value; a field says
+# whether it is required, may be null, and what it holds (a value, an object, a list).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check:
+    expect: str
+    ok: Callable[[Any], bool]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+NON_EMPTY_STRING = _Check("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
+STRING = _Check("a string", lambda v: isinstance(v, str))
+POSITIVE_INT = _Check("a positive integer", lambda v: _is_int(v) and v >= 1)
+NON_NEGATIVE_INT = _Check("a non-negative integer", lambda v: _is_int(v) and v >= 0)
+POSITIVE_NUMBER = _Check("a positive number", lambda v: _is_number(v) and v > 0)
+NON_NEGATIVE_NUMBER = _Check("a number >= 0", lambda v: _is_number(v) and v >= 0)
+PERCENT = _Check("a percentage from 0 to 100", lambda v: _is_number(v) and 0 <= v <= 100)
+POINTS = _Check("a number of points from -100 to 100", lambda v: _is_number(v) and -100 <= v <= 100)
+
+
+def _interval(lo: float, hi: float) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) and lo <= x <= hi for x in v) and v[0] <= v[1]
+
+    return ok
+
+
+PERCENT_INTERVAL = _Check("a [low, high] pair of percentages from 0 to 100", _interval(0, 100))
+POINTS_INTERVAL = _Check("a [low, high] pair of points from -100 to 100", _interval(-100, 100))
+SCALAR = _Check("a string or a number", lambda v: isinstance(v, str) or _is_number(v))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    check: Optional[_Check] = None  # None: any value of the right container kind
+    required: bool = False
+    nullable: bool = True
+    kind: str = "value"  # "value" | "object" | "list"
+    items: Optional[_Check] = None  # for a list of scalars
+    spec: Optional[dict[str, "_Field"]] = None  # for an object, or a list of objects
+
+
+def _req(check: _Check) -> _Field:
+    return _Field(check, required=True, nullable=False)
+
+
+def _opt(check: _Check) -> _Field:
+    return _Field(check)
+
+
+LATENCY_FIELDS = {
+    "batch_size": _req(POSITIVE_INT),
+    "iterations": _req(POSITIVE_INT),
+    "p50_ms": _req(POSITIVE_NUMBER),
+    "p90_ms": _req(POSITIVE_NUMBER),
+    "p99_ms": _req(POSITIVE_NUMBER),
+    "mean_ms": _req(POSITIVE_NUMBER),
+    "throughput_ips": _req(POSITIVE_NUMBER),
+    "p50_rounds": _Field(kind="list", items=POSITIVE_NUMBER),
+    "compute_p50_ms": _opt(POSITIVE_NUMBER),
+    "compute_mean_ms": _opt(POSITIVE_NUMBER),
+}
+
+ACCURACY_FIELDS = {
+    "images": _req(NON_NEGATIVE_INT),
+    "top1": _opt(PERCENT),
+    "top5": _opt(PERCENT),
+    "top1_drop": _opt(POINTS),
+    "agreement": _opt(PERCENT),
+    "mean_kl": _opt(NON_NEGATIVE_NUMBER),
+    "max_abs_diff": _opt(NON_NEGATIVE_NUMBER),
+    # newer fields (95% intervals and why top-1 does not apply): core.AccuracyStats reads them
+    "files": _opt(NON_NEGATIVE_INT),
+    "top1_ci": _opt(PERCENT_INTERVAL),
+    "top5_ci": _opt(PERCENT_INTERVAL),
+    "top1_drop_ci": _opt(POINTS_INTERVAL),
+    "agreement_ci": _opt(PERCENT_INTERVAL),
+    "ci_method": _opt(STRING),
+    "note": _opt(STRING),
+}
+
+THROUGHPUT_FIELDS = {
+    "batch_size": _req(POSITIVE_INT),
+    "requests": _req(POSITIVE_INT),
+    "streams": _req(NON_NEGATIVE_INT),
+    "inferences": _req(NON_NEGATIVE_INT),
+    "seconds": _req(NON_NEGATIVE_NUMBER),
+    "throughput_ips": _req(NON_NEGATIVE_NUMBER),
+}
+
+POWER_FIELDS = {
+    "source": _req(STRING),
+    "rail": _req(STRING),
+    "samples": _req(NON_NEGATIVE_INT),
+    "seconds": _req(NON_NEGATIVE_NUMBER),
+    "mean_power_w": _req(NON_NEGATIVE_NUMBER),
+    "energy_j": _req(NON_NEGATIVE_NUMBER),
+    "energy_per_inference_mj": _req(NON_NEGATIVE_NUMBER),
+    "energy_method": _Field(STRING, nullable=False),
+    "batch_size": _opt(POSITIVE_INT),
+    "peak_ram_mb": _opt(NON_NEGATIVE_NUMBER),
+    "mean_gpu_load_pct": _opt(PERCENT),
+    "gpu_memory_mb": _opt(NON_NEGATIVE_NUMBER),
+}
+
+# a row that did not fail; a failed row (a non-null "error") may lack the timing fields
+ROW_FIELDS = {
+    "model": _req(NON_EMPTY_STRING),
+    "backend": _req(NON_EMPTY_STRING),
+    "variant": _req(NON_EMPTY_STRING),
+    "artifact_key": _req(STRING),
+    "precision": _req(STRING),
+    "providers": _Field(kind="list", items=STRING),
+    "threads": _opt(NON_NEGATIVE_INT),
+    "latency": _Field(required=True, nullable=False, kind="list", spec=LATENCY_FIELDS),
+    "peak_rss_mb": _Field(NON_NEGATIVE_NUMBER, required=True),
+    "size_mb": _opt(NON_NEGATIVE_NUMBER),
+    "accuracy": _Field(kind="object", spec=ACCURACY_FIELDS),
+    "environment": _Field(kind="object"),
+    "throughput": _Field(kind="list", spec=THROUGHPUT_FIELDS),
+    "power": _Field(kind="list", spec=POWER_FIELDS),
+    "gpu_memory_mb": _opt(NON_NEGATIVE_NUMBER),
+    "error": _opt(NON_EMPTY_STRING),
+}
+FAILED_ROW_OPTIONAL = ("artifact_key", "precision", "latency", "peak_rss_mb")
+
+MACHINE_FIELDS = {k: _opt(SCALAR) for k in ("cpu", "logical_cores", "platform", "os", "machine", "python")}
+
+DOCUMENT_FIELDS = {
+    "created": _opt(STRING),
+    "command": _opt(STRING),
+    "machine": _Field(kind="object", spec=MACHINE_FIELDS),
+    "reference": _opt(NON_EMPTY_STRING),
+    "parity": _Field(kind="list"),
+    "artifact": _Field(kind="object"),
+    "images": _Field(kind="object"),
+    "results": _Field(required=True, nullable=False, kind="list", spec=ROW_FIELDS),
+}
+
+
+class _Problems:
+    """Every problem found, in document order; the error shows the first and counts the rest."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def bad(self, path: str, expect: str, value: Any) -> None:
+        if value is _MISSING:
+            self.items.append(f"{path} is missing (expected {expect})")
+        else:
+            self.items.append(f"{path} must be {expect}, got {_show(value)}")
+
+    def missing_many(self, path: str, names: Sequence[str]) -> None:
+        self.items.append(f"{path} is missing required fields {', '.join(names)}")
+
+    def note(self, text: str) -> None:
+        self.items.append(text)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _expect(field: _Field) -> str:
+    if field.kind == "object":
+        base = "an object"
+    elif field.kind == "list":
+        inner = field.items.expect if field.items else ("objects" if field.spec else None)
+        base = "a list" + (f" of {_plural(inner)}" if inner else "")
+    else:
+        base = field.check.expect if field.check else "a value"
+    return base + (" or null" if field.nullable else "")
+
+
+def _plural(expect: str) -> str:
+    """'a positive number' -> 'positive numbers', 'a string' -> 'strings'."""
+    for article in ("an ", "a "):
+        if expect.startswith(article):
+            expect = expect[len(article):]
+            break
+    for noun in ("number", "string", "integer", "percentage", "object"):
+        expect = re.sub(rf"\b{noun}\b", noun + "s", expect, count=1)
+    return expect
+
+
+def _check_object(obj: dict, spec: dict[str, _Field], path: str, problems: _Problems, optional: Sequence[str] = ()) -> None:
+    missing = [k for k, f in spec.items() if f.required and k not in optional and k not in obj]
+    if len(missing) > 1:
+        problems.missing_many(path or "the document", missing)
+    for key, field in spec.items():
+        value = obj.get(key, _MISSING)
+        if value is _MISSING:
+            if len(missing) == 1 and key in missing:
+                problems.bad(_join(path, key), _expect(field).replace(" or null", ""), _MISSING)
+            continue
+        _check_value(value, field, _join(path, key), problems, required=field.required and key not in optional)
+
+
+def _check_value(value: Any, field: _Field, path: str, problems: _Problems, required: bool = True) -> None:
+    if value is None:
+        # null is absent for a field this object may leave out (a failed row's latency)
+        if not field.nullable and required:
+            problems.bad(path, _expect(field), value)
+        return
+    if field.kind == "object":
+        if not isinstance(value, dict):
+            problems.bad(path, _expect(field), value)
+        elif field.spec:
+            _check_object(value, field.spec, path, problems)
+        return
+    if field.kind == "list":
+        if not isinstance(value, (list, tuple)):  # a tuple: an in-memory document, before json makes it a list
+            problems.bad(path, _expect(field), value)
+            return
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            if field.items is not None:
+                if not field.items.ok(item):
+                    problems.bad(item_path, field.items.expect, item)
+            elif field.spec is not None:
+                if not isinstance(item, dict):
+                    problems.bad(item_path, "an object", item)
+                else:
+                    _check_object(item, field.spec, item_path, problems)
+        return
+    if field.check is not None and not field.check.ok(value):
+        problems.bad(path, _expect(field), value)
+
+
+def _check_row(row: Any, path: str, problems: _Problems) -> None:
+    if not isinstance(row, dict):
+        problems.bad(path, "an object (one backend's results)", row)
+        return
+    failed = isinstance(row.get("error"), str) and row["error"].strip() != ""
+    _check_object(row, ROW_FIELDS, path, problems, optional=FAILED_ROW_OPTIONAL if failed else ())
+    latency = row.get("latency")
+    if isinstance(latency, (list, tuple)):
+        seen: dict[int, int] = {}
+        for i, stats in enumerate(latency):
+            batch = stats.get("batch_size") if isinstance(stats, dict) else None
+            if _is_int(batch):
+                if batch in seen:
+                    problems.note(f"{path}.latency[{i}].batch_size {batch} repeats {path}.latency[{seen[batch]}]: one entry per batch size")
+                seen.setdefault(batch, i)
+
+
+def _check_document(document: Any, problems: _Problems) -> None:
+    if not isinstance(document, dict):
+        raise _NotResults(f"the top level is {_show(document)}, expected a JSON object")
+    fmt = document.get("format", _MISSING)
+    if fmt is _MISSING:
+        raise _NotResults(f'format is missing; expected "{RESULTS_FORMAT}"')
+    if fmt != RESULTS_FORMAT:
+        newer = isinstance(fmt, str) and fmt.startswith("edgekit-results/")
+        hint = "; written by a newer edgekit?" if newer else ""
+        raise _NotResults(f'format must be "{RESULTS_FORMAT}", got {_show(fmt)}{hint}')
+    results = document.get("results", _MISSING)
+    if not isinstance(results, (list, tuple)):
+        problems.bad("results", "a list of result rows", results)
+        return
+    for key, field in DOCUMENT_FIELDS.items():
+        if key != "results" and key in document:
+            _check_value(document[key], field, key, problems, required=False)
+    for i, row in enumerate(results):
+        _check_row(row, f"results[{i}]", problems)
+
+
+class _NotResults(Exception):
+    pass
+
+
+def validate_results_document(document: Any, source: Union[PathLike, str] = "results document") -> None:
+    """Raise DataError (one line: source, JSON path, what was expected, what was found)
+    unless ``document`` is a well-formed ``edgekit-results/1`` document."""
+    problems = _Problems()
+    try:
+        _check_document(document, problems)
+    except _NotResults as e:
+        raise DataError(f"{source}: not an edgekit results file ({e})") from None
+    if problems.items:
+        more = len(problems.items) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise DataError(f"{source}: {problems.items[0]}{suffix}")
+
+
+def _parse(data: bytes, source: str) -> Any:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{source}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8); "
+            "expected an edgekit results JSON file"
+        ) from None
+    if not text.strip():
+        raise DataError(f"{source}: the file is empty; expected an edgekit results JSON file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{source}: not a results file (JSON nested too deeply to read)") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise DataError(f"{source}: not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def load_results_document(path: PathLike, *, normalise: bool = True) -> dict[str, Any]:
+    """Read, parse and validate one results file.
+
+    Raises DataError (exit 1) with one line naming ``path`` as given and, for a bad field,
+    its JSON path. With ``normalise`` (the default) the document comes back through
+    :func:`normalise_results_document`, ready for ``BenchResult.from_dict``, the gate and
+    the report; ``normalise=False`` returns it exactly as parsed.
+    """
+    source = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read results file {source}: {e.strerror or e}") from None
+    document = _parse(data, source)
+    validate_results_document(document, source)
+    return normalise_results_document(document) if normalise else document
+
+
+def load_results_documents(paths: Sequence[PathLike], *, normalise: bool = True) -> list[dict[str, Any]]:
+    """:func:`load_results_document` for each path, in order (a drop-in for cli._load_results)."""
+    return [load_results_document(p, normalise=normalise) for p in paths]
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def _field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def _known(entry: dict, cls) -> dict:
+    names = _field_names(cls)
+    return {k: v for k, v in entry.items() if k in names}
+
+
+def _normalise_row(row: dict) -> dict:
+    row = dict(row)
+    failed = bool(row.get("error"))
+    for key in ("providers", "throughput", "power", "environment"):
+        if key in row and row[key] is None:
+            del row[key]  # from_dict's default (empty) applies
+    if failed:
+        if row.get("latency") is None:
+            row["latency"] = []
+        if row.get("artifact_key") is None:
+            row["artifact_key"] = ""
+        if row.get("precision") is None:
+            row["precision"] = "-"  # as BenchResult.failed writes it
+        row.setdefault("peak_rss_mb", None)
+    latency = []
+    for stats in row.get("latency") or []:
+        stats = _known(stats, LatencyStats)
+        if stats.get("p50_rounds", ()) is None:
+            del stats["p50_rounds"]
+        latency.append(stats)
+    row["latency"] = latency
+    accuracy = row.get("accuracy")
+    if isinstance(accuracy, dict):
+        row["accuracy"] = {name: accuracy.get(name) for name in _field_names(AccuracyStats)}
+    if "throughput" in row:
+        row["throughput"] = [_known(x, ThroughputStats) for x in row["throughput"]]
+    if "power" in row:
+        row["power"] = [_known(x, PowerStats) for x in row["power"]]
+    return row
+
+
+def normalise_results_document(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a *validated* document that today's ``BenchResult.from_dict`` accepts.
+
+    Keys unknown to LatencyStats, AccuracyStats, ThroughputStats and PowerStats are dropped
+    from those entries (fields that core.py learns later are kept automatically); accuracy
+    fields a document lacks become null; null ``providers``/``throughput``/``power``/
+    ``environment``/``p50_rounds`` become absent (from_dict's empty default); a failed row
+    (``error`` set) gets ``latency: []``, ``artifact_key: ""`` and ``precision: "-"`` where
+    it had none; a null ``machine`` becomes ``{}``. Row-level and top-level keys, ``error``
+    included, are kept as they are. The input is not modified.
+    """
+    out = dict(document)
+    if out.get("machine") is None and "machine" in out:
+        out["machine"] = {}
+    out["results"] = [_normalise_row(row) for row in document.get("results") or []]
+    return out
+
+
+# =========================================================================== writing
+
+
+class WriteError(EdgekitError):
+    """A file that could not be written: one line naming the path and the reason."""
+
+    def __init__(self, path: PathLike, reason: str, errno: Optional[int] = None, message: Optional[str] = None):
+        self.path = Path(path)
+        self.reason = reason
+        self.errno = errno
+        super().__init__(message or f"cannot write {os.fspath(path)}: {reason}")
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+_umask_cache: Optional[int] = None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (no race with threads)."""
+    global _umask_cache
+    if _umask_cache is None:
+        try:
+            with open("/proc/self/status") as f:
+                line = next(l for l in f if l.startswith("Umask:"))
+            _umask_cache = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            current = os.umask(0o022)
+            os.umask(current)
+            _umask_cache = current
+    return _umask_cache
+
+
+def _target_mode(path: Path) -> int:
+    """The mode a plain write would give: the old file's, else 0666 less the umask (mkstemp makes 0600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows; a failure here loses nothing."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing; return ``Path(path)``.
+
+    Creates missing parent folders; writes a unique temporary file beside the target
+    (``tempfile.mkstemp``), fsyncs it, gives it the mode the file would have had, then
+    ``os.replace``s it over the target. On any OSError (read-only folder, full disk, no
+    permission, a folder in the way) the temporary file is removed, the old file stays as
+    it was, and :class:`WriteError` (an EdgekitError, exit 1) says
+    ``cannot write PATH: REASON``. An interrupt (Ctrl-C) also removes the temporary file.
+    """
+    path = Path(path)
+    tmp: Optional[str] = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            f.write(data)
+            f.flush()
+            mode = _target_mode(path)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        if not hasattr(os, "fchmod"):
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise WriteError(path, _reason(e), e.errno) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` for text; newlines are written as given (no translation)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers and the loader refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps_results(document: dict[str, Any]) -> str:
+    """The text every results file holds (non-finite numbers written as null)."""
+    return json.dumps(_finite(document), indent=2) + "\n"
+
+
+def write_json_atomic(document: dict[str, Any], path: PathLike) -> Path:
+    """Write a JSON document atomically (see :func:`atomic_write_bytes`); return the path.
+
+    Serialises before touching the disk, so a document json cannot encode raises TypeError
+    and leaves no file behind.
+    """
+    return atomic_write_text(path, dumps_results(document))
+
+
+def ensure_dir(path: PathLike) -> Path:
+    """``mkdir -p`` with the one-line WriteError instead of a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(path, _reason(e), e.errno) from None
+    return path
+
+
+# --------------------------------------------------------------------------- results that must not be lost
+
+
+class SavedResults(NamedTuple):
+    """Where results went, and why not where asked (None when they went where asked)."""
+
+    path: Path
+    error: Optional[str]
+
+
+def _fallback_name() -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"edgekit-results-{stamp}-{os.getpid()}.json"
+
+
+def _default_fallback_dirs() -> list[Path]:
+    dirs = []
+    try:
+        dirs.append(Path(tempfile.gettempdir()))
+    except (OSError, FileNotFoundError):
+        pass
+    try:
+        dirs.append(Path.cwd())
+    except OSError:
+        pass
+    return dirs
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    candidate = folder / name
+    stem, suffix = candidate.stem, candidate.suffix
+    n = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return candidate
+
+
+def save_results_safely(
+    document: dict[str, Any], path: PathLike, fallback_dirs: Optional[Sequence[PathLike]] = None
+) -> SavedResults:
+    """Write measured results to ``path``; if that fails, to a fallback file, never losing them.
+
+    Returns ``SavedResults(path, None)`` when ``path`` was written, else
+    ``SavedResults(fallback_path, reason)`` where ``reason`` is why ``path`` failed
+    (e.g. "No space left on device"). Fallbacks are tried in order: ``fallback_dirs``,
+    by default ``tempfile.gettempdir()`` and then the current folder, each as
+    ``edgekit-results-<UTC time>-<pid>.json`` (never overwriting a file). Raises
+    :class:`WriteError` naming ``path`` and its reason (and the fallbacks' reasons) when
+    nothing could be written.
+    """
+    text = dumps_results(document)
+    path = Path(path)
+    try:
+        return SavedResults(atomic_write_text(path, text), None)
+    except WriteError as first:
+        failure = first
+    tried = []
+    name = _fallback_name()
+    folders = [Path(d) for d in (fallback_dirs if fallback_dirs is not None else _default_fallback_dirs())]
+    for folder in folders:
+        try:
+            target = _free_name(folder, name)
+            if target.resolve() == path.resolve():
+                continue
+            return SavedResults(atomic_write_text(target, text), failure.reason)
+        except WriteError as e:
+            tried.append(f"{folder}: {e.reason}")
+        except OSError as e:  # resolve() on an unreadable folder
+            tried.append(f"{folder}: {_reason(e)}")
+    detail = f"; no fallback location could take them either ({'; '.join(tried)})" if tried else "; no fallback location to try"
+    raise WriteError(path, failure.reason, failure.errno, f"cannot write results to {path} ({failure.reason}){detail}")
+
+
+def save_results_or_raise(document: dict[str, Any], path: PathLike, fallback_dirs: Optional[Sequence[PathLike]] = None) -> Path:
+    """:func:`save_results_safely` for a CLI command: return ``path`` when written there;
+    when the results had to go elsewhere, raise WriteError (exit 1) with the line
+    ``cannot write results to X (REASON); they were saved to Y``."""
+    saved, reason = save_results_safely(document, path, fallback_dirs)
+    if reason is not None:
+        raise WriteError(path, reason, None, f"cannot write results to {path} ({reason}); they were saved to {saved}")
+    return saved

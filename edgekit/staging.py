@@ -1,0 +1,196 @@
+"""Writes that are all or nothing, and the leftovers of writers that died.
+
+Everything edgekit builds (artifact folders, derived caches, bundles, bench work folders)
+is written inside a staging folder named ``.tmp-...`` that holds a small file naming its
+writer (host, boot, process id and start time), then renamed into place. A writer killed
+with SIGKILL or a power cut leaves its staging folder behind; the next run removes the
+staging folders whose writer is provably dead (same host and boot, no such process, or
+the process id reused by another), and leaves a live writer's alone.
+
+Derived caches (ONNX Runtime and OpenVINO CPU forms, OpenVINO IR, TensorRT engines) are
+hashed when written: ``<file>.edgekit.json`` records the file's SHA-256, what it was made
+from and by which version of the code. A cache whose record no longer fits its source is
+rebuilt; a cache whose bytes no longer match its own record was changed by someone else,
+and that is an error naming the file.
+
+Standard library only: the on-device runner imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .core import EdgekitError, sha256_file
+
+STAGING_PREFIX = ".tmp-"
+OWNER_FILE = ".edgekit-writer.json"
+ORPHAN_AGE_S = 600  # a staging folder without an owner file (older edgekit, or a writer killed at birth)
+RECORD_SUFFIX = ".edgekit.json"
+
+
+class TamperedError(EdgekitError):
+    """A file edgekit wrote and hashed no longer has that hash."""
+
+
+# --------------------------------------------------------------------------- who is writing
+
+
+def _boot_id() -> Optional[str]:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (Linux); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+
+
+def writer_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def writer_is_dead(owner: dict[str, Any]) -> bool:
+    """True only when the writer cannot be running: same host, and a new boot since, or no
+    such process, or its process id now belongs to another process."""
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine writing to a shared folder: cannot tell
+    boot = _boot_id()
+    if owner.get("boot") and boot and owner["boot"] != boot:
+        return True
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    start = _start_time(pid)
+    return bool(owner.get("start") and start and start != owner["start"])
+
+
+# --------------------------------------------------------------------------- staging folders
+
+
+def make_staging_dir(parent: Path, name: str) -> Path:
+    """A fresh ``parent/.tmp-<name>-XXXX`` folder owned by this process."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=parent))
+    try:
+        (staging / OWNER_FILE).write_text(json.dumps(writer_identity()))
+        staging.chmod(0o755)  # mkdtemp makes it private
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def release_staging_dir(staging: Path) -> None:
+    """Drop the owner file before the folder is renamed into place."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(staging) / OWNER_FILE).unlink()
+
+
+def clean_stale(parent: Path) -> list[Path]:
+    """Remove the staging folders under ``parent`` whose writer is dead; return them."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            owner = json.loads((path / OWNER_FILE).read_text())
+            dead = writer_is_dead(owner) if isinstance(owner, dict) else False
+        except FileNotFoundError:
+            dead = time.time() - entry.stat(follow_symlinks=False).st_mtime > ORPHAN_AGE_S
+        except (OSError, ValueError):
+            dead = False
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Yields a temporary path to write; on success it replaces ``path`` atomically, on
+    failure (or interruption) nothing is left behind."""
+    path = Path(path)
+    staging = make_staging_dir(path.parent, path.name[:60])
+    try:
+        target = staging / path.name
+        yield target
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_aside(folder: Path, why: str) -> Path:
+    """Rename ``folder`` to ``<name>.<why>-<time>`` beside it (never delete what a user may
+    have put there); returns the new path."""
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.{why}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.{why}-{stamp}-{n}")
+    os.replace(folder, target)
+    return target
+
+
+# --------------------------------------------------------------------------- derived caches
+
+
+def record_path(file: Path) -> Path:
+    return Path(file).with_name(Path(file).name + RECORD_SUFFIX)
+
+
+def record_derived(file: Path, made_from: dict[str, Any]) -> None:
+    """Hash ``file`` (just written) and record it with what it was made from."""
+    from .results_io import atomic_write_text
+
+    record = {"sha256": sha256_file(file), "made_from": made_from}
+    atomic_write_text(record_path(file), json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def derived_is_current(file: Path, made_from: dict[str, Any]) -> bool:
+    """Whether ``file`` can be reused: False when it is missing, unrecorded or made from
+    something else (rebuild it); TamperedError when its bytes changed since it was written."""
+    file = Path(file)
+    if not file.is_file():
+        return False
+    try:
+        record = json.loads(record_path(file).read_text())
+    except (OSError, ValueError):
+        return False  # written by an older edgekit, or its record was lost: rebuild
+    if not isinstance(record, dict) or record.get("made_from") != made_from:
+        return False
+    if sha256_file(file) != record.get("sha256"):
+        raise TamperedError(
+            f"{file} does not match the SHA-256 edgekit recorded when it wrote it; it was changed since. "
+            f"Delete it (and {record_path(file).name}) to have it rebuilt"
+        )
+    return True
