@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +32,7 @@ from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, 
 from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_BACKENDS, BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND, RUNTIME_PACKAGES
 from .evaluation import LogitsFile
+from .staging import make_staging_dir, release_staging_dir, work_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"
@@ -218,11 +218,14 @@ def _readme(meta: dict) -> str:
 
 
 def _replace_folder(staging: Path, out: Path) -> None:
+    """Rename the finished bundle into place; an old bundle there goes into a staging
+    folder of its own first, so a kill in between leaves nothing that is not cleaned."""
+    release_staging_dir(staging)
     if out.exists():
-        old = out.with_name(f".old-{out.name}-{os.getpid()}")
-        os.replace(out, old)
+        holder = make_staging_dir(out.parent, f"{out.name}-old", remove_orphans=False)
+        os.replace(out, holder / out.name)
         os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
     else:
         os.replace(staging, out)
 
@@ -250,8 +253,10 @@ def make_bundle(
     _check_destination(out)
     images = _readable(images, artifact)
     has_original = artifact.manifest["model"].get("weights_source") is not None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        staging = make_staging_dir(out.parent, out.name, remove_orphans=False)  # out.parent is the user's folder
+    except OSError as e:
+        raise EdgekitError(f"cannot write the bundle under {out.parent}: {e.strerror or e}") from None
     try:
         progress("copying the artifact and images", None, None)
         bundled = _copy_artifact(artifact, backends, staging)
@@ -260,13 +265,14 @@ def make_bundle(
         _copy_runner(staging)
         reference = None
         if has_original:
-            with tempfile.TemporaryDirectory(prefix="edgekit-reference-") as work:
+            with work_folder("reference") as work:
                 logits = reference_logits(artifact, images, Path(work), progress=lambda _backend, stage, done, total: progress(f"pytorch reference: {stage}", done, total)).logits
                 if not np.array_equal(logits.rows, np.arange(len(images))):
                     raise DataError(f"PyTorch read {len(logits.rows)} of the {len(images)} bundled images; some could not be read")
                 (staging / REFERENCE_FILE).parent.mkdir(parents=True, exist_ok=True)
                 _save_npy(logits, staging / REFERENCE_FILE)
             reference = {"file": REFERENCE_FILE, "backend": "pytorch", "precision": "fp32", "shape": [len(logits.rows), logits.classes], "runtime": _version("torch")}
+        release_staging_dir(staging)
         files = {
             p.relative_to(staging).as_posix(): sha256_file(p)
             for p in sorted(staging.rglob("*"))
@@ -296,8 +302,10 @@ def make_bundle(
         (staging / "README.txt").write_text(_readme(meta))
         meta["files"]["README.txt"] = sha256_file(staging / "README.txt")
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        staging.chmod(0o755)  # mkdtemp makes it private
         _replace_folder(staging, out)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise EdgekitError(f"cannot write the bundle {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

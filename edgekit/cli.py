@@ -7,6 +7,7 @@ is instant and works without them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -19,12 +20,44 @@ from .core import EdgekitError, UsageError
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
+class Finite(click.FloatRange):
+    """A float range that also refuses nan and inf (click's FloatRange lets nan through)."""
+
+    name = "finite number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"warning: {message}\n"
 
 
 class EdgekitGroup(click.Group):
-    """Turns EdgekitError into one line on stderr and a non-zero exit, never a traceback."""
+    """Turns EdgekitError, and click's own usage errors, into one line on stderr and a
+    non-zero exit, never a traceback."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "edgekit"
+            click.echo(f"error: {e.format_message()} (see {where} --help)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted; nothing half-written was kept", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context):
         import signal
@@ -176,11 +209,11 @@ def _variant_options(f):
         click.option("--calib-labels", type=click.Path(path_type=Path), help="Labels for a flat calibration folder (enables --max-drop)."),
         click.option("--calib-limit", default=200, show_default=True, type=click.IntRange(8), help="At most this many calibration files (seeded sample)."),
         click.option("--calib-method", default="percentile", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"]), help="entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md"),
-        click.option("--percentile", default=99.999, show_default=True, type=float, help="For --calib-method percentile."),
+        click.option("--percentile", default=99.999, show_default=True, type=Finite(50.0, 100.0, min_open=True), help="For --calib-method percentile (above 50, at most 100)."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling calibration files."),
-        click.option("--max-drop", type=float, help="Budget: top-1 drop in points vs FP32 (needs labelled calibration images)."),
-        click.option("--min-agreement", type=float, help="Budget: top-1 agreement with FP32, percent (default 98 when no budget is given)."),
-        click.option("--max-kl", type=float, help="Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given)."),
+        click.option("--max-drop", type=Finite(0.0, 100.0), help="Budget: top-1 drop in points vs FP32 (needs labelled calibration images)."),
+        click.option("--min-agreement", type=Finite(0.0, 100.0), help="Budget: top-1 agreement with FP32, percent (default 98 when no budget is given)."),
+        click.option("--max-kl", type=Finite(0.0), help="Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given)."),
         click.option("--max-fallback", default=8, show_default=True, type=click.IntRange(0), help="At most this many nodes go back to float."),
         click.option("--no-bias-correction", is_flag=True),
         click.option("--strict", is_flag=True, help="Exit 1 when the budget is not met (the best artifact is still kept)."),
@@ -192,7 +225,7 @@ def _variant_options(f):
         click.option("--sparsity", help="Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured)."),
         click.option("--dw-separable", is_flag=True, help="Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil."),
         click.option("--dw-rank", default=1, show_default=True, type=click.IntRange(1), help="Depthwise filters per input channel (K*K reproduces the conv exactly)."),
-        click.option("--dw-budget", type=click.FloatRange(0), help="Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this."),
+        click.option("--dw-budget", type=Finite(0), help="Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this."),
         click.option("--dw-layers", help="Comma-separated layer names to convert (instead of the budget)."),
         click.option("--distill-steps", default=200, show_default=True, type=click.IntRange(0), help="Distillation steps after pruning (0: no recovery)."),
         click.option("--distill-data", "distill_dir", type=click.Path(path_type=Path), help="Unlabelled images for distillation (default: the calibration views)."),
@@ -422,6 +455,9 @@ def inspect_command(artifact_dir: Path) -> None:
 
     console = _console()
     artifact = Artifact.load(artifact_dir)
+    problems = artifact.problems()
+    listed = artifact.manifest.get("sha256") or {}
+    console.print(f"integrity: {'intact, ' + str(len(listed)) + ' files sealed in the manifest' if not problems else 'NOT intact: ' + '; '.join(problems)}")
     for step in artifact.manifest.get("steps", []):
         console.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
     _print_quantization(artifact, console, top=50)
@@ -438,14 +474,14 @@ def inspect_command(artifact_dir: Path) -> None:
 @click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="Batch size(s) to time; repeat for several.")
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
-@click.option("--max-seconds", default=15.0, show_default=True, type=click.FloatRange(0.1), help="Time budget per batch size (at least 10 iterations run).")
+@click.option("--max-seconds", default=15.0, show_default=True, type=Finite(0.1), help="Time budget per batch size (at least 10 iterations run).")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads for every backend (default: the runtime's choice).")
 @click.option("--device", default="cpu", show_default=True, help="cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
 @click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact.")
 @click.option("--ov-fp16-weights", is_flag=True, help="OpenVINO: compress the IR's weights to FP16.")
 @click.option("--trt-workspace", help="TensorRT builder workspace limit, e.g. 4GiB.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay inference from a captured CUDA graph.")
-@click.option("--throughput", "throughput_seconds", type=click.FloatRange(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
+@click.option("--throughput", "throughput_seconds", type=Finite(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
 @click.option("--power", "power_source", default="auto", show_default=True, type=click.Choice(["auto", "tegrastats", "nvml", "rapl", "off"]), help="Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what this machine has.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
@@ -712,7 +748,7 @@ def report_command(results, out_dir: Path, title: str) -> None:
 @main.command("check")
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--baseline", required=True, type=click.Path(path_type=Path), help="Results file to compare against.")
-@click.option("--max-top1-drop", default=0.5, show_default=True, type=click.FloatRange(0), help="Points of top-1 (or agreement) a cell may lose.")
+@click.option("--max-top1-drop", default=0.5, show_default=True, type=Finite(0), help="Points of top-1 (or agreement) a cell may lose.")
 @click.option("--max-latency-regression", default="10%", show_default=True, help="How much slower a cell may get, e.g. 10%.")
 @click.option("--reference", help="Model whose latency normalises the others (default: the recipe's 'reference').")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Also write JUnit XML here.")

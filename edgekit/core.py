@@ -368,6 +368,7 @@ class BenchResult:
     power: tuple[PowerStats, ...] = ()  # per timed batch size, where a power source was read
     gpu_memory_mb: Optional[float] = None  # this process's GPU memory after the runs (NVML), on NVIDIA GPUs
     error: Optional[str] = None  # this backend failed; the other rows of the run were kept
+    evaluation_ips: Optional[float] = None  # images/s of the accuracy pass: decode, preprocess and run, streamed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -396,4 +397,5 @@ class BenchResult:
             power=tuple(PowerStats(**_known(PowerStats, x)) for x in d.get("power") or ()),
             gpu_memory_mb=d.get("gpu_memory_mb"),
             error=d.get("error"),
+            evaluation_ips=d.get("evaluation_ips"),
         )

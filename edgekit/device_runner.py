@@ -21,7 +21,6 @@ import json
 import platform
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
@@ -194,6 +193,7 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
     from .data import folder_images, make_image_set
     from .judging import judge
     from .report import results_document
+    from .staging import work_folder
     from .worker import make_job, spawn, write_views
 
     bundle.verify()
@@ -230,7 +230,7 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
             raise DataError(f"bundle {bundle.path}: {len(reference.rows)} reference rows for {len(images)} images; make the bundle again")
 
     outputs, errors = {}, {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
+    with work_folder("device") as tmp:
         views = write_views(images, Path(tmp))
         for backend in backends:
             job = make_job(

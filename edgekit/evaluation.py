@@ -248,7 +248,6 @@ class Evaluation:
     accuracy: dict[str, AccuracyStats]
     parity: tuple[BackendParity, ...]
     evaluated: int  # views every backend evaluated
-    excluded: dict[str, int]  # backend -> views it evaluated that another could not
 
 
 def common_rows(outputs: Iterable[LogitsFile]) -> np.ndarray:
@@ -273,7 +272,7 @@ def evaluate(
     """Accuracy of every backend (and agreement with ``baseline``'s logits, when given) on
     the views all of them evaluated; ``note`` says why top-1 does not apply, if it does not."""
     if not outputs:
-        return Evaluation({}, (), 0, {})
+        return Evaluation({}, (), 0)
     classes = {name: o.classes for name, o in outputs.items()}
     if len(set(classes.values())) > 1:
         raise EdgekitError("backends disagree on the number of classes: " + ", ".join(f"{n} {c}" for n, c in classes.items()))
@@ -299,8 +298,7 @@ def evaluate(
         progress(done, len(rows))
     accuracy = {name: acc.result(note) for name, acc in accumulators.items()}
     parity = tuple(BackendParity(a, b, 100.0 * p.agree / p.n if p.n else float("nan"), p.max_abs_diff) for (a, b), p in pairs.items())
-    excluded = {name: int(len(o.rows) - len(rows)) for name, o in outputs.items()}
-    return Evaluation(accuracy, parity, int(len(rows)), excluded)
+    return Evaluation(accuracy, parity, int(len(rows)))
 
 
 # --------------------------------------------------------------------------- in memory

@@ -103,6 +103,13 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
     if len(dims) != 4 or dims[1] != 3 or not isinstance(dims[2], int) or dims[2] != dims[3]:
         raise InvalidModelFileError(f"{path}: input {inputs[0].name} has shape {dims}; expected [N, 3, S, S]")
     prep = Preprocessing().with_input_size(dims[2])
+    output = graph.output[0] if graph.output else None
+    out_dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in output.type.tensor_type.shape.dim] if output is not None else []
+    if output is None or (output.type.tensor_type.HasField("shape") and len(out_dims) != 2):
+        raise InvalidModelFileError(
+            f"{path}: first output {output.name if output is not None else '(none)'} has shape {out_dims}; "
+            "edgekit measures classifiers whose first output is [N, classes] logits"
+        )
 
     def populate(staging: Path) -> dict[str, Any]:
         shutil.copyfile(path, staging / ONNX_NAME)
@@ -110,6 +117,7 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
             "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None},
             "preprocessing": prep.to_dict(),
             "input": {"name": inputs[0].name, "shape": dims, "dtype": "float32"},
+            "output": {"name": output.name, "shape": out_dims},
             "variant": "fp32",
             "files": {"onnx": ONNX_NAME},
             "steps": [{"step": "import", "parent": None, "origin": str(path.resolve())}],
@@ -151,6 +159,8 @@ def _export_module(module: Any, size: int, path: Path, options: ExportOptions, n
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
+        except OSError:  # a full or read-only disk, not the model: the artifact store names the folder
+            raise
         except Exception as e:  # the exporter raises many types; all mean "cannot export"
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"{name} cannot be exported to ONNX opset {options.opset}: {message}") from None

@@ -335,15 +335,15 @@ def load_model(
 
 
 def _load_checkpoint(module: Any, path: Path, name: str) -> str:
-    import pickle
-
     import torch
 
     if not path.is_file():
         raise CheckpointMismatchError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except OSError as e:
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # torch.load raises many types for a file that is not a checkpoint (KeyError for text)
         raise CheckpointMismatchError(
             f"checkpoint {path} cannot be loaded with weights_only=True: corrupt, not a PyTorch "
             f"file, or it pickles more than tensors ({type(e).__name__})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,6 +14,7 @@ from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_se
 from .evaluation import BackendParity
 from .export import ExportOptions, WeightsSource, export_model
 from .judging import judge
+from .staging import work_folder
 from .telemetry import check_power_source
 from .worker import WorkerOutput, make_job, spawn, write_views
 
@@ -132,7 +132,7 @@ def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _n
         raise UsageError(f"{artifact.path} was imported from an ONNX file: there is no PyTorch original to run")
     check_power_source(request.power)  # an explicitly named source that cannot be read fails before any work
     images = request.images.resolve()
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+    with work_folder("bench") as tmp:
         views = write_views(images, Path(tmp))
         outputs: dict[str, WorkerOutput] = {}
         errors: dict[str, str] = {}

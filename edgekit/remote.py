@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from .core import Artifact, BackendUnavailableError, EdgekitError, UsageError
 from .device_runner import BUNDLE_FILE, PARTIAL_EXIT
+from .staging import work_folder
 
 SSH_OPTS_ENV = "EDGEKIT_SSH_OPTS"  # extra ssh arguments, e.g. "-i ~/.ssh/jetson -J bastion"
 DEFAULT_REMOTE_DIR = "edgekit-bundles"  # relative: under the remote user's home
@@ -151,26 +152,24 @@ def recipe_safe_ssh_option(option: str) -> Optional[str]:
     return None
 
 
+def _remote_value_problem(value: str, leading_dash: str) -> Optional[str]:
+    if not value or not value.strip():
+        return "it is empty"
+    if _CONTROL.search(value):
+        return "it holds a line break or another control character"
+    if value.startswith("-"):
+        return leading_dash
+    return None
+
+
 def remote_python_problem(python: str) -> Optional[str]:
     """Why ``python`` cannot be the remote Python's path or command name, or None."""
-    if not python or not python.strip():
-        return "it is empty"
-    if _CONTROL.search(python):
-        return "it holds a line break or another control character"
-    if python.startswith("-"):
-        return "it begins with '-'"
-    return None
+    return _remote_value_problem(python, "it begins with '-'")
 
 
 def remote_dir_problem(remote_dir: str) -> Optional[str]:
     """Why ``remote_dir`` cannot be the remote folder for bundles, or None."""
-    if not remote_dir or not remote_dir.strip():
-        return "it is empty"
-    if _CONTROL.search(remote_dir):
-        return "it holds a line break or another control character"
-    if remote_dir.startswith("-"):
-        return "it begins with '-' (write ./-name for such a folder)"
-    return None
+    return _remote_value_problem(remote_dir, "it begins with '-' (write ./-name for such a folder)")
 
 
 @dataclass(frozen=True)
@@ -420,7 +419,7 @@ def bench_remote(
     deployed = tuple(b for b in backends if b != "pytorch")
     if not deployed:
         raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
-    with tempfile.TemporaryDirectory(prefix="edgekit-remote-") as tmp:
+    with work_folder("remote") as tmp:
         folder = make_bundle(
             artifact, deployed, images, Path(tmp) / bundle_name(artifact, deployed),
             device=options.device, batch_sizes=timing.batch_sizes, progress=lambda stage, done, total: progress(f"bundle: {stage}", done, total),

@@ -87,11 +87,12 @@ def writer_is_dead(owner: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- staging folders
 
 
-def make_staging_dir(parent: Path, name: str) -> Path:
-    """A fresh ``parent/.tmp-<name>-XXXX`` folder owned by this process."""
+def make_staging_dir(parent: Path, name: str, remove_orphans: bool = True) -> Path:
+    """A fresh ``parent/.tmp-<name>-XXXX`` folder owned by this process (dead writers'
+    folders in ``parent`` are removed first, see clean_stale)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(parent)
+    clean_stale(parent, remove_orphans)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=parent))
     try:
         (staging / OWNER_FILE).write_text(json.dumps(writer_identity()))
@@ -108,8 +109,10 @@ def release_staging_dir(staging: Path) -> None:
         (Path(staging) / OWNER_FILE).unlink()
 
 
-def clean_stale(parent: Path) -> list[Path]:
-    """Remove the staging folders under ``parent`` whose writer is dead; return them."""
+def clean_stale(parent: Path, remove_orphans: bool = True) -> list[Path]:
+    """Remove the staging folders under ``parent`` whose writer is dead; return them.
+    Folders without an owner file count as dead after ORPHAN_AGE_S only where every
+    ``.tmp-`` folder is edgekit's (``remove_orphans``; not in a shared temp folder)."""
     removed = []
     try:
         entries = list(os.scandir(parent))
@@ -123,7 +126,7 @@ def clean_stale(parent: Path) -> list[Path]:
             owner = json.loads((path / OWNER_FILE).read_text())
             dead = writer_is_dead(owner) if isinstance(owner, dict) else False
         except FileNotFoundError:
-            dead = time.time() - entry.stat(follow_symlinks=False).st_mtime > ORPHAN_AGE_S
+            dead = remove_orphans and time.time() - entry.stat(follow_symlinks=False).st_mtime > ORPHAN_AGE_S
         except (OSError, ValueError):
             dead = False
         if dead:
@@ -145,6 +148,17 @@ def staged_file(path: Path) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_folder(name: str) -> Iterator[Path]:
+    """A private folder in the system's temporary folder for one run's work files, removed
+    afterwards (also on Ctrl-C or SIGTERM); a run killed outright leaves it to the next."""
+    folder = make_staging_dir(Path(tempfile.gettempdir()), f"edgekit-{name}", remove_orphans=False)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def move_aside(folder: Path, why: str) -> Path:

@@ -118,6 +118,18 @@ def mount_problem() -> Optional[str]:
             probe.rmdir()
 
 
+def fill(mount: Path) -> Path:
+    """Fill a small mount to the last byte."""
+    filler = mount / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
 def files_under(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*") if p.is_file())
 

@@ -110,3 +110,58 @@ def test_label_parsing():
     assert data.parse_label("999") == 999
     with pytest.raises(DataError):
         data.parse_label("cat")
+
+
+def _devkit_meta(path, ids_to_wnids):
+    """A meta.mat shaped like the ILSVRC2012 devkit's: a struct array 'synsets' (leaf ids
+    1-1000 in the devkit's own order, then higher ids for inner nodes)."""
+    from scipy.io import savemat
+
+    entries = list(ids_to_wnids.items()) + [(1001, "n00001740")]  # an inner node ('entity'), as in the real file
+    synsets = np.zeros((len(entries),), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    for i, (class_id, wnid) in enumerate(entries):
+        synsets[i] = (class_id, wnid, "")
+    savemat(path, {"synsets": synsets})
+
+
+def test_flat_folder_with_devkit_ground_truth(tmp_path):
+    """ILSVRC2012_validation_ground_truth.txt numbers classes by the devkit's ids, whose
+    order is not ImageNet's index order: meta.mat beside it maps them."""
+    wnids = data.imagenet_classes()[0]
+    rng = np.random.default_rng(0)
+    devkit_order = [wnids[i] for i in rng.permutation(1000)]  # id k+1 -> devkit_order[k]
+    devkit = tmp_path / "devkit"
+    devkit.mkdir()
+    _devkit_meta(devkit / "meta.mat", {k + 1: w for k, w in enumerate(devkit_order)})
+    ids = [17, 250, 999]
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{i}\n" for i in ids))
+    folder = tmp_path / "val"
+    for n in (1, 2, 3):
+        _write_png(folder / f"ILSVRC2012_val_{n:08d}.png")
+    images = data.folder_images(folder, devkit / "ILSVRC2012_validation_ground_truth.txt")
+    assert [img.labels for img in images] == [(wnids.index(devkit_order[i - 1]),) for i in ids]
+
+    (devkit / "meta.mat").unlink()
+    with pytest.raises(DataError, match="devkit's data/meta.mat"):
+        data.folder_images(folder, devkit / "ILSVRC2012_validation_ground_truth.txt")
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from faults import sixteen_bit_png
+
+    path = sixteen_bit_png(tmp_path / "ramp16.png", size=64)
+    rgb = np.asarray(data._open_rgb(path))
+    assert rgb.min() == 0 and rgb.max() == 255  # the whole ramp, not white from 1/255 of the way
+    assert 100 < rgb[:, 32, 0].mean() < 160 and (np.diff(rgb[0, :, 0].astype(int)) >= 0).all()
+
+
+def test_unreadable_views_are_reported_with_identity(tmp_path):
+    (tmp_path / "a-broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    _write_png(tmp_path / "b.png")
+    _write_png(tmp_path / "c.png")
+    image_set = data.resolve_images(tmp_path, views_per_image=2)
+    batches = list(data.stream_batches(image_set.indexed(), Preprocessing(input_size=16, resize_size=18), batch_size=3, threads=2))
+    read = [i for b in batches for i in b.indices]
+    skipped = [s for b in batches for s in b.skipped]
+    assert read == [2, 3, 4, 5] and [s[0] for s in skipped] == [0, 1]
+    assert all(s[1].endswith("a-broken.jpg") for s in skipped)
