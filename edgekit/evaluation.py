@@ -169,9 +169,9 @@ class BackendAccumulator:
         self.gained = _PerFile(file_count)  # baseline wrong, this right
         self.kl_sum = 0.0
         self.max_abs_diff = 0.0
-        self.base_top1 = 0
 
     def update(self, files: np.ndarray, logits: np.ndarray, baseline: Optional[np.ndarray], labels: Optional[np.ndarray]) -> None:
+        baseline = baseline if self.compared else None
         self.count.add(files, np.ones(len(files), dtype=np.int64))
         if self.labelled and labels is not None:
             right = hits(logits, labels, 1)
@@ -179,7 +179,6 @@ class BackendAccumulator:
             self.top5.add(files, hits(logits, labels, TOP5))
             if baseline is not None:
                 base_right = hits(baseline, labels, 1)
-                self.base_top1 += int(base_right.sum())
                 self.lost.add(files, base_right & ~right)
                 self.gained.add(files, ~base_right & right)
         if baseline is not None:
@@ -279,8 +278,8 @@ def evaluate(
     rows = common_rows(outputs.values())
     labelled = views.labels is not None and note is None
     names = list(outputs)
-    accumulators = {
-        name: BackendAccumulator(views.file_count, labelled, compared=baseline is not None)
+    accumulators = {  # the baseline is not compared with itself: its row has no drop or agreement
+        name: BackendAccumulator(views.file_count, labelled, compared=baseline is not None and name != baseline)
         for name in names
     }
     pairs = {(a, b): PairAccumulator() for i, a in enumerate(names) for b in names[i + 1 :]}
