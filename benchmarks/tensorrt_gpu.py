@@ -79,6 +79,8 @@ def measure(artifact, precision, batches, iterations) -> dict:
     )
     run = run_bench(artifact, request)
     trt = next(r for r in run.results if r.backend == "tensorrt")
+    if trt.error:  # a failed backend is a row with its error, no figures: nothing to compare with trtexec
+        raise EdgekitError(trt.error)
     row = {"edgekit": dataclasses.asdict(trt), "trtexec": {}, "onnxruntime": {}}
     engine = next((artifact.path / ENGINE_FOLDER).glob("*.engine"), None)  # the one the worker built
     if find_trtexec() and engine is not None:
@@ -89,7 +91,8 @@ def measure(artifact, precision, batches, iterations) -> dict:
     for device in ("cuda", "tensorrt"):
         try:
             ort = run_bench(artifact, dataclasses.replace(request, backends=("onnxruntime",), options=dataclasses.replace(options, device=device)))
-            row["onnxruntime"][device] = dataclasses.asdict(ort.results[0])
+            result = ort.results[0]
+            row["onnxruntime"][device] = {"error": result.error} if result.error else dataclasses.asdict(result)
         except EdgekitError as e:
             row["onnxruntime"][device] = {"error": str(e)}
     return row

@@ -64,6 +64,8 @@ def sweep_one(name: str) -> dict:
             backends = ("pytorch",) + BACKENDS if variant == "fp32" else BACKENDS
             run = run_bench(artifact, BenchRequest(backends=backends, options=BackendOptions(), timing=timing, images=images))
             for r in run.results:
+                if r.error:  # the sweep records a model as failed at its first failing cell, as before rows were kept
+                    raise RuntimeError(f"{r.backend}: {r.error}")
                 row["cells"][f"{variant} {r.backend}"] = {
                     "p50_ms": r.latency[0].p50_ms,
                     "agreement": r.accuracy.agreement if r.accuracy else None,

@@ -77,6 +77,7 @@ def judge(
         "images_evaluated": evaluation.evaluated,
         "files_evaluated": image_set.file_count - len(files),
         "images_skipped": len({s[0] for s in skipped}),
+        "files_skipped": len(files),
         "skipped_files": [{"file": path, "reason": reason} for path, reason in list(_reasons(skipped).items())[:SKIPPED_LISTED]],
         "top1_note": note,
     }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .backends import BACKENDS, BackendOptions
+from .backends import BackendOptions, get_backend
 from .bench import TimingOptions
 from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .data import EVEN_VIEWS, ODD_VIEWS, ImageSet, bundled_images, make_image_set, resolve_images
@@ -123,7 +123,7 @@ def build_artifact(
 def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _no_progress) -> BenchRun:
     """Run every requested backend (each in its own process) and compare with PyTorch."""
     for name in request.backends:
-        BACKENDS.get(name)  # unknown names fail before any work starts
+        get_backend(name).check_available()  # unknown names and missing runtimes fail before any work starts
     shape = artifact.manifest["input"]["shape"]
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"artifact {artifact.key} has a static batch of {shape[0]}; export without --static")

@@ -60,7 +60,7 @@ def describe_images(images: dict[str, Any]) -> str:
     text = f"{images.get('description')}: {evaluated} images evaluated"
     skipped = images.get("images_skipped") or 0
     if skipped:
-        files = len(images.get("skipped_files") or ())
+        files = images.get("files_skipped", len(images.get("skipped_files") or ()))
         text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
     return text
 
