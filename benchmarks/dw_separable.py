@@ -31,14 +31,10 @@ from structural_common import fidelity, interleaved_p50, pytorch_reference
 from edgekit.artifacts import now_iso
 from edgekit.bench import machine_info
 from edgekit.data import load_all
-from edgekit.pipeline import (
-    HELD_OUT_EVALUATION,
-    ModelRequest,
-    build_artifact,
-    default_calibration,
-)
+from edgekit.data import HELD_OUT_EVALUATION, default_calibration
+from edgekit.steps.export import ModelRequest, build_artifact
 from edgekit.report import write_json
-from edgekit.structural import dwsep_artifact
+from edgekit.steps.dwsep import dwsep_artifact
 from edgekit.transforms.distill import DistillOptions
 
 RESULTS = Path(__file__).parent / "results"

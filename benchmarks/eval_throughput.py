@@ -94,7 +94,7 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from edgekit.pipeline import ModelRequest, build_artifact
+    from edgekit.steps.export import ModelRequest, build_artifact
 
     with tempfile.TemporaryDirectory(prefix="edgekit-eval-throughput-") as tmp:
         tmp = Path(tmp)

@@ -17,7 +17,9 @@ from pathlib import Path
 from rich.console import Console
 
 from edgekit.bench import TimingOptions
-from edgekit.pipeline import BenchRequest, ImageRequest, ModelRequest, build_artifact, run_bench
+from edgekit.session import BenchRequest, run_bench
+from edgekit.data import ImageRequest
+from edgekit.steps.export import ModelRequest, build_artifact
 from edgekit.report import results_document, write_json
 
 RESULTS = Path(__file__).parent / "results"

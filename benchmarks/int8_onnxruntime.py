@@ -29,11 +29,12 @@ from edgekit.bench import TimingOptions, machine_info, time_session  # noqa: E40
 from edgekit.evaluation import compare_to_baseline  # noqa: E402
 from edgekit.core import Artifact  # noqa: E402
 from edgekit.data import load_all  # noqa: E402
-from edgekit.pipeline import HELD_OUT_EVALUATION, ModelRequest, build_artifact, default_calibration  # noqa: E402
+from edgekit.data import HELD_OUT_EVALUATION, default_calibration  # noqa: E402
+from edgekit.steps.export import ModelRequest, build_artifact  # noqa: E402
 from edgekit.report import write_json  # noqa: E402
 from edgekit.transforms.qdq_graph import run_logits  # noqa: E402
 from edgekit.transforms.quantize import Budget, QuantizeOptions  # noqa: E402
-from edgekit.variants import quantize_artifact  # noqa: E402
+from edgekit.steps.int8 import quantize_artifact  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 console = Console(stderr=True)

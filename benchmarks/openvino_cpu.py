@@ -31,10 +31,12 @@ from edgekit.artifacts import now_iso
 from edgekit.backends import BackendOptions, get_backend
 from edgekit.bench import TimingOptions, machine_info, time_session
 from edgekit.data import load_all
-from edgekit.pipeline import HELD_OUT_EVALUATION, BenchRequest, ModelRequest, build_artifact, default_calibration, run_bench
+from edgekit.data import HELD_OUT_EVALUATION, default_calibration
+from edgekit.session import BenchRequest, run_bench
+from edgekit.steps.export import ModelRequest, build_artifact
 from edgekit.report import write_json
 from edgekit.transforms.quantize import Budget, QuantizeOptions
-from edgekit.variants import quantize_artifact
+from edgekit.steps.int8 import quantize_artifact
 
 RESULTS = Path(__file__).parent / "results"
 console = Console(stderr=True)

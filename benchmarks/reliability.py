@@ -89,10 +89,10 @@ def build_fixtures(w: Path) -> dict[str, Path]:
     """The artifacts the cases start from, exported once."""
     made = {}
     for name, args in {
-        "tiny": ("export", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--out", str(w / "exported")),
-        "lite0": ("export", "efficientnet_lite0", "--out", str(w / "exported")),
+        "tiny": ("export", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--artifacts", str(w / "exported")),
+        "lite0": ("export", "efficientnet_lite0", "--artifacts", str(w / "exported")),
         "int8": ("export", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--int8", "--calib-method", "minmax",
-                 "--max-fallback", "0", "--no-bias-correction", "--out", str(w / "exported")),
+                 "--max-fallback", "0", "--no-bias-correction", "--artifacts", str(w / "exported")),
     }.items():
         proc = edgekit(*args, cwd=w)
         if proc.returncode not in (0, 1):
@@ -177,7 +177,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
 
     def rebuild_keeps_user_files():
         root = w / "rebuild"
-        args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(root))
+        args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(root))
         first = Path(edgekit(*args, cwd=w).stdout.strip().splitlines()[-1])
         (first / "model.onnx").write_bytes(b"damaged")
         (first / "my-results.json").write_text("{}")
@@ -308,10 +308,10 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
                 return body(m)
         t.case(case, command, expected, check)
 
-    mounted("export to a read-only disk", "one error line naming the folder, exit 1", "edgekit export squeezenet1_1 --out RO",
-            lambda m: one_line(edgekit("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(m / "e"), cwd=w), 1, "Read-only file system"), read_only=True)
-    mounted("export to a full disk", "one error line, exit 1, no file left", "edgekit export squeezenet1_1 --out FULL",
-            lambda m: _and_empty(one_line(edgekit("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(m / "e"), cwd=w), 1, "No space left"), m))
+    mounted("export to a read-only disk", "one error line naming the folder, exit 1", "edgekit export squeezenet1_1 --artifacts RO",
+            lambda m: one_line(edgekit("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(m / "e"), cwd=w), 1, "Read-only file system"), read_only=True)
+    mounted("export to a full disk", "one error line, exit 1, no file left", "edgekit export squeezenet1_1 --artifacts FULL",
+            lambda m: _and_empty(one_line(edgekit("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(m / "e"), cwd=w), 1, "No space left"), m))
 
     def full_results(m):
         filler = faults.fill(m)
@@ -334,7 +334,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     # --- leftovers
     def killed_export(sig, expected_code):
         root = w / f"killed-{sig}"
-        args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(root))
+        args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(root))
         proc = faults.edgekit_process(*args, cwd=w)
         staged = faults.kill_during_staging(proc, root, sig)
         after_kill = [p for p in staged if p.exists()]

@@ -33,10 +33,12 @@ from edgekit.backends.tensorrt import ENGINE_FOLDER
 from edgekit.backends.trtexec import find_trtexec, run_trtexec
 from edgekit.bench import TimingOptions, machine_info
 from edgekit.core import EdgekitError
-from edgekit.pipeline import HELD_OUT_EVALUATION, BenchRequest, ModelRequest, build_artifact, default_calibration, run_bench
+from edgekit.data import HELD_OUT_EVALUATION, default_calibration
+from edgekit.session import BenchRequest, run_bench
+from edgekit.steps.export import ModelRequest, build_artifact
 from edgekit.report import write_json
 from edgekit.transforms.quantize import QuantizeOptions
-from edgekit.variants import quantize_artifact
+from edgekit.steps.int8 import quantize_artifact
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_lite0")

@@ -44,9 +44,11 @@ def sweep_one(name: str) -> dict:
     from edgekit.backends import BackendOptions
     from edgekit.bench import TimingOptions
     from edgekit.data import ODD_VIEWS
-    from edgekit.pipeline import BenchRequest, ImageRequest, ModelRequest, build_artifact, run_bench
+    from edgekit.session import BenchRequest, run_bench
+    from edgekit.data import ImageRequest
+    from edgekit.steps.export import ModelRequest, build_artifact
     from edgekit.transforms.quantize import Budget, QuantizeOptions
-    from edgekit.variants import quantize_artifact
+    from edgekit.steps.int8 import quantize_artifact
 
     row: dict = {"cells": {}}
     stage = "export"

@@ -211,7 +211,7 @@ def _readme(meta: dict) -> str:
         + ("(TensorRT on Jetson: its Python bindings come with JetPack; without torch, also pip install cuda-python.)\n" if "tensorrt" in meta["backends"] else "")
         + "\n"
         + f"    cd <this folder> && {RUN_COMMAND}\n"
-        f"    {RUN_COMMAND} --help       # --iterations, --batch, --threads, --device, --images DIR, --out FILE\n\n"
+        f"    {RUN_COMMAND} --help       # --iterations, --batch, --threads, --device, --data DIR, --json FILE\n\n"
         "It checks every file against bundle.json, prints a table and writes results.json,\n"
         "which `edgekit report` and `edgekit check` read like any `edgekit bench` result.\n"
     )
@@ -246,7 +246,7 @@ def make_bundle(
     progress: Progress = lambda stage, done, total: None,
 ) -> Path:
     """Write the bundle for ``artifact`` to ``out`` (built aside, then renamed into place)."""
-    from .pipeline import reference_logits
+    from .session import reference_logits
 
     backends = check_backends(backends)
     out = Path(out)

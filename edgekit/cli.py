@@ -1,4 +1,4 @@
-"""Thin click commands: options -> dataclasses -> pipeline -> report.
+"""Thin click commands: declared options (edgekit.options) -> Settings -> plan -> tables.
 
 Heavy imports (torch, onnx, runtimes) happen inside the commands, so ``edgekit --help``
 is instant and works without them.
@@ -7,7 +7,6 @@ is instant and works without them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -16,20 +15,9 @@ from typing import Optional
 import click
 
 from .core import EdgekitError, UsageError
+from .options import Finite, Settings, click_options, grouped_command
 
 DEFAULT_MODEL = "efficientnet_lite0"
-
-
-class Finite(click.FloatRange):
-    """A float range that also refuses nan and inf (click's FloatRange lets nan through)."""
-
-    name = "finite number"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
@@ -186,149 +174,32 @@ def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool)
     _console(stderr=False).print(table)
 
 
-# --------------------------------------------------------------------------- shared options
+# --------------------------------------------------------------------------- building artifacts
 
 
-def _model_options(f):
-    f = click.option("--weights", "weights_file", type=click.Path(path_type=Path), help="Local checkpoint (state_dict), loaded with weights_only=True.")(f)
-    f = click.option("--random-init", is_flag=True, help="Seeded random weights, for architecture-only work.")(f)
-    f = click.option("--input-size", type=click.IntRange(16, 2048), help="Export at this resolution instead of the model's own.")(f)
-    f = click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23))(f)
-    f = click.option("--static", is_flag=True, help="Fixed batch of 1 instead of a dynamic batch axis.")(f)
-    f = click.option("--no-slim", is_flag=True, help="Keep the exporter's graph as is (no onnxslim folding).")(f)
-    f = click.option("--out", "out_dir", default="exported", show_default=True, type=click.Path(path_type=Path), help="Artifact root.")(f)
-    return f
+def _settings(values: dict) -> Settings:
+    return Settings(values)
 
 
-def _variant_options(f):
-    """INT8 / FP16 options shared by export and bench."""
-    options = [
-        click.option("--int8", is_flag=True, help="INT8 QDQ artifact (TensorRT/OpenVINO/ONNX Runtime), calibrated on real images."),
-        click.option("--fp16", is_flag=True, help="FP16 artifact (inputs and outputs stay FP32)."),
-        click.option("--calib", "calib_dir", type=click.Path(path_type=Path), help="Calibration images (default: the bundled photos' odd views)."),
-        click.option("--calib-labels", type=click.Path(path_type=Path), help="Labels for a flat calibration folder (enables --max-drop)."),
-        click.option("--calib-limit", default=200, show_default=True, type=click.IntRange(8), help="At most this many calibration files (seeded sample)."),
-        click.option("--calib-method", default="percentile", show_default=True, type=click.Choice(["minmax", "percentile", "entropy"]), help="entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md"),
-        click.option("--percentile", default=99.999, show_default=True, type=Finite(50.0, 100.0, min_open=True), help="For --calib-method percentile (above 50, at most 100)."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling calibration files."),
-        click.option("--max-drop", type=Finite(0.0, 100.0), help="Budget: top-1 drop in points vs FP32 (needs labelled calibration images)."),
-        click.option("--min-agreement", type=Finite(0.0, 100.0), help="Budget: top-1 agreement with FP32, percent (default 98 when no budget is given)."),
-        click.option("--max-kl", type=Finite(0.0), help="Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given)."),
-        click.option("--max-fallback", default=8, show_default=True, type=click.IntRange(0), help="At most this many nodes go back to float."),
-        click.option("--no-bias-correction", is_flag=True),
-        click.option("--strict", is_flag=True, help="Exit 1 when the budget is not met (the best artifact is still kept)."),
-        click.option("--prune", "prune_ratio", type=float, help="Structured pruning: remove this fraction of channels (0-1), then distil from the original."),
-        click.option("--prune-criterion", default="l2", show_default=True, type=click.Choice(["l1", "l2", "taylor"])),
-        click.option("--prune-scope", default="uniform", show_default=True, type=click.Choice(["uniform", "global"]), help="Same ratio per layer, or one ranking over all layers."),
-        click.option("--prune-round-to", default=8, show_default=True, type=click.IntRange(min=1), help="Keep a multiple of this many channels in every pruned layer (kernels work in blocks of 8/16; 1 = no rounding)."),
-        click.option("--prune-target", type=click.Choice(["flops", "params", "latency"]), help="Prune in small steps until this measured quantity falls by the --prune fraction."),
-        click.option("--sparsity", help="Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured)."),
-        click.option("--dw-separable", is_flag=True, help="Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil."),
-        click.option("--dw-rank", default=1, show_default=True, type=click.IntRange(1), help="Depthwise filters per input channel (K*K reproduces the conv exactly)."),
-        click.option("--dw-budget", type=Finite(0), help="Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this."),
-        click.option("--dw-layers", help="Comma-separated layer names to convert (instead of the budget)."),
-        click.option("--distill-steps", default=200, show_default=True, type=click.IntRange(0), help="Distillation steps after pruning (0: no recovery)."),
-        click.option("--distill-data", "distill_dir", type=click.Path(path_type=Path), help="Unlabelled images for distillation (default: the calibration views)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _build_cell(cell, console, progress_label: str = "build"):
+    """Export (or open) and run the cell's steps, describing each artifact on the way."""
+    from .plan import build
 
-
-def _remote_options(f):
-    options = [
-        click.option("--remote", help="Run on another machine over ssh: user@host[:port]. A bundle (see `edgekit bundle`) is copied there and run by its Python; PyTorch runs here, once, for the reference logits."),
-        click.option("--remote-python", default="python3", show_default=True, help="The Python on the remote machine (needs numpy, Pillow and the backend's runtime)."),
-        click.option("--remote-dir", default="edgekit-bundles", show_default=True, help="Where bundles go on the remote machine (relative: under its home)."),
-        click.option("--ssh-option", "ssh_options", multiple=True, help="Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several. EDGEKIT_SSH_OPTS adds raw ssh arguments."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _quantize_options(v: dict):
-    from .transforms.quantize import Budget, QuantizeOptions
-
-    if v["max_drop"] is None and v["min_agreement"] is None and v["max_kl"] is None:
-        budget = Budget()  # agreement >= 98% and KL <= 0.004 vs FP32
-    else:
-        budget = Budget(max_top1_drop=v["max_drop"], min_agreement=v["min_agreement"], max_kl=v["max_kl"])
-    return QuantizeOptions(
-        method=v["calib_method"],
-        percentile=v["percentile"],
-        bias_correction=not v["no_bias_correction"],
-        fallback=v["max_fallback"] > 0,
-        max_fallback_nodes=v["max_fallback"],
-        budget=budget,
-    )
-
-
-def _build(model: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant: Optional[dict] = None):
-    from .export import ExportOptions
-    from .pipeline import ModelRequest, build_artifact, default_calibration
-    from .variants import fp16_artifact, quantize_artifact
-
-    variant = variant or {}
-    if weights_file is not None and random_init:
-        raise click.UsageError("--weights and --random-init exclude each other")
-    if variant.get("int8") and variant.get("fp16"):
-        raise click.UsageError("--int8 and --fp16 exclude each other")
-    if variant.get("prune_ratio") is not None and variant.get("dw_separable"):
-        raise UsageError("--prune and --dw-separable exclude each other (one structural change per artifact)")
-    ratio = variant.get("prune_ratio")
-    if ratio is not None and not 0.0 < ratio < 1.0:
-        raise UsageError(f"--prune must be a fraction in (0, 1), got {ratio}")
-    options = ExportOptions(opset=opset, dynamic_batch=not static, slim=not no_slim)
-    calibration = None
-    if variant.get("int8"):
-        quantize_options = _quantize_options(variant)
-        calibration = default_calibration(variant["calib_dir"], variant["calib_labels"], variant["calib_limit"], variant["seed"]).resolve()
     with _progress_bar(console) as progress:
         report = _progress_reporter(progress, {})
-        artifact, reused = build_artifact(ModelRequest(model, weights_file, random_init, input_size), options, out_dir, report)
-        if variant.get("prune_ratio") is not None:
-            _describe_artifact(artifact, reused, console)
-            artifact, reused = _pruned(artifact, variant, out_dir, lambda stage, done, total: report("prune", stage, done, total))
-            _print_pruning(artifact, console)
-        if variant.get("dw_separable"):
-            _describe_artifact(artifact, reused, console)
-            artifact, reused = _dw_separable(artifact, variant, out_dir, lambda stage, done, total: report("dw-separable", stage, done, total))
-            _print_dw_separable(artifact, console)
-        if calibration is not None:
-            _describe_artifact(artifact, reused, console)
-            artifact, reused = quantize_artifact(
-                artifact, calibration, quantize_options, out_dir, lambda stage, done, total: report("int8", stage, done, total)
-            )
-        elif variant.get("fp16"):
-            _describe_artifact(artifact, reused, console)
-            artifact, reused = fp16_artifact(artifact, out_dir)
+        artifact, reused = build(
+            cell, lambda stage, done, total: report(progress_label, stage, done, total),
+            announce=lambda parent, parent_reused: _announce(parent, parent_reused, console),
+        )
+    _announce(artifact, reused, console)
     return artifact, reused
 
 
-def _pruned(artifact, variant: dict, out_dir: Path, progress):
-    from .pipeline import default_calibration
-    from .structural import PruneTarget, pruned_artifact
-    from .transforms.distill import DistillOptions
-    from .transforms.prune import PruneOptions
-
-    ratio = variant["prune_ratio"]
-    target = PruneTarget(variant["prune_target"], ratio) if variant.get("prune_target") else None
-    options = PruneOptions(ratio=ratio if target is None else 0.05, criterion=variant["prune_criterion"], scope=variant["prune_scope"], round_to=variant["prune_round_to"])
-    images = default_calibration(variant.get("distill_dir") or variant.get("calib_dir"), None, variant["calib_limit"], variant["seed"]).resolve()
-    distill = DistillOptions(steps=variant["distill_steps"]) if variant["distill_steps"] > 0 else None
-    return pruned_artifact(artifact, options, images, distill, variant.get("sparsity"), target, out_dir, progress)
-
-
-def _dw_separable(artifact, variant: dict, out_dir: Path, progress):
-    from .pipeline import default_calibration
-    from .structural import dwsep_artifact
-    from .transforms.distill import DistillOptions
-
-    images = default_calibration(variant.get("distill_dir") or variant.get("calib_dir"), None, variant["calib_limit"], variant["seed"]).resolve()
-    layers = tuple(n.strip() for n in variant["dw_layers"].split(",") if n.strip()) if variant.get("dw_layers") else None
-    distill = DistillOptions(steps=variant["distill_steps"]) if variant["distill_steps"] > 0 else None
-    return dwsep_artifact(artifact, variant["dw_rank"], images, layers, variant.get("dw_budget"), distill, out_dir, progress)
+def _announce(artifact, reused: bool, console) -> None:
+    """One artifact of a chain: where it is and what its step did."""
+    _describe_artifact(artifact, reused, console)
+    _print_pruning(artifact, console)
+    _print_dw_separable(artifact, console)
 
 
 def _print_dw_separable(artifact, console) -> None:
@@ -399,19 +270,6 @@ def _print_quantization(artifact, console, top: int = 8) -> None:
         console.print(f"note: {note}")
 
 
-def _open_target(target: str, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant=None):
-    """A model name, an artifact folder or an ONNX file -> (artifact, reused)."""
-    from .core import Artifact
-    from .export import import_onnx_file
-
-    path = Path(target)
-    if path.is_dir():
-        return Artifact.load(path).verified(), True
-    if path.suffix.lower() == ".onnx" or path.is_file():
-        return import_onnx_file(path, out_dir)
-    return _build(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
-
-
 def _describe_artifact(artifact, reused: bool, console) -> None:
     parity = artifact.manifest.get("parity")
     if parity is None:
@@ -427,23 +285,25 @@ def _describe_artifact(artifact, reused: bool, console) -> None:
 # --------------------------------------------------------------------------- export
 
 
-@main.command("export")
+@main.command("export", cls=grouped_command())
 @click.argument("model")
-@_model_options
-@_variant_options
-def export_command(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, **variant) -> None:
-    """Export MODEL to an ONNX artifact under exported/ (reused when identical)."""
+@click_options("export")
+def export_command(model, **values) -> None:
+    """Export MODEL to an ONNX artifact under exported/ (reused when identical), with the
+    variant its flags ask for (--int8, --fp16, --prune, --dw-separable)."""
+    from .plan import command_cell
+
     console = _console()
-    artifact, reused = _build(model, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
-    _describe_artifact(artifact, reused, console)
+    settings = _settings(values)
+    artifact, _ = _build_cell(command_cell(model, settings, backends=()), console)
     _print_quantization(artifact, console)
     click.echo(str(artifact.path))
-    _exit_if_budget_missed(artifact, variant)
+    _exit_if_budget_missed(artifact, settings)
 
 
-def _exit_if_budget_missed(artifact, variant: dict) -> None:
+def _exit_if_budget_missed(artifact, settings) -> None:
     q = artifact.manifest.get("quantization")
-    if q and not q["budget_met"] and variant.get("strict"):
+    if q and not q["budget_met"] and settings["strict"]:
         raise EdgekitError(f"INT8 budget not met (kept the best artifact: {artifact.path})")
 
 
@@ -466,99 +326,62 @@ def inspect_command(artifact_dir: Path) -> None:
 # --------------------------------------------------------------------------- bench
 
 
-@main.command("bench")
+@main.command("bench", cls=grouped_command())
 @click.argument("target", default=DEFAULT_MODEL)
-@_model_options
-@_variant_options
-@click.option("--backend", "backends", multiple=True, default=("pytorch", "onnxruntime"), show_default=True, help="Repeat or comma-separate: pytorch, onnxruntime, openvino.")
-@click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="Batch size(s) to time; repeat for several.")
-@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
-@click.option("--max-seconds", default=15.0, show_default=True, type=Finite(0.1), help="Time budget per batch size (at least 10 iterations run).")
-@click.option("--threads", type=click.IntRange(1), help="Intra-op threads for every backend (default: the runtime's choice).")
-@click.option("--device", default="cpu", show_default=True, help="cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.")
-@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), help="OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact.")
-@click.option("--ov-fp16-weights", is_flag=True, help="OpenVINO: compress the IR's weights to FP16.")
-@click.option("--trt-workspace", help="TensorRT builder workspace limit, e.g. 4GiB.")
-@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay inference from a captured CUDA graph.")
-@click.option("--throughput", "throughput_seconds", type=Finite(0.5), help="Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.")
-@click.option("--power", "power_source", default="auto", show_default=True, type=click.Choice(["auto", "tegrastats", "nvml", "rapl", "off"]), help="Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what this machine has.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Image folder: ImageNet-style class folders (synset names) or a flat folder.")
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat folder: '<file name> <class index or synset>' per line.")
-@click.option("--views", default=16, show_default=True, type=click.IntRange(1), help="Deterministic crops/flips per image (1 = standard centre crop).")
-@click.option("--limit", type=click.IntRange(1), help="Use at most this many image files.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: next to the artifact).")
-@_remote_options
-def bench_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, batch_sizes, iterations, warmup, max_seconds, threads, device, precision, ov_fp16_weights, trt_workspace, cuda_graph, throughput_seconds, power_source, data_dir, labels_file, views, limit, json_path, **variant) -> None:
-    """Benchmark TARGET (a model name or an artifact folder) against the PyTorch original.
-
-    Reports latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 on the images,
-    top-1 drop, agreement and mean KL vs PyTorch on the same images.
+@click_options("bench")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: results.json beside the artifact).")
+def bench_command(target, json_path, **values) -> None:
+    """Benchmark TARGET (a model name, an artifact folder or an ONNX file) against the
+    PyTorch original: latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 with
+    their 95% intervals, top-1 drop, agreement and mean KL on the same images.
     """
-    from .backends import BACKENDS, BackendOptions
-    from .backends.tensorrt import parse_workspace
-    from .bench import TimingOptions
-    from .pipeline import HELD_OUT_EVALUATION, BenchRequest, ImageRequest, run_bench
+    from .plan import bench_cell, command_cell, launcher_for
     from .report import describe_images, results_document, write_results
+    from .session import bench_request
 
     console = _console()
-    backend_names = tuple(dict.fromkeys(b.strip() for spec in backends for b in spec.split(",") if b.strip()))
-    for name in backend_names:
-        BACKENDS.get(name)
-    if ov_fp16_weights and "openvino" not in backend_names:
-        raise UsageError("--ov-fp16-weights applies to the openvino backend; add --backend openvino")
-    if precision and not ({"openvino", "tensorrt"} & set(backend_names)) and device != "tensorrt":
-        raise UsageError("--precision applies to the openvino and tensorrt backends (or onnxruntime with --device tensorrt)")
-    images = ImageRequest(data_dir, labels_file, views, limit)
-    images.resolve()  # a bad image folder fails before any export work
-    from .telemetry import check_power_source
-
-    check_power_source(power_source)
-    remote = _remote_request(variant)  # a malformed user@host fails before any export work
-
-    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
-    _describe_artifact(artifact, reused, console)
-    _print_quantization(artifact, console, top=5)
-    if data_dir is None and _calibrated_on_bundled_photos(artifact):
-        images = HELD_OUT_EVALUATION
-        console.print("note: calibrated on the bundled photos' odd views; evaluating on their even views (held out)")
-    if artifact.manifest["model"].get("weights_source") is None and "pytorch" in backend_names:
-        console.print(f"note: {target} has no PyTorch original; accuracy is judged on labels only")
-        backend_names = tuple(b for b in backend_names if b != "pytorch")
-        if not backend_names:
-            raise EdgekitError("nothing to run: only the pytorch backend was asked for an imported ONNX file")
-    request = BenchRequest(
-        backends=backend_names,
-        options=BackendOptions(
-            threads=threads, device=device, precision=precision, compress_fp16=ov_fp16_weights,
-            workspace_bytes=parse_workspace(trt_workspace) if trt_workspace else None, cuda_graph=cuda_graph,
-        ),
-        timing=TimingOptions(batch_sizes=tuple(batch_sizes), warmup=warmup, iterations=iterations, max_seconds=max_seconds),
-        images=images,
-        throughput_seconds=throughput_seconds,
-        power=power_source,
-    )
-    if remote is not None:
-        _bench_remote(artifact, request, remote, json_path, console)
-        return
+    settings = _settings(values)
+    _check_backend_flags(settings)
+    cell = command_cell(target, settings)
+    launcher = launcher_for(settings)
+    with console.status("checking backends" + (f" and {settings['remote']}" if settings["remote"] else "")):
+        launcher.check(cell.backends)  # missing runtimes, an unreachable device: before any work
+    if getattr(launcher, "python_version", None):
+        console.print(f"{settings['remote']}: reachable, Python {launcher.python_version}")
+    bench_request(settings).images.resolve()  # a bad image folder fails before any export work
     with _progress_bar(console) as progress:
-        run = run_bench(artifact, request, _progress_reporter(progress, {}))
-
-    compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.results)
-    baseline = "PyTorch on the same images" if compared else "labels only"
-    title = f"{artifact.model_name} [{artifact.key}] on {describe_images(run.image_summary)}; accuracy vs {baseline}"
-    _print_results(run.results, run.parity, title, run.evaluated)
+        run = bench_cell(cell, launcher, _progress_reporter(progress, {}), announce=lambda parent, reused: _announce(parent, reused, console))
+    artifact = run.artifact
+    _announce(artifact, run.reused, console)
+    _print_quantization(artifact, console, top=5)
+    if run.note and "no PyTorch original" in run.note:
+        console.print(f"note: {run.note}")
+    compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.run.results)
+    where = f" on {settings['remote']}" if settings["remote"] else ""
+    title = f"{artifact.model_name} [{artifact.key}]{where} on {describe_images(run.run.image_summary)}; accuracy vs {'PyTorch on the same images' if compared else 'labels only'}"
+    _print_results(run.run.results, run.run.parity, title, run.run.evaluated)
     document = results_document(
-        run.results,
-        parity=[dataclasses.asdict(p) for p in run.parity],
+        run.run.results,
+        parity=[dataclasses.asdict(p) for p in run.run.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-        images=run.image_summary,
+        images=run.run.image_summary,
         command=" ".join(["edgekit"] + sys.argv[1:]),
+        extra=run.run.extra,
+        machine=run.run.machine,
     )
-    path = write_results(document, json_path or artifact.path / "results.json")
+    default = artifact.path / (f"results-{launcher.remote.host.host}.json" if settings["remote"] else "results.json")
+    path = write_results(document, json_path or default)
     console.print(f"results: {path}")
-    _exit_if_failed(run.failed, path)
-    _exit_if_budget_missed(artifact, variant)
+    _exit_if_failed(run.run.failed, path)
+    _exit_if_budget_missed(artifact, settings)
+
+
+def _check_backend_flags(settings) -> None:
+    backends = set(settings["backends"])
+    if settings["ov_fp16_weights"] and "openvino" not in backends:
+        raise UsageError("--ov-fp16-weights applies to the openvino backend; add --backend openvino")
+    if settings["precision"] and not ({"openvino", "tensorrt"} & backends) and settings["device"] != "tensorrt":
+        raise UsageError("--precision applies to the openvino and tensorrt backends (or onnxruntime with --device tensorrt)")
 
 
 def _exit_if_failed(failed, path) -> None:
@@ -567,45 +390,7 @@ def _exit_if_failed(failed, path) -> None:
         raise EdgekitError(f"{names} failed: {failed[0].error} (the other rows were saved to {path})")
 
 
-# --------------------------------------------------------------------------- bundles and remote devices
-
-
-def _remote_request(variant: dict):
-    """Pops the --remote options out of ``variant``: a RemoteRequest, or None."""
-    from .remote import RemoteRequest
-
-    remote, python, remote_dir, ssh_options = (variant.pop(k) for k in ("remote", "remote_python", "remote_dir", "ssh_options"))
-    if remote is None:
-        if ssh_options:
-            raise UsageError("--ssh-option applies to --remote runs")
-        return None
-    return RemoteRequest.parse(remote, ssh_options, python, remote_dir)
-
-
-def _bundle_images(data_dir, labels_file, views, limit):
-    """A folder: ``views`` consecutive views per file (default 1). The bundled photos: the
-    held-out (even) views bench and recipes evaluate on, ``views`` of them (default all 11)."""
-    from .data import EVEN_VIEWS
-    from .pipeline import HELD_OUT_EVALUATION, ImageRequest
-
-    if data_dir is not None:
-        return ImageRequest(data_dir, labels_file, views or 1, limit)
-    if labels_file is not None:
-        raise UsageError("--labels goes with --data")
-    if views is None and limit is None:
-        return HELD_OUT_EVALUATION
-    return ImageRequest(views_per_image=views or HELD_OUT_EVALUATION.views_per_image, limit=limit, view_offset=EVEN_VIEWS[0], view_stride=EVEN_VIEWS[1])
-
-
-def _make_bundle(artifact, backends, image_set, out: Path, device: str, batch_sizes, console) -> Path:
-    from .bundle import make_bundle
-
-    with _progress_bar(console) as progress:
-        report = _progress_reporter(progress, {})
-        return make_bundle(
-            artifact, backends, image_set, out, device=device, batch_sizes=tuple(batch_sizes),
-            progress=lambda stage, done, total: report("bundle", stage, done, total),
-        )
+# --------------------------------------------------------------------------- bundles
 
 
 def _describe_bundle(folder: Path, console) -> dict:
@@ -621,78 +406,40 @@ def _describe_bundle(folder: Path, console) -> dict:
     return meta
 
 
-@main.command("bundle")
+@main.command("bundle", cls=grouped_command())
 @click.argument("target")
-@_model_options
-@_variant_options
-@click.option("--backend", "backends", multiple=True, required=True, help="onnxruntime, openvino or tensorrt; repeat or comma-separate for several.")
-@click.option("-o", "--output", "bundle_dir", required=True, type=click.Path(path_type=Path), help="The bundle folder to write (an old bundle there is replaced).")
-@click.option("--device", default="cpu", show_default=True, help="The device's default --device: cpu; cuda or tensorrt (onnxruntime-gpu); gpu, npu (OpenVINO).")
-@click.option("--batch", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1,), show_default=True, help="The device's default batch size(s).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Evaluation images to carry instead of the bundled photos' held-out views.")
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Labels for a flat --data folder.")
-@click.option("--views", type=click.IntRange(1), help="Views per image (default: 1 for --data, the 11 held-out views of the bundled photos).")
-@click.option("--limit", type=click.IntRange(1), help="Carry at most this many image files.")
-def bundle_command(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, backends, bundle_dir, device, batch_sizes, data_dir, labels_file, views, limit, **variant) -> None:
+@click_options("bundle")
+@click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(path_type=Path), help="The bundle folder to write (an old bundle there is replaced).")
+def bundle_command(target, bundle_dir, **values) -> None:
     """Write a self-contained folder that runs TARGET (a model, artifact folder or ONNX file)
     on a device with numpy, Pillow and the backend's runtime only: the ONNX, manifest,
     evaluation images, PyTorch FP32 logits for them, and a torch-free runner. Copy it over
     and run `python3 -m edgekit.device_runner bench` inside it.
     """
-    from .bundle import check_backends
+    from .bundle import check_backends, make_bundle
     from .device_runner import RUN_COMMAND
+    from .plan import command_cell
+    from .session import bench_request
 
     console = _console()
-    names = check_backends([b.strip() for spec in backends for b in spec.split(",") if b.strip()])
-    request = _bundle_images(data_dir, labels_file, views, limit)
-    image_set = request.resolve()  # a bad image folder fails before any export work
-    artifact, reused = _open_target(target, weights_file, random_init, input_size, opset, static, no_slim, out_dir, console, variant)
-    _describe_artifact(artifact, reused, console)
-    folder = _make_bundle(artifact, names, image_set, bundle_dir, device, batch_sizes, console)
+    settings = _settings(values)
+    if not settings.given("backends"):
+        raise UsageError("name the device's backend(s): --backend onnxruntime, openvino or tensorrt")
+    names = check_backends(settings["backends"])
+    image_set = bench_request(settings).images.resolve()  # a bad image folder fails before any export work
+    artifact, _ = _build_cell(command_cell(target, settings, backends=names), console)
+    with _progress_bar(console) as progress:
+        report = _progress_reporter(progress, {})
+        folder = make_bundle(
+            artifact, names, image_set, bundle_dir, device=settings["device"], batch_sizes=settings["batch"],
+            progress=lambda stage, done, total: report("bundle", stage, done, total),
+        )
     _describe_bundle(folder, console)
     click.echo(str(folder))
     console.print(f"on the device:  cd {folder.name} && {RUN_COMMAND}")
 
 
-def _bench_remote(artifact, request, remote, json_path, console) -> None:
-    """Bundle, copy, run over ssh, fetch: the device's rows, shown and saved like local ones."""
-    from .core import BenchResult
-    from .evaluation import BackendParity
-    from .remote import bench_remote, check_connection
-    from .report import describe_images, write_results
-    from .results_io import validate_results_document
-
-    host = remote.host
-    if not [b for b in request.backends if b != "pytorch"]:
-        raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
-    with console.status(f"connecting to {host}"):
-        version = check_connection(host, remote.settings, remote.python)
-    console.print(f"{host}: reachable, Python {version}")
-    if "pytorch" in request.backends:
-        console.print(f"note: PyTorch runs here once, for the reference logits; everything timed runs on {host}")
-    with _progress_bar(console) as progress:
-        report = _progress_reporter(progress, {})
-        document = bench_remote(
-            artifact, request.backends, request.images.resolve(), remote, request.options, request.timing,
-            request.throughput_seconds, request.power, progress=lambda stage, done, total: report("remote", stage, done, total),
-        )
-    document["command"] = " ".join(["edgekit"] + sys.argv[1:])
-    validate_results_document(document, f"{host}: results")
-    results = [BenchResult.from_dict(r) for r in document["results"]]
-    images = document["images"]
-    title = f"{artifact.model_name} [{artifact.key}] on {host} ({results[0].environment.get('cpu', '?')}), {describe_images(images)}; accuracy vs PyTorch on the same images"
-    _print_results(results, [BackendParity(**p) for p in document.get("parity", [])], title, images.get("images_evaluated", images["count"]))
-    path = write_results(document, json_path or artifact.path / f"results-{host.host}.json")
-    console.print(f"results: {path}")
-    _exit_if_failed([r for r in results if r.error], path)
-
-
-def _calibrated_on_bundled_photos(artifact) -> bool:
-    calibration = next((s.get("calibration") for s in artifact.manifest.get("steps", []) if s.get("step") == "quantize"), None)
-    return bool(calibration) and calibration["description"].startswith("bundled photos")
-
-
-# --------------------------------------------------------------------------- run / report / check
+# --------------------------------------------------------------------------- recipes, reports, the gate
 
 
 @main.command("run")
@@ -700,19 +447,30 @@ def _calibrated_on_bundled_photos(artifact) -> bool:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: the recipe's 'output', else <recipe>.results.json).")
 def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
+    from .plan import bench_cell, launcher_for, recipe_cells, results_for
     from .recipe import load_recipe
     from .report import results_document, rich_table, write_results
-    from .runner import run_recipe
+    from .session import bench_request
 
     recipe = load_recipe(recipe_path)
+    cells = recipe_cells(recipe)
     console = _console()
     console.print(
         f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
         f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
     )
+    launcher = launcher_for(cells[0].settings)
+    launcher.check(recipe.backends)
+    for cell in cells:
+        bench_request(cell.settings).images.resolve()  # every cell's images, before any work
+    runs = []
     with _progress_bar(console) as progress:
-        results, parity, notes = run_recipe(recipe, _progress_reporter(progress, {}))
+        report = _progress_reporter(progress, {})
+        for cell in cells:
+            runs.append(bench_cell(cell, launcher, report))
+    results, parity = results_for(runs)
     _console(stderr=False).print(rich_table(results, f"recipe {recipe.name}"))
+    notes = [r.note for r in runs if r.note]
     for note in notes:
         console.print(f"note: {note}")
     document = results_document(
@@ -722,8 +480,9 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     path = write_results(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
     console.print(f"results: {path}")
     _exit_if_failed([r for r in results if r.error], path)
-    if notes and recipe.int8.get("strict"):
-        raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in notes) + " (strict)")
+    budget = [n for n in notes if "budget not met" in n]
+    if budget and cells[0].settings["strict"]:
+        raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
 
 
 def _load_results(paths) -> list[dict]:

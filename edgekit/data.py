@@ -341,6 +341,54 @@ def resolve_images(
     return make_image_set(images, views_per_image, description, view_offset, view_stride)
 
 
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Which images, before they are listed: resolve() lists them (and fails on a bad folder)."""
+
+    data_dir: Optional[Path] = None
+    labels_file: Optional[Path] = None
+    views_per_image: int = 1
+    limit: Optional[int] = None
+    view_offset: int = 0
+    view_stride: int = 1
+    seed: int = 0
+
+    def resolve(self) -> ImageSet:
+        return resolve_images(
+            self.data_dir, self.labels_file, self.views_per_image, self.limit, self.view_offset, self.view_stride, self.seed
+        )
+
+
+HELD_OUT_VIEWS = len(range(EVEN_VIEWS[0], MAX_VIEWS, EVEN_VIEWS[1]))  # 11
+
+
+def evaluation_images(
+    data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, views: Optional[int] = None, limit: Optional[int] = None, seed: int = 0
+) -> ImageRequest:
+    """The images bench, recipes and bundles evaluate on. A folder: ``views`` consecutive
+    views per file (default 1, the standard centre crop). The bundled photos: their
+    held-out (even) views, which INT8 calibration never sees (default all 11)."""
+    if data_dir is not None:
+        return ImageRequest(data_dir, labels_file, views or 1, limit, seed=seed)
+    if labels_file is not None:
+        raise UsageError("a label file goes with an image folder (--labels with --data)")
+    return ImageRequest(views_per_image=views or HELD_OUT_VIEWS, limit=limit, view_offset=EVEN_VIEWS[0], view_stride=EVEN_VIEWS[1], seed=seed)
+
+
+HELD_OUT_EVALUATION = evaluation_images()
+
+
+def default_calibration(data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, limit: int = 200, seed: int = 0) -> ImageRequest:
+    """Bundled photos: their odd views (evaluation holds out the even ones). A folder: one
+    centre crop per image, a seeded sample of at most ``limit`` files."""
+    if data_dir is None:
+        return ImageRequest(views_per_image=HELD_OUT_VIEWS, view_offset=ODD_VIEWS[0], view_stride=ODD_VIEWS[1])
+    return ImageRequest(data_dir, labels_file, views_per_image=1, limit=limit, seed=seed)
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 _RESAMPLING = {

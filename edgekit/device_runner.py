@@ -164,92 +164,46 @@ def default_bundle_dir() -> Path:
 # --------------------------------------------------------------------------- running
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    backends: tuple[str, ...] = ()  # empty: every backend the bundle was made for
-    batch_sizes: tuple[int, ...] = ()  # empty: the bundle's
-    iterations: int = 100
-    warmup: int = 10
-    max_seconds: float = 15.0
-    repeats: int = 1
-    threads: Optional[int] = None
-    device: Optional[str] = None  # None: the bundle's
-    precision: Optional[str] = None
-    compress_fp16: bool = False
-    trt_workspace: Optional[str] = None
-    cuda_graph: bool = False
-    throughput_seconds: Optional[float] = None
-    power: str = "auto"  # edgekit.telemetry source: auto, tegrastats, nvml, rapl, off
-    images: Optional[Path] = None  # own images instead of the bundled ones (no PyTorch reference then)
-    labels: Optional[Path] = None
-
-
-def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda backend, stage, done, total: None, command: Optional[str] = None):
+def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, stage, done, total: None, command: Optional[str] = None):
     """Verify, run every backend in its own worker, compare with the bundled logits.
-    Returns (results document, judged results)."""
-    from .backends import BackendOptions
-    from .backends.tensorrt import parse_workspace
-    from .bench import TimingOptions
-    from .data import folder_images, make_image_set
-    from .judging import judge
+    ``settings`` (edgekit.options.Settings) leave backends, batch sizes and device to the
+    bundle's unless given. Returns (results document, bench run)."""
+    from .data import evaluation_images
     from .report import results_document
-    from .staging import work_folder
-    from .worker import make_job, spawn, write_views
+    from .session import bench_request, run_session
+    from .telemetry import check_power_source
 
     bundle.verify()
-    backends = options.backends or bundle.backends
+    backends = settings["backends"] if settings.given("backends") else bundle.backends
     for backend in backends:
         if backend not in bundle.backends:
             raise UsageError(f"this bundle was made for {', '.join(bundle.backends)}, not {backend}; make one with: edgekit bundle ... --backend {backend}")
     for backend in backends:
         check_runtime(backend)
-    from .telemetry import check_power_source
-
-    check_power_source(options.power)
+    check_power_source(settings["power"])
     defaults = bundle.meta.get("defaults", {})
-    timing = TimingOptions(
-        batch_sizes=tuple(options.batch_sizes or defaults.get("batch_sizes", (1,))),
-        warmup=options.warmup, iterations=options.iterations, max_seconds=options.max_seconds, repeats=options.repeats,
+    settings = settings.replace(
+        batch=settings["batch"] if settings.given("batch") else tuple(defaults.get("batch_sizes", (1,))),
+        device=settings["device"] if settings.given("device") else defaults.get("device", "cpu"),
     )
-    backend_options = BackendOptions(
-        threads=options.threads, device=options.device or defaults.get("device", "cpu"), precision=options.precision,
-        compress_fp16=options.compress_fp16, batch_sizes=timing.batch_sizes,
-        workspace_bytes=parse_workspace(options.trt_workspace) if options.trt_workspace else None, cuda_graph=options.cuda_graph,
-    )
+    request = bench_request(settings, backends)
     artifact = bundle.artifact
     shape = artifact.manifest["input"]["shape"]
-    if isinstance(shape[0], int) and any(b != shape[0] for b in timing.batch_sizes):
+    if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"this model has a static batch of {shape[0]}; bundle one exported without --static to time other batch sizes")
-    if options.images is not None:
-        found = folder_images(options.images, options.labels)
-        images = make_image_set(found, 1, f"{options.images} ({len(found)} images) x 1 views")
+    if settings["data"] is not None:
+        images = evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"]).resolve()
         reference = None
     else:
         images, reference = bundle.image_set(), bundle.reference()
         if reference is not None and len(reference.rows) != len(images):
             raise DataError(f"bundle {bundle.path}: {len(reference.rows)} reference rows for {len(images)} images; make the bundle again")
-
-    outputs, errors = {}, {}
-    with work_folder("device") as tmp:
-        views = write_views(images, Path(tmp))
-        for backend in backends:
-            job = make_job(
-                backend, artifact, backend_options, views, Path(tmp),
-                timing=timing, throughput_seconds=options.throughput_seconds, power=options.power,
-            )
-            try:
-                outputs[backend] = spawn(job, Path(tmp), lambda stage, done, total, b=backend: progress(b, stage, done, total))
-            except EdgekitError as e:  # the other backends still run; this row says why it has no figures
-                errors[backend] = str(e)
-        judged = judge(
-            artifact, images, backends, outputs, errors, ("pytorch", reference) if reference is not None else None,
-            host=platform.node(), bundle=bundle.meta["id"],
-        )
+    run = run_session(artifact, images, request, reference, progress, run_original=False, host=platform.node(), bundle=bundle.meta["id"])
     document = results_document(
-        judged.results,
-        parity=[dataclasses.asdict(p) for p in judged.parity],
+        run.results,
+        parity=[dataclasses.asdict(p) for p in run.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-        images=judged.images,
+        images=run.image_summary,
         command=command,
         extra={"bundle": {
             "id": bundle.meta["id"],
@@ -257,7 +211,7 @@ def run_bundle(bundle: Bundle, options: RunOptions, progress: Progress = lambda 
             "reference": None if reference is None else {k: v for k, v in bundle.meta["reference"].items() if k != "file"},
         }},
     )
-    return document, judged
+    return document, run
 
 
 # --------------------------------------------------------------------------- command line
@@ -293,37 +247,18 @@ class _StageLines:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .options import device_options
+
     parser = _Parser(prog="python3 -m edgekit.device_runner", description="Run an edgekit bundle on this machine.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{bench,verify}")
     bench = commands.add_parser("bench", help="time the bundled model, compare it with the bundled PyTorch logits, write results.json")
     verify = commands.add_parser("verify", help="check every file against bundle.json")
     for p in (bench, verify):
         p.add_argument("--bundle", type=Path, help="the bundle folder (default: the one this runner sits in)")
-    bench.add_argument("--backend", action="append", choices=BUNDLE_BACKENDS, help="run only this backend (repeat for several; default: all the bundle has)")
-    bench.add_argument("--batch", action="append", type=_positive_int, help="batch size to time (repeat for several; default: the bundle's)")
-    bench.add_argument("--iterations", type=_positive_int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
-    bench.add_argument("--max-seconds", type=float, default=15.0, help="time budget per batch size (at least 10 iterations run)")
-    bench.add_argument("--repeats", type=_positive_int, default=1, help="rounds of --iterations; the spread of their p50s shows the noise")
-    bench.add_argument("--threads", type=_positive_int, help="intra-op threads (default: the runtime's choice)")
-    bench.add_argument("--device", help="cpu; cuda or tensorrt (onnxruntime-gpu); gpu, npu (OpenVINO); default: the bundle's")
-    bench.add_argument("--precision", choices=("f32", "bf16", "f16"), help="OpenVINO inference precision; f16 builds FP16 TensorRT engines")
-    bench.add_argument("--ov-fp16-weights", action="store_true", help="OpenVINO: FP16 weights in the IR")
-    bench.add_argument("--trt-workspace", help="TensorRT builder workspace limit, e.g. 2GiB")
-    bench.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay inference from a CUDA graph")
-    bench.add_argument("--throughput", type=float, help="also measure throughput mode (OpenVINO) for this many seconds")
-    bench.add_argument("--power", default="auto", choices=("auto", "tegrastats", "nvml", "rapl", "off"), help="power and energy per image while timing (tegrastats on Jetson); default: what this machine has")
-    bench.add_argument("--images", type=Path, help="your own images (class folders named by synset or index, or a flat folder) instead of the bundled ones")
-    bench.add_argument("--labels", type=Path, help="labels for a flat --images folder: '<file name> <class index or synset>' per line")
-    bench.add_argument("--out", type=Path, help="results file (default: results.json in the bundle)")
+    for option in device_options():  # declared once in edgekit.options, as for `edgekit bench`
+        option.add_argument(bench)
+    bench.add_argument("--json", dest="json_path", type=Path, help="results file (default: results.json in the bundle)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -339,26 +274,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "verify":
             print(f"bundle {bundle.path}: {bundle.verify()} files match {BUNDLE_FILE}")
             return 0
-        options = RunOptions(
-            backends=tuple(dict.fromkeys(args.backend or ())), batch_sizes=tuple(args.batch or ()),
-            iterations=args.iterations, warmup=args.warmup, max_seconds=args.max_seconds, repeats=args.repeats, threads=args.threads,
-            device=args.device, precision=args.precision, compress_fp16=args.ov_fp16_weights, trt_workspace=args.trt_workspace,
-            cuda_graph=args.cuda_graph, throughput_seconds=args.throughput, power=args.power, images=args.images, labels=args.labels,
-        )
+        from .options import Settings, device_options
+
+        settings = Settings({o.key: getattr(args, o.key) for o in device_options()})
         command = "python3 -m edgekit.device_runner " + shlex.join(argv)
         try:
-            document, judged = run_bundle(bundle, options, progress, command)
+            document, run = run_bundle(bundle, settings, progress, command)
         finally:
             progress.close()
         from .report import describe_images, text_table, write_results
 
         reference = "PyTorch FP32 (bundled logits)" if document["bundle"]["reference"] else "labels only (no PyTorch reference for these images)"
-        first = judged.results[0]
-        title = f"{first.model} [{first.artifact_key}] on {platform.node()}, {describe_images(judged.images)}; accuracy vs {reference}"
-        print(text_table(judged.results, title), end="")
-        path = write_results(document, args.out or bundle.path / "results.json")
+        first = run.results[0]
+        title = f"{first.model} [{first.artifact_key}] on {platform.node()}, {describe_images(run.image_summary)}; accuracy vs {reference}"
+        print(text_table(run.results, title), end="")
+        path = write_results(document, args.json_path or bundle.path / "results.json")
         print(f"results: {path}", file=sys.stderr)
-        failed = [r for r in judged.results if r.error]
+        failed = run.failed
         if failed:
             print(f"error: {', '.join(r.backend for r in failed)} failed ({failed[0].error}); the other rows are in {path}", file=sys.stderr)
             return PARTIAL_EXIT

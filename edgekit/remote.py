@@ -363,7 +363,7 @@ def run_remote(
         progress(f"copying the bundle to {host}:{folder}")
         upload(bundle_dir, host, settings, folder)
     q = shlex.quote
-    command = f"cd {_argument_path(folder)} && {remote_path(python)} -m edgekit.device_runner bench {' '.join(q(a) for a in runner_args)} --out {REMOTE_RESULTS}"
+    command = f"cd {_argument_path(folder)} && {remote_path(python)} -m edgekit.device_runner bench {' '.join(q(a) for a in runner_args)} --json {REMOTE_RESULTS}"
     progress(f"running on {host}: {python} -m edgekit.device_runner bench")
     proc = subprocess.Popen(ssh_command(host, settings, command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -389,31 +389,20 @@ def run_remote(
         raise EdgekitError(f"{host}: the results file is not valid JSON ({e.msg})") from None
 
 
-def runner_arguments(options, timing, throughput_seconds: Optional[float] = None, power: str = "auto") -> list[str]:
-    """A bench's BackendOptions and TimingOptions as the device runner's arguments."""
-    args = [a for b in timing.batch_sizes for a in ("--batch", str(b))]
-    args += ["--iterations", str(timing.iterations), "--warmup", str(timing.warmup), "--max-seconds", str(timing.max_seconds)]
-    args += ["--repeats", str(timing.repeats), "--device", options.device, "--power", power]
-    for flag, value in (("--threads", options.threads), ("--precision", options.precision), ("--trt-workspace", options.workspace_bytes), ("--throughput", throughput_seconds)):
-        if value is not None:
-            args += [flag, str(value)]
-    return args + ["--ov-fp16-weights"] * bool(options.compress_fp16) + ["--cuda-graph"] * bool(options.cuda_graph)
-
-
 def bench_remote(
     artifact: Artifact,
     backends: Sequence[str],
     images,
     remote: RemoteRequest,
-    options,
-    timing,
-    throughput_seconds: Optional[float] = None,
-    power: str = "auto",
+    device: str,
+    batch_sizes: Sequence[int],
+    runner_args: Sequence[str],
     progress: Callable[[str, Optional[int], Optional[int]], None] = lambda stage, done, total: None,
 ) -> dict:
     """Bundle ``artifact`` for ``backends`` with ``images`` (PyTorch runs here for the
-    reference logits), run it on the remote host, return its results document with every
-    row and the machine marked with the host."""
+    reference logits), run it on the remote host with ``runner_args`` (edgekit.options
+    generates them), return its results document with every row and the machine marked
+    with the host."""
     from .bundle import bundle_name, make_bundle
 
     deployed = tuple(b for b in backends if b != "pytorch")
@@ -422,11 +411,11 @@ def bench_remote(
     with work_folder("remote") as tmp:
         folder = make_bundle(
             artifact, deployed, images, Path(tmp) / bundle_name(artifact, deployed),
-            device=options.device, batch_sizes=timing.batch_sizes, progress=lambda stage, done, total: progress(f"bundle: {stage}", done, total),
+            device=device, batch_sizes=tuple(batch_sizes), progress=lambda stage, done, total: progress(f"bundle: {stage}", done, total),
         )
         bundle_id = json.loads((folder / BUNDLE_FILE).read_text())["id"]
         document = run_remote(
-            folder, bundle_id, remote.host, remote.settings, runner_arguments(options, timing, throughput_seconds, power),
+            folder, bundle_id, remote.host, remote.settings, [*runner_args, *(a for b in deployed for a in ("--backend", b))],
             remote.remote_dir, remote.python, progress=lambda line: progress(line, None, None),
         )
     host = str(remote.host)

@@ -20,8 +20,9 @@ def results_document(
     command: Optional[str] = None,
     parity: Optional[list[dict[str, Any]]] = None,
     extra: Optional[dict[str, Any]] = None,
+    machine: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    machine = results[0].environment if results else {}
+    machine = machine or (results[0].environment if results else {})
     return {
         "format": RESULTS_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

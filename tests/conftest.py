@@ -42,7 +42,7 @@ def exported_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(exported_root):
     """A small real torchvision model (random init, 64 px) exported once per session."""
-    from edgekit.pipeline import ModelRequest, build_artifact
+    from edgekit.steps.export import ModelRequest, build_artifact
 
     artifact, _ = build_artifact(ModelRequest("mobilenet_v3_small", random_init=True, input_size=64), root=exported_root)
     return artifact
@@ -51,7 +51,7 @@ def tiny_artifact(exported_root):
 @pytest.fixture(scope="session")
 def lite0_artifact(exported_root):
     """EfficientNet-Lite0 with its real ImageNet weights."""
-    from edgekit.pipeline import ModelRequest, build_artifact
+    from edgekit.steps.export import ModelRequest, build_artifact
 
     artifact, _ = build_artifact(ModelRequest("efficientnet_lite0"), root=exported_root)
     return artifact
@@ -60,9 +60,9 @@ def lite0_artifact(exported_root):
 @pytest.fixture(scope="session")
 def int8_artifact(tiny_artifact, exported_root):
     """The tiny model quantized quickly (minmax, one fallback node at most)."""
-    from edgekit.pipeline import default_calibration
+    from edgekit.data import default_calibration
     from edgekit.transforms.quantize import Budget, QuantizeOptions
-    from edgekit.variants import quantize_artifact
+    from edgekit.steps.int8 import quantize_artifact
 
     fast = QuantizeOptions(method="minmax", max_fallback_nodes=1, bias_correction=False, budget=Budget(min_agreement=50.0, max_kl=None))
     artifact, _ = quantize_artifact(tiny_artifact, default_calibration().resolve(), fast, exported_root)

@@ -103,12 +103,13 @@ def test_runner_without_torch_reports_like_local_bench(bundle_dir, blocker_dir, 
     from edgekit.backends import BackendOptions
     from edgekit.bench import TimingOptions
     from edgekit.core import BenchResult
-    from edgekit.pipeline import BenchRequest, ImageRequest, run_bench
+    from edgekit.session import BenchRequest, run_bench
+    from edgekit.data import ImageRequest
     from edgekit.report import results_document, write_json
 
     device_json = tmp_path / "device.json"
     proc = run_runner(bundle_dir, blocker_dir, "bench", "--backend", "onnxruntime", "--iterations", "3", "--warmup", "1", "--batch", "1", "--batch", "2",
-                      "--power", "off", "--out", str(device_json), log=tmp_path / "modules")
+                      "--power", "off", "--json", str(device_json), log=tmp_path / "modules")
     assert proc.returncode == 0, proc.stderr
     assert "onnxruntime" in proc.stdout and "p50 ms" in proc.stdout
     processes = [json.loads(p.read_text()) for p in tmp_path.glob("modules.*")]
@@ -147,7 +148,7 @@ def test_openvino_bundle_runs_without_torch(bundle_dir, blocker_dir, tmp_path):
     from edgekit.core import BenchResult
 
     out = tmp_path / "ov.json"
-    proc = run_runner(bundle_dir, blocker_dir, "bench", "--backend", "openvino", "--iterations", "3", "--warmup", "1", "--power", "off", "--out", str(out))
+    proc = run_runner(bundle_dir, blocker_dir, "bench", "--backend", "openvino", "--iterations", "3", "--warmup", "1", "--power", "off", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     (row,) = [BenchResult.from_dict(r) for r in json.loads(out.read_text())["results"]]
     assert row.backend == "openvino" and "f32" in row.precision
@@ -198,7 +199,7 @@ def test_not_a_bundle(bundle_dir, blocker_dir, tmp_path):
     proc = run_runner(copy, blocker_dir, "bench")
     assert_one_line_error(proc, "unknown backend 'tensorrtx'", code=2)
     proc = run_runner(bundle_dir, blocker_dir, "bench", "--backend", "coreml")
-    assert_one_line_error(proc, "invalid choice", code=2)
+    assert_one_line_error(proc, "this bundle was made for", "not coreml", code=2)
 
 
 def test_bundle_refuses_unknown_backends_and_foreign_folders(tiny_artifact, tmp_path):

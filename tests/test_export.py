@@ -8,7 +8,7 @@ import pytest
 from edgekit import export as export_module
 from edgekit.core import Artifact, InvalidModelFileError
 from edgekit.export import ExportOptions, check_onnx_file
-from edgekit.pipeline import ModelRequest, build_artifact
+from edgekit.steps.export import ModelRequest, build_artifact
 
 
 def test_real_weights_export_matches_pytorch(lite0_artifact):

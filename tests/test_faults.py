@@ -123,7 +123,7 @@ def test_one_failing_backend_keeps_the_others_rows(int8_artifact, tmp_path):
 
 def test_killed_export_leaves_no_staging_behind_after_a_rerun(tmp_path):
     root = tmp_path / "exported"
-    args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(root))
+    args = ("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(root))
     proc = faults.edgekit_process(*args, cwd=tmp_path)
     staged = faults.kill_during_staging(proc, root, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL and all(p.exists() for p in staged)  # what a dead writer leaves
@@ -135,7 +135,7 @@ def test_killed_export_leaves_no_staging_behind_after_a_rerun(tmp_path):
 
     assert Artifact.load(Path(rerun.stdout.strip().splitlines()[-1])).problems() == []
 
-    proc = faults.edgekit_process("export", "squeezenet1_1", "--random-init", "--input-size", "72", "--out", str(root), cwd=tmp_path)
+    proc = faults.edgekit_process("export", "squeezenet1_1", "--random-init", "--input-size", "72", "--artifacts", str(root), cwd=tmp_path)
     faults.kill_during_staging(proc, root, signal.SIGTERM)
     assert proc.returncode == 130 and "interrupted" in proc.stderr.read()
     assert faults.staging_folders(root) == []
@@ -184,10 +184,10 @@ def test_stale_staging_of_dead_writers_is_cleaned_live_ones_kept(tmp_path):
 @needs_mount
 def test_export_to_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     with faults.small_mount(tmp_path / "ro", read_only=True) as ro:
-        proc = run_cli("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(ro / "exported"), cwd=tmp_path)
+        proc = run_cli("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(ro / "exported"), cwd=tmp_path)
         assert_one_line_error(proc, str(ro), "Read-only file system", code=1)
     with faults.small_mount(tmp_path / "full", "1m") as full:
-        proc = run_cli("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--out", str(full / "exported"), cwd=tmp_path)
+        proc = run_cli("export", "squeezenet1_1", "--random-init", "--input-size", "64", "--artifacts", str(full / "exported"), cwd=tmp_path)
         assert_one_line_error(proc, "No space left on device", code=1)
         assert faults.files_under(full) == []
 

@@ -105,7 +105,7 @@ def test_cli_bench_on_openvino_reports_parity_and_throughput(tmp_path):
     proc = run_cli(
         "bench", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--backend", "onnxruntime,openvino",
         "--views", "1", "--iterations", "5", "--warmup", "1", "--throughput", "0.5", "--json", str(out),
-        "--out", str(tmp_path / "exported"), cwd=tmp_path,
+        "--artifacts", str(tmp_path / "exported"), cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "cross-backend parity" in proc.stdout and "onnxruntime vs openvino" in proc.stdout
@@ -119,6 +119,6 @@ def test_cli_bench_on_openvino_reports_parity_and_throughput(tmp_path):
 def test_cli_unknown_device_is_one_line(tmp_path):
     proc = run_cli(
         "bench", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--backend", "openvino",
-        "--device", "npu7", "--views", "1", "--iterations", "2", "--out", str(tmp_path / "exported"), cwd=tmp_path,
+        "--device", "npu7", "--views", "1", "--iterations", "2", "--artifacts", str(tmp_path / "exported"), cwd=tmp_path,
     )
     assert_one_line_error(proc, "no device 'NPU7'", "available")

@@ -14,7 +14,7 @@ def _artifact(proc):
 
 def test_export_prune_then_int8_and_bench_against_the_original(tmp_path):
     proc = run_cli("export", "resnet18", *TINY, "--prune", "0.3", "--distill-steps", "3", "--int8", "--calib-method", "minmax",
-                   "--max-fallback", "0", "--no-bias-correction", "--out", str(tmp_path / "exported"), cwd=tmp_path)
+                   "--max-fallback", "0", "--no-bias-correction", "--artifacts", str(tmp_path / "exported"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "pruned: params" in proc.stderr
     manifest = json.loads((Path(_artifact(proc)) / "manifest.json").read_text())
@@ -26,8 +26,8 @@ def test_export_prune_then_int8_and_bench_against_the_original(tmp_path):
 
 
 def test_export_dw_separable_by_layer_names(tmp_path):
-    proc = run_cli("export", "resnet18", *TINY, "--dw-separable", "--dw-layers", "layer1.0.conv1,layer1.0.conv2",
-                   "--distill-steps", "0", "--out", str(tmp_path / "exported"), cwd=tmp_path)
+    proc = run_cli("export", "resnet18", *TINY, "--dw-separable", "--dw-layer", "layer1.0.conv1,layer1.0.conv2",
+                   "--distill-steps", "0", "--artifacts", str(tmp_path / "exported"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "depthwise-separable conversion" in proc.stdout + proc.stderr
     manifests = list((tmp_path / "exported").rglob("manifest.json"))
@@ -40,9 +40,9 @@ def test_export_dw_separable_by_layer_names(tmp_path):
 
 
 def test_structural_bad_input_is_one_line(tmp_path):
-    out = ("--out", str(tmp_path / "exported"))
-    assert_one_line_error(run_cli("export", "resnet18", *TINY, "--prune", "1.5", *out, cwd=tmp_path), "--prune must be a fraction in (0, 1)", code=2)
+    out = ("--artifacts", str(tmp_path / "exported"))
+    assert_one_line_error(run_cli("export", "resnet18", *TINY, "--prune", "1.5", *out, cwd=tmp_path), "'--prune'", "0.0<x<1.0", code=2)
     assert_one_line_error(run_cli("export", "resnet18", *TINY, "--prune", "0.3", "--dw-separable", *out, cwd=tmp_path), "exclude each other", code=2)
-    proc = run_cli("export", "resnet18", *TINY, "--dw-separable", "--dw-layers", "layer9.conv", "--distill-steps", "0", *out, cwd=tmp_path)
+    proc = run_cli("export", "resnet18", *TINY, "--dw-separable", "--dw-layer", "layer9.conv", "--distill-steps", "0", *out, cwd=tmp_path)
     assert_one_line_error(proc, "no layer named 'layer9.conv'", code=2)
     assert not [m for m in (tmp_path / "exported").rglob("manifest.json") if "dw-separable" in m.read_text()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -48,6 +49,15 @@ class Backend(Protocol):
 
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         """Size of what this backend deploys."""
+
+
+def parse_workspace(text: str) -> int:
+    """A size for a backend's memory limits (TensorRT's builder workspace). '4GiB', '512MiB', '1073741824' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise UsageError(f"workspace must look like 4GiB or 512MiB, got {text!r}")
+    value, unit = float(match.group(1)), (match.group(2) or "B").upper().replace("I", "")
+    return int(value * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[unit])
 
 
 def require_module(module: str, backend: str, extra: Optional[str]) -> None:

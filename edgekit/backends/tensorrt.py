@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format, sha256_file
-from .base import BackendOptions, require_module
+from .base import BackendOptions, parse_workspace, require_module  # noqa: F401 (parse_workspace: kept importable here)
 
 ENGINE_FOLDER = "tensorrt"
 ENGINE_FORMAT = 1
@@ -54,15 +54,6 @@ def profile_batches(batch_sizes: Sequence[int]) -> tuple[int, int, int]:
         raise UsageError(f"batch sizes must be positive, got {list(batch_sizes)}")
     ordered = sorted(batch_sizes)
     return ordered[0], ordered[-1], ordered[-1]  # kernels tuned for the largest: throughput runs
-
-
-def parse_workspace(text: str) -> int:
-    """'4GiB', '512MiB', '1073741824' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", str(text), flags=re.IGNORECASE)
-    if not match:
-        raise UsageError(f"workspace must look like 4GiB or 512MiB, got {text!r}")
-    value, unit = float(match.group(1)), (match.group(2) or "B").upper().replace("I", "")
-    return int(value * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[unit])
 
 
 def why_rebuild(recorded: Optional[dict], current: dict) -> Optional[str]:

@@ -1,0 +1,462 @@
+"""Every option, declared once: its flag, type, default, range, help, group, recipe key and
+where it is used. The click options of `export`, `bench` and `bundle`, the recipe schema,
+the device runner's argument parser and the argv a remote run passes to it are all
+generated from these declarations (tests/test_options.py checks each appears everywhere
+it should, with the same default).
+
+Values travel as a ``Settings`` mapping (key -> value, defaults filled in), built from a
+command line or a recipe the same way; the steps and the bench read it.
+
+No click, torch or numpy at import time: the on-device runner imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from .core import UsageError
+
+COMMANDS = ("export", "bench", "bundle")
+# Help sections, in the order `--help` prints them.
+GROUPS = {
+    "model": "Model and export",
+    "int8": "INT8 quantization",
+    "prune": "Structured pruning",
+    "dw_separable": "Depthwise-separable conversion",
+    "distill": "Distillation (after pruning or conversion)",
+    "data": "Evaluation images",
+    "bench": "Benchmark",
+    "backend": "Backend settings",
+    "remote": "Remote device (ssh)",
+}
+POWER_SOURCES = ("auto", "tegrastats", "nvml", "rapl", "off")
+PRECISIONS = ("f32", "bf16", "f16")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # the value's name everywhere: Settings key, click parameter, recipe key in its section
+    flag: Optional[str]  # command-line flag; None for recipe-only keys
+    kind: str  # flag | switch | int | float | choice | text | path | list
+    group: str
+    help: str = ""
+    default: Any = None
+    recipe: Optional[str] = None  # "section" (key = self.key), "section.key", "" (top level); None: not in recipes
+    commands: tuple[str, ...] = ()
+    on_device: bool = False  # also an argument of the on-device runner
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    min_open: bool = False
+    max_open: bool = False
+    choices: tuple[str, ...] = ()
+    item: str = "text"  # for kind "list": int or text
+    short: Optional[str] = None
+
+    @property
+    def recipe_path(self) -> Optional[tuple[str, str]]:
+        """(section, key) of this option in a recipe ('' section: the top level)."""
+        if self.recipe is None:
+            return None
+        section, _, key = self.recipe.partition(".")
+        return section, key or self.key
+
+    # ------------------------------------------------------------------ checking values
+
+    def describe(self) -> str:
+        """What a value must be, for error messages."""
+        if self.kind in ("flag", "switch"):
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind in ("text", "path"):
+            return "a string"
+        if self.kind == "list":
+            return f"a list of {'integers >= ' + _num(self.minimum) if self.item == 'int' else 'strings'}"
+        if self.kind == "int":
+            return "an integer" + _range_text(self)
+        return ("a number" if self.maximum is not None else "a finite number") + _range_text(self)
+
+    def check(self, value: Any) -> bool:
+        """Whether ``value`` (from a recipe, or any caller) is valid for this option."""
+        if value is None:
+            return True
+        if self.kind in ("flag", "switch"):
+            return isinstance(value, bool)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if self.kind in ("text", "path"):
+            return isinstance(value, str) and value != ""
+        if self.kind == "list":
+            if self.item == "int":
+                return isinstance(value, list) and bool(value) and all(_is_int(v) and _in_range(self, v) for v in value)
+            return isinstance(value, list) and all(isinstance(v, str) and v != "" for v in value)
+        if self.kind == "int":
+            return _is_int(value) and _in_range(self, value)
+        return _is_number(value) and _in_range(self, value)
+
+    # ------------------------------------------------------------------ generated interfaces
+
+    def click_option(self):
+        import click
+
+        decls = [d for d in (self.short, self.flag) if d]
+        kwargs: dict[str, Any] = {"help": self.help, "cls": _click_classes()[1], "group": self.group}
+        if self.kind == "flag":
+            kwargs.update(is_flag=True, default=bool(self.default))
+        elif self.kind == "switch":
+            name = self.flag[2:]
+            decls = [f"--{name}/--no-{name}"]
+            kwargs.update(default=bool(self.default), show_default=True)
+        elif self.kind == "list":
+            kwargs.update(multiple=True, default=tuple(self.default or ()), show_default=bool(self.default), type=int if self.item == "int" else str)
+        else:
+            kwargs.update(type=self._click_type(), default=self.default, show_default=self.default is not None)
+        return click.option(*decls, self.key, **kwargs)
+
+    def _click_type(self):
+        import click
+
+        if self.kind == "int":
+            return click.IntRange(_int_or_none(self.minimum), _int_or_none(self.maximum))
+        if self.kind == "float":
+            return Finite(self.minimum, self.maximum, min_open=self.min_open, max_open=self.max_open)
+        if self.kind == "choice":
+            return click.Choice(list(self.choices))
+        if self.kind == "path":
+            return click.Path(path_type=Path)
+        return str
+
+    def add_argument(self, parser) -> None:
+        """The same option in the device runner's argparse parser."""
+        kwargs: dict[str, Any] = {"dest": self.key, "help": self.help}
+        default = None if self.key in DEVICE_DEFAULTS_FROM_BUNDLE else self.default
+        if self.kind == "flag":
+            kwargs.update(action="store_true")
+        elif self.kind == "switch":
+            import argparse
+
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        elif self.kind == "list":
+            kwargs.update(action="append", type=_positive_int if self.item == "int" else str, default=None)
+        else:
+            kwargs.update(type=self._argparse_type(), default=default)
+            if self.kind == "choice":
+                kwargs["choices"] = self.choices
+        parser.add_argument(self.flag, **kwargs)
+
+    def _argparse_type(self):
+        if self.kind == "int":
+            return lambda text: _checked(self, int(text))
+        if self.kind == "float":
+            return lambda text: _checked(self, float(text))
+        if self.kind == "path":
+            return Path
+        return str
+
+    def to_argv(self, value: Any) -> list[str]:
+        """``value`` as the device runner's arguments (empty where it is the runner's default)."""
+        default = None if self.key in DEVICE_DEFAULTS_FROM_BUNDLE else self.default
+        if value is None or value == default or (self.kind == "list" and tuple(value) == tuple(default or ())):
+            return []
+        if self.kind == "flag":
+            return [self.flag] if value else []
+        if self.kind == "switch":
+            return [self.flag if value else f"--no-{self.flag[2:]}"]
+        if self.kind == "list":
+            return [a for v in value for a in (self.flag, str(v))]
+        return [self.flag, str(value)]
+
+
+def _num(x: Optional[float]) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else repr(x)
+
+
+def _range_text(option: Option) -> str:
+    lo, hi = option.minimum, option.maximum
+    if lo is not None and hi is not None:
+        return f" in {'(' if option.min_open else '['}{_num(lo)}, {_num(hi)}{')' if option.max_open else ']'}"
+    if lo is not None:
+        return f" {'>' if option.min_open else '>='} {_num(lo)}"
+    if hi is not None:
+        return f" {'<' if option.max_open else '<='} {_num(hi)}"
+    return ""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # TOML true is a bool, and bool an int
+
+
+def _is_number(v: Any) -> bool:
+    """An int or a finite float (TOML has nan and inf literals), never a bool."""
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _in_range(option: Option, v: float) -> bool:
+    lo, hi = option.minimum, option.maximum
+    if lo is not None and (v <= lo if option.min_open else v < lo):
+        return False
+    return not (hi is not None and (v >= hi if option.max_open else v > hi))
+
+
+def _int_or_none(x: Optional[float]) -> Optional[int]:
+    return None if x is None else int(x)
+
+
+def _checked(option: Option, value: Any) -> Any:
+    import argparse
+
+    if not option.check(value):
+        raise argparse.ArgumentTypeError(f"expected {option.describe()}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- click helpers (imported lazily)
+
+
+@lru_cache(maxsize=1)
+def _click_classes():
+    import click
+
+    class Finite(click.FloatRange):
+        """A float range that also refuses nan and inf (click's FloatRange lets nan through)."""
+
+        name = "finite number"
+
+        def convert(self, value, param, ctx):
+            number = super().convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+            return number
+
+    class GroupedOption(click.Option):
+        def __init__(self, *args, group: str = "", **kwargs):
+            super().__init__(*args, **kwargs)
+            self.group = group
+
+    class GroupedCommand(click.Command):
+        """`--help` with the options in sections (model, int8, prune, bench, remote...)."""
+
+        def format_options(self, ctx, formatter) -> None:
+            sections: dict[str, list] = {}
+            for param in self.get_params(ctx):
+                record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+                if record is not None:
+                    sections.setdefault(GROUPS.get(getattr(param, "group", ""), "Options"), []).append(record)
+            order = ["Options", *GROUPS.values()]
+            for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
+
+    return Finite, GroupedOption, GroupedCommand
+
+
+def Finite(*args, **kwargs):  # noqa: N802 (a click type, named like one)
+    return _click_classes()[0](*args, **kwargs)
+
+
+def grouped_command():
+    """The click command class whose --help prints the option groups."""
+    return _click_classes()[2]
+
+
+# --------------------------------------------------------------------------- the declarations
+
+_MODEL = ("export", "bench", "bundle")
+_BENCH = ("bench",)
+
+OPTIONS: tuple[Option, ...] = (
+    # model and export ([export] in recipes, or [model.<name>] for one model)
+    Option("weights", "--weights", "path", "model", "Local checkpoint (a state_dict), loaded with weights_only=True.", recipe="export", commands=_MODEL),
+    Option("random_init", "--random-init", "flag", "model", "Seeded random weights, for architecture-only work.", False, recipe="export", commands=_MODEL),
+    Option("input_size", "--input-size", "int", "model", "Export at this resolution instead of the model's own.", recipe="export", commands=_MODEL, minimum=16, maximum=2048),
+    Option("opset", "--opset", "int", "model", "ONNX opset.", 17, recipe="export", commands=_MODEL, minimum=11, maximum=23),
+    Option("static", "--static", "flag", "model", "Fixed batch of 1 instead of a dynamic batch axis.", False, recipe="export", commands=_MODEL),
+    Option("no_slim", "--no-slim", "flag", "model", "Keep the exporter's graph as is (no onnxslim folding).", False, recipe="export", commands=_MODEL),
+    Option("artifacts", "--artifacts", "path", "model", "Artifact root (relative to the current folder, in recipes too).", "exported", recipe="export", commands=_MODEL),
+    Option("int8", "--int8", "flag", "model", "INT8 QDQ artifact (TensorRT/OpenVINO/ONNX Runtime), calibrated on real images (recipes: variants).", False, commands=_MODEL),
+    Option("fp16", "--fp16", "flag", "model", "FP16 artifact, inputs and outputs kept FP32 (recipes: variants).", False, commands=_MODEL),
+    Option("dw_separable", "--dw-separable", "flag", "model", "Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil (recipes: variants).", False, commands=_MODEL),
+    # INT8
+    Option("calib", "--calib", "path", "int8", "Calibration images (default: the bundled photos' odd views).", recipe="int8", commands=_MODEL),
+    Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat calibration folder (enables --max-drop).", recipe="int8", commands=_MODEL),
+    Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration files (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8),
+    Option("calib_method", "--calib-method", "choice", "int8", "Range estimation. entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md.", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS),
+    Option("percentile", "--percentile", "float", "int8", "For --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True),
+    Option("seed", "--seed", "int", "int8", "Seed for sampling calibration files and --limit.", 0, recipe="int8", commands=_MODEL, minimum=0),
+    Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
+    Option("min_agreement", "--min-agreement", "float", "int8", "Budget: top-1 agreement with FP32, percent (default 98 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
+    Option("max_kl", "--max-kl", "float", "int8", "Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0),
+    Option("max_fallback", "--max-fallback", "int", "int8", "At most this many nodes go back to float.", 8, recipe="int8", commands=_MODEL, minimum=0),
+    Option("bias_correction", "--bias-correction", "switch", "int8", "Empirical bias correction, kept only where it lowers the KL.", True, recipe="int8", commands=_MODEL),
+    Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL),
+    # structured pruning
+    Option("prune", "--prune", "float", "prune", "Remove this fraction of channels (0-1), then distil from the original (recipes: [prune] ratio and a 'pruned' variant).", recipe="prune.ratio", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
+    Option("prune_criterion", "--prune-criterion", "choice", "prune", "Channel importance.", "l2", recipe="prune.criterion", commands=_MODEL, choices=("l1", "l2", "taylor")),
+    Option("prune_scope", "--prune-scope", "choice", "prune", "Same ratio per layer, or one ranking over all layers.", "uniform", recipe="prune.scope", commands=_MODEL, choices=("uniform", "global")),
+    Option("prune_round_to", "--prune-round-to", "int", "prune", "Keep a multiple of this many channels in every pruned layer (kernels work in blocks of 8/16; 1 = no rounding).", 8, recipe="prune.round_to", commands=_MODEL, minimum=1),
+    Option("prune_target", "--prune-target", "choice", "prune", "Prune in small steps until this measured quantity falls by the --prune fraction.", recipe="prune.target", commands=_MODEL, choices=("flops", "params", "latency")),
+    Option("sparsity", "--sparsity", "text", "prune", "Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured).", recipe="prune", commands=_MODEL),
+    # depthwise-separable conversion
+    Option("dw_rank", "--dw-rank", "int", "dw_separable", "Depthwise filters per input channel (K*K reproduces the conv exactly).", 1, recipe="dw_separable.rank", commands=_MODEL, minimum=1),
+    Option("dw_budget", "--dw-budget", "float", "dw_separable", "Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this.", recipe="dw_separable.budget", commands=_MODEL, minimum=0.0),
+    Option("dw_layers", "--dw-layer", "list", "dw_separable", "A layer to convert (instead of the budget); repeat or comma-separate for several.", (), recipe="dw_separable.layers", commands=_MODEL),
+    # distillation, shared by pruning and conversion
+    Option("distill_steps", "--distill-steps", "int", "distill", "Distillation steps after pruning or conversion (0: no recovery).", 200, recipe="distill.steps", commands=_MODEL, minimum=0),
+    Option("distill_data", "--distill-data", "path", "distill", "Unlabelled images for distillation (default: the calibration views).", recipe="distill.data", commands=_MODEL),
+    # evaluation images
+    Option("data", "--data", "path", "data", "Image folder: ImageNet-style class folders (synset names) or a flat folder (default: the bundled photos' held-out views).", recipe="bench", commands=("bench", "bundle"), on_device=True),
+    Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file name> <class index or synset>' lines, LOC_val_solution.csv, or the devkit's ground truth with meta.mat beside it.", recipe="bench", commands=("bench", "bundle"), on_device=True),
+    Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle"), minimum=1),
+    Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle"), minimum=1),
+    # benchmark
+    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle"), on_device=True),
+    Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle"), on_device=True, item="int", minimum=1),
+    Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
+    Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_BENCH, on_device=True, minimum=0),
+    Option("max_seconds", "--max-seconds", "float", "bench", "Time budget per batch size (at least 10 iterations run).", 15.0, recipe="bench", commands=_BENCH, on_device=True, minimum=0.1),
+    Option("repeats", "--repeats", "int", "bench", "Rounds of --iterations; the spread of their p50s shows the noise.", 1, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
+    Option("throughput", "--throughput", "float", "bench", "Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.", recipe="bench", commands=_BENCH, on_device=True, minimum=0.5),
+    Option("power", "--power", "choice", "bench", "Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what the machine has.", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
+    # backend settings
+    Option("device", "--device", "text", "backend", "cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.", "cpu", recipe="bench", commands=("bench", "bundle"), on_device=True),
+    Option("threads", "--threads", "int", "backend", "Intra-op threads for every backend (default: the runtime's choice).", recipe="bench", commands=_BENCH, on_device=True, minimum=1),
+    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact.", recipe="bench", commands=_BENCH, on_device=True, choices=PRECISIONS),
+    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_BENCH, on_device=True),
+    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_BENCH, on_device=True),
+    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_BENCH, on_device=True),
+    # remote device
+    Option("remote", "--remote", "text", "remote", "Run on another machine over ssh: user@host[:port]. A bundle is copied there and run by its Python; PyTorch runs here, once, for the reference logits.", recipe="bench", commands=_BENCH),
+    Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH),
+    Option("remote_dir", "--remote-dir", "text", "remote", "Where bundles go on the remote machine (relative: under its home).", "edgekit-bundles", recipe="bench", commands=_BENCH),
+    Option("ssh_options", "--ssh-option", "list", "remote", "Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several (recipes: an allow-list). EDGEKIT_SSH_OPTS adds raw ssh arguments.", (), recipe="bench", commands=_BENCH),
+)
+
+# Runner arguments whose default is "what the bundle was made with" rather than a value.
+DEVICE_DEFAULTS_FROM_BUNDLE = frozenset({"backends", "batch", "device"})  # the runner's default: the bundle's
+
+BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+assert len(BY_KEY) == len(OPTIONS), "option keys must be unique"
+
+
+def options_for(command: str) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if command in o.commands)
+
+
+def click_options(command: str):
+    """Decorator adding every option ``command`` takes, in declaration order."""
+
+    def decorate(f):
+        for option in reversed(options_for(command)):
+            f = option.click_option()(f)
+        return f
+
+    return decorate
+
+
+def device_options() -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if o.on_device)
+
+
+def recipe_options() -> dict[str, dict[str, Option]]:
+    """section -> key -> option, for the recipe schema ('' is the top level)."""
+    found: dict[str, dict[str, Option]] = {}
+    for option in OPTIONS:
+        if option.recipe_path is not None:
+            section, key = option.recipe_path
+            found.setdefault(section, {})[key] = option
+    return found
+
+
+def runner_argv(settings: Mapping[str, Any]) -> list[str]:
+    """A bench's settings as the device runner's arguments (backends excluded: the remote
+    launcher names them)."""
+    return [a for o in device_options() if o.key != "backends" for a in o.to_argv(settings.get(o.key))]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings(Mapping[str, Any]):
+    """Every option's value, defaults filled in, whichever way it was given.
+
+    List options given on a command line may be comma-separated (``--backend a,b``);
+    they are split here, once.
+    """
+
+    def __init__(self, values: Optional[Mapping[str, Any]] = None, **more: Any):
+        given = {**(values or {}), **more}
+        unknown = set(given) - set(BY_KEY)
+        if unknown:
+            raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        self._given = {k: v for k, v in given.items() if v is not None and not (BY_KEY[k].kind == "list" and v == ())}
+        self._values = {o.key: _normalise(o, self._given.get(o.key, o.default)) for o in OPTIONS}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def given(self, key: str) -> bool:
+        """Whether the value was set explicitly (not the default)."""
+        return key in self._given
+
+    def replace(self, **values: Any) -> "Settings":
+        return Settings({**self._given, **values})
+
+    def __repr__(self) -> str:
+        return f"Settings({self._given!r})"
+
+
+def _normalise(option: Option, value: Any) -> Any:
+    if option.kind != "list" or value is None:
+        return value
+    items = [value] if isinstance(value, (str, int)) else list(value)
+    if option.item == "int":
+        return tuple(int(v) for v in items)
+    return tuple(dict.fromkeys(part.strip() for v in items for part in str(v).split(",") if part.strip()))
+
+
+def settings_from_recipe(tables: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Settings:
+    """Settings from a recipe's parsed tables ({'': top-level, 'int8': {...}, ...}), with
+    per-model ``overrides`` of the [export] keys on top."""
+    values: dict[str, Any] = {}
+    for section, keys in recipe_options().items():
+        table = tables.get(section, {})
+        for key, option in keys.items():
+            if key in table:
+                values[option.key] = table[key]
+    for key, value in (overrides or {}).items():
+        values[recipe_options()["export"][key].key] = value
+    return Settings(values)
+
+
+def check_recipe_value(section: str, key: str, value: Any) -> Optional[str]:
+    """Why ``value`` cannot be recipe key ``section.key``, or None (None too for keys the
+    schema does not know: the caller reports those)."""
+    option = recipe_options().get(section, {}).get(key)
+    if option is None or option.check(value):
+        return None
+    return f"'{key}' must be {option.describe()}, got {value!r}"
+
+
+def parse_list(values: Sequence[str]) -> tuple[str, ...]:
+    """`--backend a,b --backend c` -> (a, b, c), duplicates dropped."""
+    return _normalise(Option("x", None, "list", "bench"), values)

@@ -1,0 +1,95 @@
+"""Steps: the transformations a variant chains, one module each.
+
+A variant is the export followed by at most one structural step, which changes the
+PyTorch module (``pruned``, ``dw-separable``), then at most one numeric step, which
+rewrites the float ONNX (``int8``, ``fp16``): ``fp32``, ``int8``, ``pruned+int8``,
+``dw-separable+fp16``... Each step module has ``run(parent, settings, root, progress) ->
+(artifact, reused)``; it reads its options from the Settings, derives its artifact key
+from its parent's key and everything that decides its output, and appends its step to
+the manifest. ``parse_variant`` is the only place that knows the chaining rules.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core import Artifact, UsageError
+from ..options import Settings
+
+Progress = Callable[[str, Optional[int], Optional[int]], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # as it appears in variant names
+    kind: str  # "structural": needs the float PyTorch module; "numeric": rewrites the float ONNX
+    module: str  # edgekit.steps.<module> holds run()
+    flag: str  # the command-line option that asks for it
+    groups: tuple[str, ...]  # option groups it reads
+
+    def run(self, parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
+        return importlib.import_module(f"{__name__}.{self.module}").run(parent, settings, root, progress)
+
+
+STEPS: dict[str, Step] = {
+    step.name: step
+    for step in (
+        Step("pruned", "structural", "prune", "--prune", ("prune", "distill")),
+        Step("dw-separable", "structural", "dwsep", "--dw-separable", ("dw_separable", "distill")),
+        Step("int8", "numeric", "int8", "--int8", ("int8",)),
+        Step("fp16", "numeric", "fp16", "--fp16", ()),
+    )
+}
+BASE = "fp32"  # the exported model itself: no step
+
+
+def parse_variant(name: str) -> tuple[Step, ...]:
+    """'pruned+int8' -> (pruned, int8); a one-line UsageError for unknown or illegal chains."""
+    if name == BASE:
+        return ()
+    steps = []
+    for part in name.split("+"):
+        if part not in STEPS:
+            close = difflib.get_close_matches(part, [BASE, *STEPS], n=1)
+            raise UsageError(f"unknown step {part!r} in variant {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; steps: {', '.join(STEPS)}")
+        steps.append(STEPS[part])
+    structural = [s for s in steps if s.kind == "structural"]
+    numeric = [s for s in steps if s.kind == "numeric"]
+    if len(structural) > 1:
+        raise UsageError(f"variant {name!r}: {' and '.join(s.name for s in structural)} exclude each other (one structural change per artifact)")
+    if len(numeric) > 1:
+        raise UsageError(f"variant {name!r}: {' and '.join(s.name for s in numeric)} exclude each other (one numeric format per artifact)")
+    if structural and numeric and steps.index(structural[0]) > steps.index(numeric[0]):
+        raise UsageError(f"variant {name!r}: {structural[0].name} changes the float PyTorch model, so it comes before {numeric[0].name}")
+    return tuple(steps)
+
+
+def variant_from_settings(settings: Settings) -> str:
+    """The variant the command-line flags ask for (--prune, --dw-separable, --int8, --fp16)."""
+    parts = [name for name, asked in (
+        ("pruned", settings["prune"] is not None),
+        ("dw-separable", settings["dw_separable"]),
+        ("int8", settings["int8"]),
+        ("fp16", settings["fp16"]),
+    ) if asked]
+    name = "+".join(parts) or BASE
+    try:
+        parse_variant(name)
+    except UsageError:
+        flags = " and ".join(STEPS[p].flag for p in parts)
+        raise UsageError(f"{flags} exclude each other") from None
+    return name
+
+
+def build_variant(parent: Artifact, variant: str, settings: Settings, root: Path, progress: Progress, announce=lambda artifact, reused: None) -> tuple[Artifact, bool]:
+    """Apply the steps of ``variant`` to ``parent`` in order; ``announce`` sees each
+    intermediate artifact before the next step builds on it."""
+    artifact, reused = parent, True
+    for step in parse_variant(variant):
+        announce(artifact, reused)
+        artifact, reused = step.run(artifact, settings, root, lambda stage, done, total, s=step: progress(f"{s.name}: {stage}", done, total))
+    return artifact, reused

@@ -1,0 +1,69 @@
+"""The first step of every chain: a model name (or an ONNX file, or an artifact folder)
+becomes an FP32 artifact. Options: the model group (weights, input size, opset, static
+batch, slimming, artifact root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core import Artifact, UsageError
+from ..data import bundled_images, make_image_set
+from ..export import ExportOptions, WeightsSource, export_model, import_onnx_file
+from ..options import Settings
+
+PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
+Progress = Callable[[str, Optional[int], Optional[int]], None]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    name: str
+    weights_file: Optional[Path] = None
+    random_init: bool = False
+    input_size: Optional[int] = None  # export at another resolution than the model's own
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        if self.weights_file is not None:
+            return WeightsSource("file", str(Path(self.weights_file).resolve()))
+        return WeightsSource("random-init" if self.random_init else "pretrained")
+
+
+def model_request(name: str, settings: Settings) -> ModelRequest:
+    if settings["weights"] is not None and settings["random_init"]:
+        raise UsageError("--weights and --random-init exclude each other")
+    return ModelRequest(name, settings["weights"], settings["random_init"], settings["input_size"])
+
+
+def export_options(settings: Settings) -> ExportOptions:
+    return ExportOptions(opset=settings["opset"], dynamic_batch=not settings["static"], slim=not settings["no_slim"])
+
+
+def build_artifact(
+    model: ModelRequest,
+    options: ExportOptions = ExportOptions(),
+    root: Path = Path("exported"),
+    progress: Progress = lambda stage, done, total: None,
+) -> tuple[Artifact, bool]:
+    """Export (or reuse) the FP32 artifact of ``model``."""
+    from ..models import load_model
+
+    progress(f"loading {model.name}", None, None)
+    loaded = load_model(model.name, weights_file=model.weights_file, random_init=model.random_init)
+    if model.input_size is not None:
+        loaded = loaded.at_input_size(model.input_size)
+    parity_images = make_image_set(bundled_images(), PARITY_VIEWS, "bundled photos (parity)")
+    return export_model(loaded, model.weights_source, parity_images, options, root, progress=lambda message: progress(message, None, None))
+
+
+def open_target(target: str, settings: Settings, progress: Progress) -> tuple[Artifact, bool]:
+    """A model name, an artifact folder or an ONNX file -> (FP32 or finished artifact, reused)."""
+    path = Path(target)
+    root = Path(settings["artifacts"])
+    if path.is_dir():
+        return Artifact.load(path).verified(), True
+    if path.suffix.lower() == ".onnx" or path.is_file():
+        return import_onnx_file(path, root)
+    return build_artifact(model_request(target, settings), export_options(settings), root, progress)
