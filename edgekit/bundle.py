@@ -27,10 +27,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .backends import BACKENDS
-from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, numeric_format, sha256_file, stable_hash
+from .backends import BACKENDS, get_backend
+from .backends.base import deployable_backends
+from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, sha256_file, stable_hash
 from .data import SAMPLES_DIR, ImageSet, skipped_summary
-from .device_runner import BUNDLE_BACKENDS, BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND, RUNTIME_PACKAGES
+from .device_runner import BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND
 from .evaluation import LogitsFile
 from .staging import make_staging_dir, release_staging_dir, work_folder
 
@@ -139,8 +140,8 @@ def check_backends(backends: Sequence[str]) -> tuple[str, ...]:
         raise UsageError("name a backend: --backend onnxruntime, openvino or tensorrt")
     for name in names:
         BACKENDS.get(name)  # unknown names: one line with the close ones
-        if name not in BUNDLE_BACKENDS:
-            raise UsageError(f"{name} is the baseline and runs here: its FP32 logits travel in the bundle; bundle a deployment runtime ({', '.join(BUNDLE_BACKENDS)})")
+        if name not in deployable_backends():
+            raise UsageError(f"{name} is the baseline and runs here: its FP32 logits travel in the bundle; bundle a deployment runtime ({', '.join(deployable_backends())})")
     return names
 
 
@@ -190,21 +191,13 @@ def _copy_artifact(artifact: Artifact, backends: Sequence[str], staging: Path) -
     shutil.copyfile(artifact.path / MANIFEST_NAME, folder / MANIFEST_NAME)
     shutil.copyfile(artifact.onnx_path, folder / artifact.onnx_path.name)
     copied = Artifact.load(folder)
-    if numeric_format(copied.manifest) == "int8":
-        if "onnxruntime" in backends:
-            from .backends.onnxruntime import write_cpu_form
-
-            for form in ("u8s8", "u8u8"):  # which one runs depends on the device's CPU
-                write_cpu_form(copied, form)
-        if "openvino" in backends:
-            from .backends.openvino import cpu_form
-
-            cpu_form(copied)
+    for backend in backends:  # what each backend needs made here, where the tools are
+        get_backend(backend).prepare_bundle(copied)
     return copied
 
 
 def _readme(meta: dict) -> str:
-    runtimes = sorted({package for b in meta["backends"] for _, package in RUNTIME_PACKAGES[b]})
+    runtimes = sorted({package for b in meta["backends"] for _, package in get_backend(b).runtime_packages})
     return (
         f"edgekit bundle {meta['id']}: {meta['model']} [{meta['artifact_key']}, {meta['variant']}] for {', '.join(meta['backends'])}\n\n"
         f"Needs Python 3.10+ with: pip install numpy pillow {' '.join(runtimes)}\n"
@@ -296,7 +289,7 @@ def make_bundle(
                 "count": len(images), "views": views,
             },
             "reference": reference,
-            "runner": {"command": RUN_COMMAND, "requires": ["numpy", "pillow"] + sorted({p for b in backends for _, p in RUNTIME_PACKAGES[b]})},
+            "runner": {"command": RUN_COMMAND, "requires": ["numpy", "pillow"] + sorted({p for b in backends for _, p in get_backend(b).runtime_packages})},
             "files": files,
         }
         (staging / "README.txt").write_text(_readme(meta))

@@ -15,7 +15,7 @@ from typing import Optional
 import click
 
 from .core import EdgekitError, UsageError
-from .options import Finite, Settings, click_options, grouped_command
+from .options import Finite, Settings, check_applicable, click_options, grouped_command
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -341,8 +341,8 @@ def bench_command(target, json_path, **values) -> None:
 
     console = _console()
     settings = _settings(values)
-    _check_backend_flags(settings)
     cell = command_cell(target, settings)
+    check_applicable(settings, cell.backends)
     launcher = launcher_for(settings)
     with console.status("checking backends" + (f" and {settings['remote']}" if settings["remote"] else "")):
         launcher.check(cell.backends)  # missing runtimes, an unreachable device: before any work
@@ -374,14 +374,6 @@ def bench_command(target, json_path, **values) -> None:
     console.print(f"results: {path}")
     _exit_if_failed(run.run.failed, path)
     _exit_if_budget_missed(artifact, settings)
-
-
-def _check_backend_flags(settings) -> None:
-    backends = set(settings["backends"])
-    if settings["ov_fp16_weights"] and "openvino" not in backends:
-        raise UsageError("--ov-fp16-weights applies to the openvino backend; add --backend openvino")
-    if settings["precision"] and not ({"openvino", "tensorrt"} & backends) and settings["device"] != "tensorrt":
-        raise UsageError("--precision applies to the openvino and tensorrt backends (or onnxruntime with --device tensorrt)")
 
 
 def _exit_if_failed(failed, path) -> None:

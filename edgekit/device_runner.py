@@ -29,32 +29,25 @@ from .core import Artifact, BackendUnavailableError, DataError, EdgekitError, Us
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "edgekit-bundle/1"
-BUNDLE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 RUN_COMMAND = "python3 -m edgekit.device_runner bench"
 PARTIAL_EXIT = 3  # results.json was written, but some backends failed (their rows say why)
-
-# (module to import, what `pip install` brings it) per backend. On Jetson, TensorRT's
-# Python bindings come with JetPack rather than from pip.
-RUNTIME_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnxruntime": (("onnxruntime", "onnxruntime"),),
-    "openvino": (("openvino", "openvino"),),
-    "tensorrt": (("tensorrt", "tensorrt"),),
-}
 BASE_PACKAGES = (("numpy", "numpy"), ("PIL", "pillow"))
 
-# (backend, stage, done, total) -> None, as in pipeline.Progress
+# (backend, stage, done, total) -> None, as in edgekit.session.Progress
 Progress = Callable[[str, str, Optional[int], Optional[int]], None]
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _python() -> str:
     return f"this Python ({sys.executable})"
+
+
+def _importable(module: str) -> bool:
+    """(backends.base has the same check, but importing it imports numpy, which may be the
+    very package that is missing.)"""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def require_packages(needed: tuple[tuple[str, str], ...], what: str) -> None:
@@ -64,10 +57,13 @@ def require_packages(needed: tuple[tuple[str, str], ...], what: str) -> None:
 
 
 def check_runtime(backend: str) -> None:
-    """Fail before any work when a backend's runtime is missing, naming the pip package."""
-    require_packages(RUNTIME_PACKAGES[backend], f"backend {backend}")
-    if backend == "tensorrt" and not (_importable("torch") or _importable("cuda.bindings") or _importable("cuda.cudart")):
-        require_packages((("cuda.bindings", "cuda-python"),), "backend tensorrt (device buffers without torch)")
+    """Fail before any work when a backend's runtime is missing, naming the pip packages
+    (a device has no edgekit install, so no extras)."""
+    from .backends import get_backend
+
+    missing = get_backend(backend).missing_on_device()
+    if missing:
+        raise BackendUnavailableError(f"backend {backend} needs {', '.join(missing)}, which {_python()} cannot import; install with: pip install {' '.join(missing)}")
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -91,9 +87,11 @@ class Bundle:
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise DataError(f"{meta_path}: format {found!r}, this runner reads {BUNDLE_FORMAT!r}")
+        from .backends.base import deployable_backends
+
         for backend in meta.get("backends", []):
-            if backend not in BUNDLE_BACKENDS:
-                raise UsageError(f"{meta_path}: unknown backend {backend!r}; bundles run {', '.join(BUNDLE_BACKENDS)}")
+            if backend not in deployable_backends():
+                raise UsageError(f"{meta_path}: unknown backend {backend!r}; bundles run {', '.join(deployable_backends())}")
         return cls(path=path, meta=meta)
 
     @property

@@ -56,6 +56,7 @@ class Option:
     choices: tuple[str, ...] = ()
     item: str = "text"  # for kind "list": int or text
     short: Optional[str] = None
+    applies_to: tuple[str, ...] = ()  # the backends that read it (empty: all)
 
     @property
     def recipe_path(self) -> Optional[tuple[str, str]]:
@@ -334,10 +335,10 @@ OPTIONS: tuple[Option, ...] = (
     # backend settings
     Option("device", "--device", "text", "backend", "cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.", "cpu", recipe="bench", commands=("bench", "bundle"), on_device=True),
     Option("threads", "--threads", "int", "backend", "Intra-op threads for every backend (default: the runtime's choice).", recipe="bench", commands=_BENCH, on_device=True, minimum=1),
-    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact.", recipe="bench", commands=_BENCH, on_device=True, choices=PRECISIONS),
-    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_BENCH, on_device=True),
-    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_BENCH, on_device=True),
-    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_BENCH, on_device=True),
+    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact (and FP16 ones in ONNX Runtime's TensorRT provider).", recipe="bench", commands=_BENCH, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
+    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_BENCH, on_device=True, applies_to=("openvino",)),
+    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_BENCH, on_device=True, applies_to=("tensorrt",)),
+    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_BENCH, on_device=True, applies_to=("tensorrt",)),
     # remote device
     Option("remote", "--remote", "text", "remote", "Run on another machine over ssh: user@host[:port]. A bundle is copied there and run by its Python; PyTorch runs here, once, for the reference logits.", recipe="bench", commands=_BENCH),
     Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH),
@@ -455,6 +456,13 @@ def check_recipe_value(section: str, key: str, value: Any) -> Optional[str]:
     if option is None or option.check(value):
         return None
     return f"'{key}' must be {option.describe()}, got {value!r}"
+
+
+def check_applicable(settings: Settings, backends: Sequence[str]) -> None:
+    """A backend's own option set while none of its backends runs is a mistake, not a no-op."""
+    for option in OPTIONS:
+        if option.applies_to and settings.given(option.key) and settings[option.key] not in (False, None) and not set(option.applies_to) & set(backends):
+            raise UsageError(f"{option.flag} applies to the {' and '.join(option.applies_to)} backend{'s' if len(option.applies_to) > 1 else ''}; add --backend {option.applies_to[0]}")
 
 
 def parse_list(values: Sequence[str]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from .core import Artifact, BenchResult, UsageError
 from .data import ImageSet
 from .evaluation import BackendParity
-from .options import Settings, runner_argv
+from .options import Settings, check_applicable, runner_argv
 from .session import BASELINE, BenchRequest, BenchRun, bench_request, check_request, has_original, run_session
 from .steps import build_variant, parse_variant, variant_from_settings
 from .steps.export import open_target
@@ -54,6 +54,7 @@ def recipe_cells(recipe) -> tuple[Cell, ...]:
     cells = []
     for model in recipe.models:
         settings = recipe.settings_for(model)
+        check_applicable(settings, recipe.backends)
         for variant in recipe.variants:
             parse_variant(variant)  # an illegal chain fails before any work
             backends = tuple(b for b in recipe.backends if b != BASELINE or variant == "fp32")

@@ -144,7 +144,7 @@ def run_job(job: dict) -> dict:
     eval_batch = EVAL_BATCH if _accepts_batches(compiled) else 1
     logits, skipped, images = _evaluate(session, job, artifact.preprocessing, eval_batch)
 
-    on_gpu = _runs_on_nvidia_gpu(job["backend"], options)
+    on_gpu = backend.uses_nvidia_gpu(options)
     latency = []
     power = []
     if job.get("timing"):
@@ -186,7 +186,7 @@ def run_job(job: dict) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "gpu_memory_mb": _gpu_memory_mb() if on_gpu else None,
         "size_mb": backend.size_mb(compiled),
-        "environment": {**machine_info(), "runtime": _runtime_version(job["backend"])},
+        "environment": {**machine_info(), "runtime": backend.runtime_version()},
         "evaluation_ips": (logits["count"] + len(skipped)) / logits["seconds"] if logits["seconds"] > 0 else None,
         "logits": logits,
         "skipped": [list(s) for s in skipped],
@@ -200,26 +200,9 @@ def _gpu_memory_mb():
     return gpu_memory_mb(pid=os.getpid())
 
 
-def _runs_on_nvidia_gpu(backend: str, options: BackendOptions) -> bool:
-    """Whether NVML's GPU figures describe this run ("auto" skips them for CPU runs)."""
-    return backend == "tensorrt" or str(options.device).lower().startswith(("cuda", "tensorrt"))
-
-
 def _accepts_batches(artifact: Artifact) -> bool:
     shape = artifact.manifest.get("input", {}).get("shape", ["batch"])
     return not isinstance(shape[0], int) or shape[0] != 1
-
-
-def _runtime_version(backend: str) -> str:
-    from importlib import metadata
-
-    dist = {"pytorch": "torch", "onnxruntime": "onnxruntime"}.get(backend, backend)
-    for candidate in (dist, f"{dist}-gpu"):
-        try:
-            return f"{candidate} {metadata.version(candidate)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def spawn(

@@ -309,7 +309,9 @@ def test_worker_records_power_per_batch_size(fake_tegrastats, tmp_path, monkeypa
             time.sleep(0.01)
             return np.zeros((len(batch), 10), np.float32)
 
-    class Backend:
+    from edgekit.backends.base import BackendBase
+
+    class Backend(BackendBase):
         def check_available(self):
             pass
 

@@ -38,9 +38,22 @@ class Session(Protocol):
 class Backend(Protocol):
     name: str
     pip_extra: Optional[str]  # `pip install edgekit[<extra>]` brings the runtime
+    runtime_packages: tuple[tuple[str, str], ...]  # (module to import, pip package) it needs on a device
 
     def check_available(self) -> None:
         """Raise BackendUnavailableError (naming the extra) when the runtime is missing."""
+
+    def missing_on_device(self) -> list[str]:
+        """pip packages this Python lacks to run the backend from a bundle (no edgekit installed)."""
+
+    def uses_nvidia_gpu(self, options: "BackendOptions") -> bool:
+        """Whether NVML's GPU figures (memory, power) describe a run with ``options``."""
+
+    def runtime_version(self) -> str:
+        """'<distribution> <version>' of the runtime that ran, for the results."""
+
+    def prepare_bundle(self, artifact: Artifact) -> None:
+        """What must be made on the host for a device that lacks the tools (e.g. onnx)."""
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         """Build whatever the backend needs next to the artifact; return what ``load`` reads."""
@@ -49,6 +62,43 @@ class Backend(Protocol):
 
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         """Size of what this backend deploys."""
+
+
+class BackendBase:
+    """Defaults for the Backend protocol; a backend module overrides what differs."""
+
+    name = ""
+    pip_extra: Optional[str] = None
+    runtime_packages: tuple[tuple[str, str], ...] = ()
+    distributions: tuple[str, ...] = ()  # pip distributions whose version names the runtime
+
+    def missing_on_device(self) -> list[str]:
+        return [package for module, package in self.runtime_packages if not importable(module)]
+
+    def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
+        return False
+
+    def runtime_version(self) -> str:
+        from importlib import metadata
+
+        for distribution in self.distributions:
+            try:
+                return f"{distribution} {metadata.version(distribution)}"
+            except metadata.PackageNotFoundError:
+                continue
+        return "unknown"
+
+    def prepare_bundle(self, artifact: Artifact) -> None:
+        pass
+
+
+def importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def parse_workspace(text: str) -> int:
@@ -77,6 +127,14 @@ BACKENDS.register("pytorch", "edgekit.backends.pytorch:PyTorchBackend")
 BACKENDS.register("onnxruntime", "edgekit.backends.onnxruntime:OnnxRuntimeBackend")
 BACKENDS.register("openvino", "edgekit.backends.openvino:OpenVinoBackend")
 BACKENDS.register("tensorrt", "edgekit.backends.tensorrt:TensorRTBackend")
+
+
+BASELINE_BACKEND = "pytorch"  # runs where the artifact is made; its logits travel in bundles
+
+
+def deployable_backends() -> tuple[str, ...]:
+    """Backends a bundle can carry to a device: every one but the baseline."""
+    return tuple(name for name in BACKENDS.names() if name != BASELINE_BACKEND)
 
 
 def get_backend(name: str) -> Backend:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format
-from .base import BackendOptions, file_size_mb, require_module
+from .base import BackendBase, BackendOptions, file_size_mb, require_module
 
 
 CPU_LOWERING_VERSION = 3  # bump when int8_cpu_form changes: lowered files are cached by name
@@ -92,9 +92,20 @@ def write_cpu_form(artifact: Artifact, form: str) -> Path:
     return lowered
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
     pip_extra = None  # a core dependency
+    runtime_packages = (("onnxruntime", "onnxruntime"),)
+    distributions = ("onnxruntime", "onnxruntime-gpu")
+
+    def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
+        return str(options.device).lower().startswith(("cuda", "tensorrt"))
+
+    def prepare_bundle(self, artifact: Artifact) -> None:
+        """Both INT8 CPU forms: which one runs depends on the device's CPU, and making them needs onnx."""
+        if numeric_format(artifact.manifest) == "int8":
+            for form in ("u8s8", "u8u8"):
+                write_cpu_form(artifact, form)
 
     def check_available(self) -> None:
         require_module("onnxruntime", self.name, None)

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format, sha256_file
-from .base import BackendOptions, require_module
+from .base import BackendBase, BackendOptions, require_module
 
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
@@ -219,9 +219,16 @@ def _type_name(element_type) -> str:
     return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BackendBase):
     name = "openvino"
     pip_extra = "openvino"
+    runtime_packages = (("openvino", "openvino"),)
+    distributions = ("openvino",)
+
+    def prepare_bundle(self, artifact: Artifact) -> None:
+        """The INT8 CPU form (making it needs onnx); the IR is built on the device."""
+        if numeric_format(artifact.manifest) == "int8":
+            cpu_form(artifact)
 
     def check_available(self) -> None:
         require_module("openvino", self.name, self.pip_extra)

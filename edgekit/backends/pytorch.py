@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError
-from .base import BackendOptions, require_module
+from .base import BackendBase, BackendOptions, require_module
 
 
 class PyTorchSession:
@@ -32,9 +32,13 @@ class PyTorchSession:
         return out.float().cpu().numpy()
 
 
-class PyTorchBackend:
+class PyTorchBackend(BackendBase):
     name = "pytorch"
     pip_extra = None
+    distributions = ("torch",)
+
+    def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
+        return str(options.device).lower().startswith("cuda")
 
     def check_available(self) -> None:
         require_module("torch", self.name, None)

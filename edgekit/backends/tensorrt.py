@@ -17,7 +17,6 @@ instead of failing to deserialize. A timing cache persists beside it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format, sha256_file
-from .base import BackendOptions, parse_workspace, require_module  # noqa: F401 (parse_workspace: kept importable here)
+from .base import BackendBase, BackendOptions, importable, parse_workspace, require_module  # noqa: F401 (parse_workspace: kept importable here)
 
 ENGINE_FOLDER = "tensorrt"
 ENGINE_FORMAT = 1
@@ -340,9 +339,20 @@ class CudaPythonTensorRTSession(TensorRTSession):
         return self._graphs[shape]
 
 
-class TensorRTBackend:
+class TensorRTBackend(BackendBase):
     name = "tensorrt"
     pip_extra = "tensorrt"
+    runtime_packages = (("tensorrt", "tensorrt"),)  # on Jetson, TensorRT's bindings come with JetPack
+    distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")
+
+    def missing_on_device(self) -> list[str]:
+        missing = super().missing_on_device()
+        if not (importable("torch") or importable("cuda.bindings") or importable("cuda.cudart")):
+            missing.append("cuda-python")  # device buffers without torch
+        return missing
+
+    def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
+        return True
 
     def check_available(self) -> None:
         require_module("tensorrt", self.name, self.pip_extra)

@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 
 from ..artifacts import build_artifact_folder
 from ..core import Artifact, UsageError, stable_hash
