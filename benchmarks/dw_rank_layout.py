@@ -24,7 +24,7 @@ from torch import nn
 from edgekit.artifacts import now_iso
 from edgekit.bench import TimingOptions, machine_info, time_session
 from edgekit.export import ExportOptions, torch_export_module
-from edgekit.report import write_json
+from edgekit.results.document import write_json
 from edgekit.transforms.dwsep import convert, is_candidate
 
 RESULTS = Path(__file__).parent / "results"

@@ -33,7 +33,7 @@ from edgekit.bench import machine_info
 from edgekit.data import load_all
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.steps.export import ModelRequest, build_artifact
-from edgekit.report import write_json
+from edgekit.results.document import write_json
 from edgekit.steps.dwsep import dwsep_artifact
 from edgekit.transforms.distill import DistillOptions
 

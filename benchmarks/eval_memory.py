@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from edgekit.bench import machine_info  # noqa: E402
 from edgekit.data import folder_images, imagenet_classes  # noqa: E402
-from edgekit.report import write_json  # noqa: E402
+from edgekit.results.document import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CLASSES = 10

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from edgekit.bench import machine_info  # noqa: E402
 from edgekit.data import DECODE_THREADS, bundled_images, imagenet_classes, make_image_set, folder_images, stream_batches  # noqa: E402
-from edgekit.report import write_json  # noqa: E402
+from edgekit.results.document import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 8

@@ -20,7 +20,7 @@ from edgekit.bench import TimingOptions
 from edgekit.session import BenchRequest, run_bench
 from edgekit.data import ImageRequest
 from edgekit.steps.export import ModelRequest, build_artifact
-from edgekit.report import results_document, write_json
+from edgekit.results.document import results_document, write_json
 
 RESULTS = Path(__file__).parent / "results"
 CASES = [

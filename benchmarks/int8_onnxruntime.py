@@ -31,7 +31,7 @@ from edgekit.core import Artifact  # noqa: E402
 from edgekit.data import load_all  # noqa: E402
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration  # noqa: E402
 from edgekit.steps.export import ModelRequest, build_artifact  # noqa: E402
-from edgekit.report import write_json  # noqa: E402
+from edgekit.results.document import write_json  # noqa: E402
 from edgekit.transforms.qdq_graph import run_logits  # noqa: E402
 from edgekit.transforms.quantize import Budget, QuantizeOptions  # noqa: E402
 from edgekit.steps.int8 import quantize_artifact  # noqa: E402

@@ -34,7 +34,7 @@ from edgekit.data import load_all
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.session import BenchRequest, run_bench
 from edgekit.steps.export import ModelRequest, build_artifact
-from edgekit.report import write_json
+from edgekit.results.document import write_json
 from edgekit.transforms.quantize import Budget, QuantizeOptions
 from edgekit.steps.int8 import quantize_artifact
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import faults  # noqa: E402
 
 from edgekit.bench import machine_info  # noqa: E402
-from edgekit.report import write_json  # noqa: E402
+from edgekit.results.document import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUICK = ("--iterations", "3", "--warmup", "1", "--power", "off")
@@ -359,7 +359,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     t.case("bench stopped with SIGTERM", "edgekit bench TINY (kill -TERM while timing)", "exit 130, its worker stopped, work folder removed", sigterm_bench)
 
     def concurrent_writers():
-        from edgekit.results_io import write_json_atomic
+        from edgekit.results.document import write_json_atomic
 
         target = w / "concurrent.json"
         failures = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .core import MANIFEST_NAME, Artifact, EdgekitError, InvalidModelFileError, sha256_file, write_manifest
-from .staging import make_staging_dir, move_aside, release_staging_dir
+from .files import make_staging_dir, move_aside, release_staging_dir
 
 ARTIFACT_FORMAT = "edgekit-artifact/2"  # 2: sealed manifest
 

@@ -33,7 +33,7 @@ from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, 
 from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND
 from .evaluation import LogitsFile
-from .staging import make_staging_dir, release_staging_dir, work_folder
+from .files import make_staging_dir, release_staging_dir, work_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"

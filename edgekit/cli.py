@@ -92,7 +92,7 @@ def _progress_bar(console):
 def _print_results(results, parity, title: str, count: int) -> None:
     """The result tables on stdout: latency and accuracy, then what applies of throughput
     mode, device time and cross-backend parity."""
-    from .report import device_time_table, has_device_time, parity_table, rich_table, throughput_table
+    from .results.tables import device_time_table, has_device_time, parity_table, rich_table, throughput_table
 
     out = _console(stderr=False)
     out.print(rich_table(results, title))
@@ -336,7 +336,7 @@ def bench_command(target, json_path, **values) -> None:
     their 95% intervals, top-1 drop, agreement and mean KL on the same images.
     """
     from .plan import bench_cell, command_cell, launcher_for
-    from .report import describe_images, results_document, write_results
+    from .results.document import describe_images, results_document, write_results
     from .session import bench_request
 
     console = _console()
@@ -441,7 +441,8 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
     from .plan import bench_cell, launcher_for, recipe_cells, results_for
     from .recipe import load_recipe
-    from .report import results_document, rich_table, write_results
+    from .results.document import results_document, write_results
+    from .results.tables import rich_table
     from .session import bench_request
 
     recipe = load_recipe(recipe_path)
@@ -478,7 +479,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
 
 
 def _load_results(paths) -> list[dict]:
-    from .results_io import load_results_documents
+    from .results.document import load_results_documents
 
     return load_results_documents(paths)
 
@@ -489,7 +490,7 @@ def _load_results(paths) -> list[dict]:
 @click.option("--title", default="edgekit report", show_default=True)
 def report_command(results, out_dir: Path, title: str) -> None:
     """Markdown, CSV and HTML tables and PNG plots from one or more results files."""
-    from .reporting import write_report
+    from .results.site import write_report
 
     written = write_report(_load_results(results), out_dir, title)
     for path in written:
@@ -508,7 +509,7 @@ def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_r
     from rich.table import Table
     from rich.text import Text
 
-    from .gate import check_threshold, compare, parse_percent, status_style, summary_rows, write_junit
+    from .results.gate import check_threshold, compare, parse_percent, status_style, summary_rows, write_junit
 
     max_top1_drop = check_threshold(max_top1_drop, "--max-top1-drop")
     try:

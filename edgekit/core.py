@@ -159,7 +159,7 @@ class Artifact:
     The manifest lists every file of the artifact with its SHA-256 and carries a seal (the
     SHA-256 of everything else in it); ``verify`` checks both. Derived caches beside the
     files (CPU forms, OpenVINO IR, TensorRT engines) carry their own records, see
-    edgekit.staging.
+    edgekit.files.
     """
 
     path: Path
@@ -247,7 +247,7 @@ class Artifact:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Seal and write the manifest atomically; returns it as written."""
-    from .results_io import atomic_write_text
+    from .results.document import atomic_write_text
 
     manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "seal"}, default=str))
     manifest["seal"] = manifest_seal(manifest)

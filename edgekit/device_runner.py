@@ -167,7 +167,7 @@ def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, st
     ``settings`` (edgekit.options.Settings) leave backends, batch sizes and device to the
     bundle's unless given. Returns (results document, bench run)."""
     from .data import evaluation_images
-    from .report import results_document
+    from .results.document import results_document
     from .session import bench_request, run_session
     from .telemetry import check_power_source
 
@@ -280,7 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             document, run = run_bundle(bundle, settings, progress, command)
         finally:
             progress.close()
-        from .report import describe_images, text_table, write_results
+        from .results.document import describe_images, write_results
+        from .results.tables import text_table
 
         reference = "PyTorch FP32 (bundled logits)" if document["bundle"]["reference"] else "labels only (no PyTorch reference for these images)"
         first = run.results[0]

@@ -130,7 +130,7 @@ class SshLauncher:
 
     def bench(self, artifact: Artifact, request: BenchRequest, images: ImageSet, progress: Progress) -> BenchRun:
         from .remote import bench_remote
-        from .results_io import validate_results_document
+        from .results.document import validate_results_document
 
         host = str(self.remote.host)
         document = bench_remote(

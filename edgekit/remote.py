@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from .core import Artifact, BackendUnavailableError, EdgekitError, UsageError
 from .device_runner import BUNDLE_FILE, PARTIAL_EXIT
-from .staging import work_folder
+from .files import work_folder
 
 SSH_OPTS_ENV = "EDGEKIT_SSH_OPTS"  # extra ssh arguments, e.g. "-i ~/.ssh/jetson -J bastion"
 DEFAULT_REMOTE_DIR = "edgekit-bundles"  # relative: under the remote user's home

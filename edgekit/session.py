@@ -24,7 +24,7 @@ from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
 from .evaluation import BackendParity, LogitsFile
 from .judging import judge
 from .options import Settings
-from .staging import work_folder
+from .files import work_folder
 from .worker import WorkerOutput, make_job, spawn, write_views
 
 BASELINE = "pytorch"

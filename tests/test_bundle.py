@@ -92,8 +92,8 @@ def test_bundle_lists_every_file_with_its_hash(bundle_dir, tiny_artifact):
     assert meta["reference"]["shape"] == [7, 1000] and meta["reference"]["backend"] == "pytorch"
     # the runner is edgekit's own torch-free modules, copied; nothing that needs torch
     vendored = {p.relative_to(bundle_dir / "edgekit").as_posix() for p in (bundle_dir / "edgekit").rglob("*.py")}
-    assert {"core.py", "data.py", "bench.py", "report.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
-    assert not {"models.py", "export.py", "pipeline.py", "cli.py", "backends/pytorch.py", "bundle.py"} & vendored
+    assert {"core.py", "data.py", "bench.py", "session.py", "results/tables.py", "results/document.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
+    assert not {"models.py", "export.py", "plan.py", "steps/export.py", "cli.py", "backends/pytorch.py", "bundle.py", "results/site.py"} & vendored
     for name in vendored:
         assert (bundle_dir / "edgekit" / name).read_bytes() == (Path(__file__).parent.parent / "edgekit" / name).read_bytes()
     assert "python3 -m edgekit.device_runner bench" in (bundle_dir / "README.txt").read_text()
@@ -105,7 +105,7 @@ def test_runner_without_torch_reports_like_local_bench(bundle_dir, blocker_dir, 
     from edgekit.core import BenchResult
     from edgekit.session import BenchRequest, run_bench
     from edgekit.data import ImageRequest
-    from edgekit.report import results_document, write_json
+    from edgekit.results.document import results_document, write_json
 
     device_json = tmp_path / "device.json"
     proc = run_runner(bundle_dir, blocker_dir, "bench", "--backend", "onnxruntime", "--iterations", "3", "--warmup", "1", "--batch", "1", "--batch", "2",
@@ -218,9 +218,9 @@ def test_runner_modules_are_found_from_edgekit_imports():
     from edgekit.bundle import runner_modules
 
     modules = set(runner_modules())
-    assert {"", "core", "data", "bench", "report", "worker", "device_runner", "registry", "backends", "backends.base",
-            "backends.int8_cpu_form", "transforms.qdq_graph"} <= modules
-    assert not {"models", "export", "pipeline", "cli", "backends.pytorch", "transforms.quantize"} & modules
+    assert {"", "core", "data", "bench", "session", "results.tables", "results.document", "worker", "device_runner", "registry",
+            "backends", "backends.base", "backends.int8_cpu_form", "transforms.qdq_graph", "options"} <= modules
+    assert not {"models", "export", "plan", "steps", "cli", "backends.pytorch", "transforms.quantize", "results.site"} & modules
 
 
 def test_tensorrt_without_torch_uses_cuda_python(monkeypatch):

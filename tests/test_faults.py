@@ -160,7 +160,7 @@ def test_sigterm_during_bench_stops_the_worker_and_removes_its_work_folder(tiny_
 
 
 def test_stale_staging_of_dead_writers_is_cleaned_live_ones_kept(tmp_path):
-    from edgekit import staging
+    from edgekit import files as staging
 
     live = staging.make_staging_dir(tmp_path, "live")
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

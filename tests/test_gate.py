@@ -12,17 +12,9 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from edgekit.core import AccuracyStats, BenchResult, EdgekitError, LatencyStats, UsageError
-from edgekit.gate import (
-    GateError,
-    check_threshold,
-    compare,
-    parse_percent,
-    status_style,
-    summary_rows,
-    write_junit,
-)
-from edgekit.report import results_document
-from edgekit.results_io import WriteError, load_results_document, write_json_atomic
+from edgekit.results.gate import GateError, check_threshold, compare, parse_percent, status_style, summary_rows, write_junit
+from edgekit.results.document import results_document
+from edgekit.results.document import WriteError, load_results_document, write_json_atomic
 
 MACHINE = {"cpu": "AMD EPYC", "logical_cores": 2, "platform": "Linux-6.18-x86_64"}
 OTHER_MACHINE = {"cpu": "Jetson Orin (ARMv8)", "logical_cores": 6, "platform": "Linux-5.15-aarch64"}

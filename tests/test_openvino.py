@@ -45,7 +45,7 @@ def test_fp16_weight_compression_is_a_separate_smaller_ir(tiny_artifact, images)
 
 
 def test_tampered_ir_is_named_and_half_written_ir_is_rebuilt(tiny_artifact, images):
-    from edgekit.staging import TamperedError
+    from edgekit.files import TamperedError
 
     backend = get_backend("openvino")
     folder = ir_folder(tiny_artifact, compress_fp16=False)

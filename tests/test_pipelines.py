@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from edgekit.gate import compare, parse_percent
+from edgekit.results.gate import compare, parse_percent
 from edgekit.recipe import RecipeError, load_recipe
 
 RECIPE = """\

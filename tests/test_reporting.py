@@ -7,8 +7,8 @@ import csv
 import pytest
 
 from edgekit.core import AccuracyStats, BenchResult, DataError, LatencyStats
-from edgekit.report import results_document
-from edgekit.reporting import pareto_front, write_report
+from edgekit.results.document import results_document
+from edgekit.results.site import pareto_front, write_report
 
 MACHINE = {"cpu": "AMD EPYC", "logical_cores": 2, "os": "Linux 6.18", "machine": "x86_64", "python": "3.11.7"}
 OTHER_MACHINE = {**MACHINE, "cpu": "Intel Xeon", "logical_cores": 8}

@@ -25,23 +25,10 @@ from edgekit.core import (
     PowerStats,
     ThroughputStats,
 )
-from edgekit.report import RESULTS_FORMAT as REPORT_FORMAT
-from edgekit.report import results_document
-from edgekit.results_io import (
-    RESULTS_FORMAT,
-    SavedResults,
-    WriteError,
-    atomic_write_bytes,
-    atomic_write_text,
-    ensure_dir,
-    load_results_document,
-    load_results_documents,
-    normalise_results_document,
-    save_results_or_raise,
-    save_results_safely,
-    validate_results_document,
-    write_json_atomic,
-)
+from edgekit.results.document import RESULTS_FORMAT as REPORT_FORMAT
+from edgekit.results.document import results_document
+from edgekit.results.document import RESULTS_FORMAT, SavedResults, WriteError, atomic_write_text, load_results_document, load_results_documents, normalise_results_document, save_results_or_raise, save_results_safely, validate_results_document, write_json_atomic
+from edgekit.files import atomic_write_bytes, ensure_dir
 
 REPO = Path(__file__).resolve().parent.parent
 MACHINE = {"cpu": "AMD EPYC", "logical_cores": 2, "platform": "Linux-6.18-x86_64", "os": "Linux 6.18", "python": "3.11.7"}
@@ -410,7 +397,7 @@ def test_two_hundred_concurrent_threads(tmp_path):
 WRITER_SCRIPT = """
 import sys
 from pathlib import Path
-from edgekit.results_io import write_json_atomic
+from edgekit.results.document import write_json_atomic
 target, writer, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 sys.stdin.readline()  # start together
 for n in range(count):

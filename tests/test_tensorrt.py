@@ -155,7 +155,7 @@ def test_device_time_is_reported_beside_end_to_end_time():
     from rich.console import Console
 
     from edgekit.core import BenchResult, LatencyStats
-    from edgekit.report import device_time_table, has_device_time
+    from edgekit.results.tables import device_time_table, has_device_time
 
     latency = LatencyStats(batch_size=128, iterations=100, p50_ms=2.4, p90_ms=2.5, p99_ms=2.6, mean_ms=2.45, throughput_ips=128000 / 2.45,
                            compute_p50_ms=1.6, compute_mean_ms=1.6)

@@ -73,9 +73,9 @@ def plain_session(path: Path):
 
 def write_cpu_form(artifact: Artifact, form: str) -> Path:
     """The INT8 QDQ graph lowered for the CPU provider in ``form`` ('u8s8' or 'u8u8', see
-    int8_cpu_form), cached beside the artifact by name and hashed (see edgekit.staging);
+    int8_cpu_form), cached beside the artifact by name and hashed (see edgekit.files);
     a bundle ships both ready-made."""
-    from ..staging import derived_is_current, record_derived, staged_file
+    from ..files import derived_is_current, record_derived, staged_file
 
     lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_LOWERING_VERSION, "form": form}

@@ -62,7 +62,7 @@ def _ir_manifest(source: Path, compress_fp16: bool) -> dict:
 def ir_is_intact(folder: Path, expected: dict) -> bool:
     """The IR was made from this ONNX the same way (False: rebuild it); TamperedError when
     it was, but its files no longer match the hashes recorded when it was written."""
-    from ..staging import TamperedError
+    from ..files import TamperedError
 
     try:
         recorded = json.loads((folder / "ir.json").read_text())
@@ -93,7 +93,7 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
     expected = _ir_manifest(source, compress_fp16)
     if ir_is_intact(folder, expected):
         return folder / "model.xml"
-    from ..staging import make_staging_dir, release_staging_dir
+    from ..files import make_staging_dir, release_staging_dir
 
     staging = make_staging_dir(folder.parent, folder.name)
     try:
@@ -112,8 +112,8 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
 
 def cpu_form(artifact: Artifact) -> Path:
     """The INT8 graph with uint8 activations (non-negative ones at 0..127), cached beside the
-    artifact and hashed (see edgekit.staging)."""
-    from ..staging import derived_is_current, record_derived, staged_file
+    artifact and hashed (see edgekit.files)."""
+    from ..files import derived_is_current, record_derived, staged_file
 
     lowered = artifact.path / f"model.ov-cpu-v{CPU_FORM_VERSION}.onnx"
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION}

@@ -158,7 +158,7 @@ def build_engine(source: Path, folder: Path, spec: EngineSpec, input_name: str, 
         recorded = None
     if engine_path.is_file() and why_rebuild(recorded, current) is None:
         if recorded.get("engine_sha256") != sha256_file(engine_path):
-            from ..staging import TamperedError
+            from ..files import TamperedError
 
             raise TamperedError(f"{engine_path} does not match the SHA-256 edgekit recorded when it built it; delete it to have it rebuilt")
         return engine_path
@@ -185,7 +185,8 @@ def build_engine(source: Path, folder: Path, spec: EngineSpec, input_name: str, 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UsageError(f"TensorRT could not build an engine from {source.name} ({spec.precision})")
-    from ..results_io import atomic_write_bytes, atomic_write_text
+    from ..files import atomic_write_bytes
+    from ..results.document import atomic_write_text
 
     atomic_write_bytes(engine_path, bytes(serialized))  # a half-written engine is never read
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))

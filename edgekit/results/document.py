@@ -1,4 +1,4 @@
-"""Results documents in and out, safely.
+"""The results document: what every run writes and every later tool reads.
 
 Reading: :func:`load_results_document` parses and validates an ``edgekit-results/1``
 document and raises :class:`~edgekit.core.DataError` with one line naming the file and the
@@ -10,12 +10,11 @@ documents still load. :func:`normalise_results_document` returns a copy that tod
 power entries dropped, nulls of list fields made empty, fields a failed row may lack
 filled in).
 
-Writing: :func:`atomic_write_bytes`, :func:`atomic_write_text` and :func:`write_json_atomic`
-write through a unique temporary file in the target's folder (fsync, then ``os.replace``),
-so concurrent writers never clash, a reader never sees half a file, and a failed write
-leaves the old file as it was and no temporary file behind. An ``OSError`` becomes one
-:class:`WriteError` line naming the path and the reason. :func:`save_results_safely`
-keeps measured results when the requested place cannot take them.
+Writing: :func:`results_document` builds a document from results rows (each row carries
+the host and run it came from in its environment); :func:`write_json` writes one
+atomically (edgekit.files), and :func:`write_results` keeps measured results when the
+requested place cannot take them (a full or read-only disk): they go to a fallback file
+and the error says where. Non-finite numbers are written as null.
 
 Standard library only (no torch, no numpy): the CLI, the gate and the on-device runner
 may all import it.
@@ -33,27 +32,28 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
-from .core import AccuracyStats, DataError, EdgekitError, LatencyStats, PowerStats, ThroughputStats
+from ..core import AccuracyStats, BenchResult, DataError, EdgekitError, LatencyStats, PowerStats, ThroughputStats
+from ..files import WriteError, atomic_write_text, write_error_reason
 
-RESULTS_FORMAT = "edgekit-results/1"  # the same string as edgekit.report.RESULTS_FORMAT
+RESULTS_FORMAT = "edgekit-results/1"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
     "RESULTS_FORMAT",
-    "WriteError",
     "SavedResults",
+    "describe_images",
+    "dumps_results",
     "load_results_document",
     "load_results_documents",
-    "validate_results_document",
     "normalise_results_document",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "write_json_atomic",
-    "dumps_results",
-    "save_results_safely",
+    "results_document",
     "save_results_or_raise",
-    "ensure_dir",
+    "save_results_safely",
+    "validate_results_document",
+    "write_json",
+    "write_json_atomic",
+    "write_results",
 ]
 
 
@@ -484,110 +484,6 @@ def normalise_results_document(document: dict[str, Any]) -> dict[str, Any]:
 # =========================================================================== writing
 
 
-class WriteError(EdgekitError):
-    """A file that could not be written: one line naming the path and the reason."""
-
-    def __init__(self, path: PathLike, reason: str, errno: Optional[int] = None, message: Optional[str] = None):
-        self.path = Path(path)
-        self.reason = reason
-        self.errno = errno
-        super().__init__(message or f"cannot write {os.fspath(path)}: {reason}")
-
-
-def _reason(e: OSError) -> str:
-    return e.strerror or str(e) or type(e).__name__
-
-
-_umask_cache: Optional[int] = None
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (no race with threads)."""
-    global _umask_cache
-    if _umask_cache is None:
-        try:
-            with open("/proc/self/status") as f:
-                line = next(l for l in f if l.startswith("Umask:"))
-            _umask_cache = int(line.split()[1], 8)
-        except (OSError, StopIteration, ValueError, IndexError):
-            current = os.umask(0o022)
-            os.umask(current)
-            _umask_cache = current
-    return _umask_cache
-
-
-def _target_mode(path: Path) -> int:
-    """The mode a plain write would give: the old file's, else 0666 less the umask (mkstemp makes 0600)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows; a failure here loses nothing."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all or nothing; return ``Path(path)``.
-
-    Creates missing parent folders; writes a unique temporary file beside the target
-    (``tempfile.mkstemp``), fsyncs it, gives it the mode the file would have had, then
-    ``os.replace``s it over the target. On any OSError (read-only folder, full disk, no
-    permission, a folder in the way) the temporary file is removed, the old file stays as
-    it was, and :class:`WriteError` (an EdgekitError, exit 1) says
-    ``cannot write PATH: REASON``. An interrupt (Ctrl-C) also removes the temporary file.
-    """
-    path = Path(path)
-    tmp: Optional[str] = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
-        try:
-            f = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            raise
-        with f:
-            f.write(data)
-            f.flush()
-            mode = _target_mode(path)
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        if not hasattr(os, "fchmod"):
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise WriteError(path, _reason(e), e.errno) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """:func:`atomic_write_bytes` for text; newlines are written as given (no translation)."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
 def _finite(value: Any) -> Any:
     """NaN and infinities become null: JSON has no such numbers and the loader refuses them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -611,16 +507,6 @@ def write_json_atomic(document: dict[str, Any], path: PathLike) -> Path:
     and leaves no file behind.
     """
     return atomic_write_text(path, dumps_results(document))
-
-
-def ensure_dir(path: PathLike) -> Path:
-    """``mkdir -p`` with the one-line WriteError instead of a traceback."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(path, _reason(e), e.errno) from None
-    return path
 
 
 # --------------------------------------------------------------------------- results that must not be lost
@@ -692,7 +578,7 @@ def save_results_safely(
         except WriteError as e:
             tried.append(f"{folder}: {e.reason}")
         except OSError as e:  # resolve() on an unreadable folder
-            tried.append(f"{folder}: {_reason(e)}")
+            tried.append(f"{folder}: {write_error_reason(e)}")
     detail = f"; no fallback location could take them either ({'; '.join(tried)})" if tried else "; no fallback location to try"
     raise WriteError(path, failure.reason, failure.errno, f"cannot write results to {path} ({failure.reason}){detail}")
 
@@ -705,3 +591,56 @@ def save_results_or_raise(document: dict[str, Any], path: PathLike, fallback_dir
     if reason is not None:
         raise WriteError(path, reason, None, f"cannot write results to {path} ({reason}); they were saved to {saved}")
     return saved
+
+
+# --------------------------------------------------------------------------- building one
+
+
+def results_document(
+    results: Sequence[BenchResult],
+    *,
+    artifact: Optional[dict[str, Any]] = None,
+    images: Optional[dict[str, Any]] = None,
+    command: Optional[str] = None,
+    parity: Optional[list[dict[str, Any]]] = None,
+    extra: Optional[dict[str, Any]] = None,
+    machine: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    machine = machine or (results[0].environment if results else {})
+    return {
+        "format": RESULTS_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": {k: v for k, v in machine.items() if k != "runtime"},
+        "artifact": artifact,
+        "images": images,
+        "results": [r.to_dict() for r in results],
+        "parity": parity or [],
+        **(extra or {}),
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> Path:
+    """Atomically, through a temporary file of its own: concurrent writers never clash and
+    a failed write leaves nothing behind (one-line EdgekitError naming the path)."""
+    return write_json_atomic(document, Path(path))
+
+
+def write_results(document: dict[str, Any], path: Path) -> Path:
+    """Measured results must not be lost: when ``path`` cannot be written (full or
+    read-only disk), they go to a fallback file and the error says where."""
+    written, reason = save_results_safely(document, Path(path))
+    if reason is not None:
+        raise EdgekitError(f"cannot write results to {path} ({reason}); they were saved to {written}")
+    return written
+
+
+def describe_images(images: dict[str, Any]) -> str:
+    """'bundled photos (7) x 11 even views: 77 images evaluated (1 file skipped, unreadable)'."""
+    evaluated = images.get("images_evaluated", images.get("count"))
+    text = f"{images.get('description')}: {evaluated} images evaluated"
+    skipped = images.get("images_skipped") or 0
+    if skipped:
+        files = images.get("files_skipped", len(images.get("skipped_files") or ()))
+        text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
+    return text

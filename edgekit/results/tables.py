@@ -1,68 +1,10 @@
-"""Results out: the JSON file every later tool reads, and tables for people."""
+"""Results as tables for people: plain text (the on-device runner), Markdown, rich."""
 
 from __future__ import annotations
 
-import datetime as _dt
-from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-from .core import AccuracyStats, BenchResult, EdgekitError
-
-RESULTS_FORMAT = "edgekit-results/1"
-
-
-def results_document(
-    results: Sequence[BenchResult],
-    *,
-    artifact: Optional[dict[str, Any]] = None,
-    images: Optional[dict[str, Any]] = None,
-    command: Optional[str] = None,
-    parity: Optional[list[dict[str, Any]]] = None,
-    extra: Optional[dict[str, Any]] = None,
-    machine: Optional[dict[str, Any]] = None,
-) -> dict[str, Any]:
-    machine = machine or (results[0].environment if results else {})
-    return {
-        "format": RESULTS_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": {k: v for k, v in machine.items() if k != "runtime"},
-        "artifact": artifact,
-        "images": images,
-        "results": [r.to_dict() for r in results],
-        "parity": parity or [],
-        **(extra or {}),
-    }
-
-
-def write_json(document: dict[str, Any], path: Path) -> Path:
-    """Atomically, through a temporary file of its own: concurrent writers never clash and
-    a failed write leaves nothing behind (one-line EdgekitError naming the path)."""
-    from .results_io import write_json_atomic
-
-    return write_json_atomic(document, Path(path))
-
-
-def write_results(document: dict[str, Any], path: Path) -> Path:
-    """Measured results must not be lost: when ``path`` cannot be written (full or
-    read-only disk), they go to a fallback file and the error says where."""
-    from .results_io import save_results_safely
-
-    written, reason = save_results_safely(document, Path(path))
-    if reason is not None:
-        raise EdgekitError(f"cannot write results to {path} ({reason}); they were saved to {written}")
-    return written
-
-
-def describe_images(images: dict[str, Any]) -> str:
-    """'bundled photos (7) x 11 even views: 77 images evaluated (1 file skipped, unreadable)'."""
-    evaluated = images.get("images_evaluated", images.get("count"))
-    text = f"{images.get('description')}: {evaluated} images evaluated"
-    skipped = images.get("images_skipped") or 0
-    if skipped:
-        files = images.get("files_skipped", len(images.get("skipped_files") or ()))
-        text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
-    return text
+from ..core import AccuracyStats, BenchResult
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:

@@ -1,17 +1,16 @@
-"""Writes that are all or nothing, and the leftovers of writers that died.
+"""Writing files so that nothing is ever half-written, and cleaning up after writers that died.
 
-Everything edgekit builds (artifact folders, derived caches, bundles, bench work folders)
-is written inside a staging folder named ``.tmp-...`` that holds a small file naming its
-writer (host, boot, process id and start time), then renamed into place. A writer killed
-with SIGKILL or a power cut leaves its staging folder behind; the next run removes the
-staging folders whose writer is provably dead (same host and boot, no such process, or
-the process id reused by another), and leaves a live writer's alone.
-
-Derived caches (ONNX Runtime and OpenVINO CPU forms, OpenVINO IR, TensorRT engines) are
-hashed when written: ``<file>.edgekit.json`` records the file's SHA-256, what it was made
-from and by which version of the code. A cache whose record no longer fits its source is
-rebuilt; a cache whose bytes no longer match its own record was changed by someone else,
-and that is an error naming the file.
+* ``atomic_write_bytes`` / ``atomic_write_text``: a unique temporary file beside the
+  target, fsync, then ``os.replace``; concurrent writers never clash, a failed write
+  leaves the old file as it was, and an OSError is one ``WriteError`` line naming the path.
+* Staging folders: everything edgekit builds (artifact folders, derived caches, bundles,
+  bench work folders) is written inside a ``.tmp-...`` folder that names its writer
+  (host, boot, process id and start time), then renamed into place. The next run removes
+  staging folders whose writer is provably dead and leaves a live writer's alone.
+* Derived caches (ONNX Runtime and OpenVINO CPU forms, OpenVINO IR, TensorRT engines) are
+  hashed when written: ``<file>.edgekit.json`` records the file's SHA-256, what it was
+  made from and by which version of the code. One made from something else is rebuilt;
+  one whose bytes changed since is an error naming the file.
 
 Standard library only: the on-device runner imports it.
 """
@@ -26,9 +25,11 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 from .core import EdgekitError, sha256_file
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 STAGING_PREFIX = ".tmp-"
 OWNER_FILE = ".edgekit-writer.json"
@@ -184,8 +185,6 @@ def record_path(file: Path) -> Path:
 
 def record_derived(file: Path, made_from: dict[str, Any]) -> None:
     """Hash ``file`` (just written) and record it with what it was made from."""
-    from .results_io import atomic_write_text
-
     record = {"sha256": sha256_file(file), "made_from": made_from}
     atomic_write_text(record_path(file), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -208,3 +207,120 @@ def derived_is_current(file: Path, made_from: dict[str, Any]) -> bool:
             f"Delete it (and {record_path(file).name}) to have it rebuilt"
         )
     return True
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+class WriteError(EdgekitError):
+    """A file that could not be written: one line naming the path and the reason."""
+
+    def __init__(self, path: PathLike, reason: str, errno: Optional[int] = None, message: Optional[str] = None):
+        self.path = Path(path)
+        self.reason = reason
+        self.errno = errno
+        super().__init__(message or f"cannot write {os.fspath(path)}: {reason}")
+
+
+def write_error_reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+_umask_cache: Optional[int] = None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (no race with threads)."""
+    global _umask_cache
+    if _umask_cache is None:
+        try:
+            with open("/proc/self/status") as f:
+                line = next(l for l in f if l.startswith("Umask:"))
+            _umask_cache = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            current = os.umask(0o022)
+            os.umask(current)
+            _umask_cache = current
+    return _umask_cache
+
+
+def _target_mode(path: Path) -> int:
+    """The mode a plain write would give: the old file's, else 0666 less the umask (mkstemp makes 0600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows; a failure here loses nothing."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing; return ``Path(path)``.
+
+    Creates missing parent folders; writes a unique temporary file beside the target
+    (``tempfile.mkstemp``), fsyncs it, gives it the mode the file would have had, then
+    ``os.replace``s it over the target. On any OSError (read-only folder, full disk, no
+    permission, a folder in the way) the temporary file is removed, the old file stays as
+    it was, and :class:`WriteError` (an EdgekitError, exit 1) says
+    ``cannot write PATH: REASON``. An interrupt (Ctrl-C) also removes the temporary file.
+    """
+    path = Path(path)
+    tmp: Optional[str] = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            f.write(data)
+            f.flush()
+            mode = _target_mode(path)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        if not hasattr(os, "fchmod"):
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise WriteError(path, write_error_reason(e), e.errno) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` for text; newlines are written as given (no translation)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def ensure_dir(path: PathLike) -> Path:
+    """``mkdir -p`` with the one-line WriteError instead of a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(path, write_error_reason(e), e.errno) from None
+    return path

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .core import EdgekitError, UsageError
+from ..core import EdgekitError, UsageError
 
 CellKey = tuple[str, str, str, int]  # model, variant, backend, batch
 
@@ -359,7 +359,7 @@ def _latency(
 
 def write_junit(report: GateReport, path: Path) -> Path:
     """JUnit XML, written atomically (one-line WriteError, exit 1, when it cannot be)."""
-    from .results_io import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     suite = ET.Element("testsuite", name="edgekit check", tests=str(len(report.findings)))
     failures = 0

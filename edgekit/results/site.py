@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .core import BenchResult, DataError, LatencyStats
-from .report import RESULTS_FORMAT, markdown_table, result_rows, table_columns, table_notes
-from .results_io import atomic_write_bytes, atomic_write_text, ensure_dir
+from ..core import BenchResult, DataError, LatencyStats
+from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
+from .document import RESULTS_FORMAT
+from .tables import markdown_table, result_rows, table_columns, table_notes
 
 BASELINE_BACKEND = "pytorch"
 # Every row of a bench run is labelled with the artifact's variant, the PyTorch original
