@@ -22,8 +22,8 @@ import torchvision
 from torch import nn
 
 from edgekit.artifacts import now_iso
-from edgekit.bench import TimingOptions, machine_info, time_session
-from edgekit.export import ExportOptions, torch_export_module
+from edgekit.timing import TimingOptions, machine_info, time_session
+from edgekit.onnx_export import ExportOptions, torch_export_module
 from edgekit.results.document import write_json
 from edgekit.transforms.dwsep import convert, is_candidate
 

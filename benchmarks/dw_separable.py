@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from structural_common import fidelity, interleaved_p50, pytorch_reference
 
 from edgekit.artifacts import now_iso
-from edgekit.bench import machine_info
+from edgekit.timing import machine_info
 from edgekit.data import load_all
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.steps.export import ModelRequest, build_artifact
@@ -58,9 +58,9 @@ def per_layer_tradeoff(fp32, steps: int = 6, rounds: int = 3) -> dict:
     import torch
 
     from edgekit.backends.onnxruntime import plain_session
-    from edgekit.bench import TimingOptions, time_session
+    from edgekit.timing import TimingOptions, time_session
     from edgekit.evaluation import mean_kl
-    from edgekit.export import ExportOptions, torch_export_module
+    from edgekit.onnx_export import ExportOptions, torch_export_module
     from edgekit.models import load_from_manifest
     from edgekit.transforms.dwsep import convert, layer_table, rank_by_saving_per_error
 

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgekit.bench import machine_info  # noqa: E402
+from edgekit.timing import machine_info  # noqa: E402
 from edgekit.data import folder_images, imagenet_classes  # noqa: E402
 from edgekit.results.document import write_json  # noqa: E402
 
@@ -67,7 +67,7 @@ def make_jpegs(root: Path, count: int, flat: bool = False, side: int = 96, seed:
 
 LAUNCHER = (
     "import atexit, sys\n"
-    "from edgekit.bench import peak_rss_mb\n"
+    "from edgekit.timing import peak_rss_mb\n"
     "atexit.register(lambda: sys.stderr.write(f'EDGEKIT_PEAK_RSS_MB={peak_rss_mb():.1f}\\n'))\n"
     "from edgekit.cli import main\n"
     "sys.argv[0] = 'edgekit'\n"

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgekit.bench import machine_info  # noqa: E402
+from edgekit.timing import machine_info  # noqa: E402
 from edgekit.data import DECODE_THREADS, bundled_images, imagenet_classes, make_image_set, folder_images, stream_batches  # noqa: E402
 from edgekit.results.document import write_json  # noqa: E402
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgekit.bench import TimingOptions
+from edgekit.timing import TimingOptions
 from edgekit.session import BenchRequest, run_bench
 from edgekit.data import ImageRequest
 from edgekit.steps.export import ModelRequest, build_artifact

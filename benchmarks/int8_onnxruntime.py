@@ -25,7 +25,7 @@ from baseline_quantizers import nncf_default_int8, ort_default_int8  # noqa: E40
 
 from edgekit.artifacts import now_iso  # noqa: E402
 from edgekit.backends import BackendOptions, get_backend  # noqa: E402
-from edgekit.bench import TimingOptions, machine_info, time_session  # noqa: E402
+from edgekit.timing import TimingOptions, machine_info, time_session  # noqa: E402
 from edgekit.evaluation import compare_to_baseline  # noqa: E402
 from edgekit.core import Artifact  # noqa: E402
 from edgekit.data import load_all  # noqa: E402

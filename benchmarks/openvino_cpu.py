@@ -29,7 +29,7 @@ from rich.console import Console
 
 from edgekit.artifacts import now_iso
 from edgekit.backends import BackendOptions, get_backend
-from edgekit.bench import TimingOptions, machine_info, time_session
+from edgekit.timing import TimingOptions, machine_info, time_session
 from edgekit.data import load_all
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.session import BenchRequest, run_bench

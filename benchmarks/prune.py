@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from structural_common import fidelity, interleaved_p50, pytorch_reference
 
 from edgekit.artifacts import now_iso
-from edgekit.bench import machine_info
+from edgekit.timing import machine_info
 from edgekit.data import load_all
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.steps.export import ModelRequest, build_artifact

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import faults  # noqa: E402
 
-from edgekit.bench import machine_info  # noqa: E402
+from edgekit.timing import machine_info  # noqa: E402
 from edgekit.results.document import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

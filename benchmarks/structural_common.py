@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 
 from edgekit.backends import BackendOptions, get_backend
-from edgekit.bench import TimingOptions, time_session
+from edgekit.timing import TimingOptions, time_session
 from edgekit.evaluation import compare_to_baseline
 from edgekit.core import Artifact
 

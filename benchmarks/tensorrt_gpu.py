@@ -31,7 +31,7 @@ from edgekit.artifacts import now_iso
 from edgekit.backends import BackendOptions, get_backend
 from edgekit.backends.tensorrt import ENGINE_FOLDER
 from edgekit.backends.trtexec import find_trtexec, run_trtexec
-from edgekit.bench import TimingOptions, machine_info
+from edgekit.timing import TimingOptions, machine_info
 from edgekit.core import EdgekitError
 from edgekit.data import HELD_OUT_EVALUATION, default_calibration
 from edgekit.session import BenchRequest, run_bench

@@ -42,7 +42,7 @@ BACKENDS = ("onnxruntime", "openvino")
 def sweep_one(name: str) -> dict:
     """Export, quantize and run one model; raises on the first failure."""
     from edgekit.backends import BackendOptions
-    from edgekit.bench import TimingOptions
+    from edgekit.timing import TimingOptions
     from edgekit.data import ODD_VIEWS
     from edgekit.session import BenchRequest, run_bench
     from edgekit.data import ImageRequest
@@ -101,7 +101,7 @@ def main() -> int:
         return 0
 
     from edgekit.artifacts import now_iso
-    from edgekit.bench import machine_info
+    from edgekit.timing import machine_info
 
     families = [f for f in FAMILIES if not args.only or f[1] in args.only]
     created = now_iso()

@@ -15,13 +15,18 @@ from typing import Optional
 import click
 
 from .core import EdgekitError, UsageError
-from .options import Finite, Settings, check_applicable, click_options, grouped_command
+from .options import Finite, Settings, click_options, grouped_command
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"warning: {message}\n"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, whoever had taken warnings over (a test runner)."""
+    click.echo(_one_line_warning(message, category, filename, lineno).rstrip("\n"), err=True)
 
 
 class EdgekitGroup(click.Group):
@@ -51,6 +56,7 @@ class EdgekitGroup(click.Group):
         import signal
 
         warnings.formatwarning = _one_line_warning
+        warnings.showwarning = _show_warning
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up like Ctrl-C
         try:
             return super().invoke(ctx)
@@ -77,51 +83,105 @@ def _console(stderr: bool = True):
     return console if console.is_terminal else Console(stderr=stderr, width=200, markup=False)
 
 
-def _progress_bar(console):
-    """A transient progress display with rate and time left (markup off: stage texts hold
-    model keys in brackets)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class _Bars:
+    """Progress on a terminal: one transient bar per label, with its rate and time left; a
+    new stage restarts both (images/s while evaluating, runs/s while timing)."""
 
-    rate = TextColumn("{task.fields[rate]}", markup=False)
-    return Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
-        console=console, transient=True,
-    )
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        rate = TextColumn("{task.fields[rate]}", markup=False)
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._tasks: dict[str, object] = {}
+        self._stages: dict[str, str] = {}
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def __call__(self, label: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
+        progress, description = self._progress, f"{label}: {stage}"
+        if label not in self._tasks:
+            self._tasks[label] = progress.add_task(description, total=total, rate="")
+        elif self._stages.get(label) != stage:
+            progress.reset(self._tasks[label], total=total, completed=done or 0, description=description, rate="")
+        self._stages[label] = stage
+        task = self._tasks[label]
+        progress.update(task, description=description, total=total, completed=done or 0)
+        speed = next((t.speed for t in progress.tasks if t.id == task), None)
+        progress.update(task, rate=f"{speed:.1f} {'images/s' if stage == 'accuracy' else '/s'}" if speed else "")
+
+
+class _Lines:
+    """Progress into a log (output is not a terminal): a line when a stage starts, then one
+    every LOG_INTERVAL_S with the count, the rate and the time left, and one when it ends."""
+
+    LOG_INTERVAL_S = 10.0
+
+    def __init__(self, console):
+        self._console = console
+        self._state: dict[str, tuple[str, float, float]] = {}  # label -> (stage, started, last line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __call__(self, label: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
+        import time
+
+        now = time.monotonic()
+        current = self._state.get(label)
+        if current is None or current[0] != stage:
+            self._state[label] = (stage, now, now)
+            self._console.print(f"{label}: {stage}" + (f" 0/{total}" if total else ""))
+            return
+        _, started, last = current
+        finished = total is not None and done is not None and done >= total
+        if not total or done is None or (now - last < self.LOG_INTERVAL_S and not finished):
+            return
+        self._state[label] = (stage, started, now)
+        elapsed = max(now - started, 1e-9)
+        rate = done / elapsed
+        line = f"{label}: {stage} {done}/{total}, {rate:.1f}/s"
+        line += f", done in {elapsed:.0f} s" if finished else f", ETA {_duration((total - done) / rate) if rate > 0 else '?'}"
+        self._console.print(line)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _progress(console):
+    """A progress reporter (label, stage, done, total): bars on a terminal, plain lines in a log."""
+    return _Bars(console) if console.is_terminal else _Lines(console)
 
 
 def _print_results(results, parity, title: str, count: int) -> None:
     """The result tables on stdout: latency and accuracy, then what applies of throughput
     mode, device time and cross-backend parity."""
-    from .results.tables import device_time_table, has_device_time, parity_table, rich_table, throughput_table
+    from .results.tables import device_time_table, has_device_time, parity_table, rich_table, screen_notes, throughput_table
 
     out = _console(stderr=False)
-    out.print(rich_table(results, title))
+    out.print(title)
+    out.print(rich_table(results))
+    for note in screen_notes(results):
+        out.print(note)
     if any(r.throughput for r in results):
         out.print(throughput_table(results))
     if has_device_time(results):
         out.print(device_time_table(results))
     if len(parity) > 1:
         out.print(parity_table(parity, f"cross-backend parity on the same {count} images"))
-
-
-def _progress_reporter(progress, tasks: dict):
-    """(backend, stage, done, total) -> one line per backend; a new stage restarts its
-    rate (images/s while evaluating, runs/s while timing) and time left."""
-    stages: dict[str, str] = {}
-
-    def report(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
-        description = f"{backend}: {stage}"
-        if backend not in tasks:
-            tasks[backend] = progress.add_task(description, total=total, rate="")
-        elif stages.get(backend) != stage:
-            progress.reset(tasks[backend], total=total, completed=done or 0, description=description, rate="")
-        stages[backend] = stage
-        progress.update(tasks[backend], description=description, total=total, completed=done or 0)
-        speed = next((t.speed for t in progress.tasks if t.id == tasks[backend]), None)
-        unit = "images/s" if stage == "accuracy" else "/s"
-        progress.update(tasks[backend], rate=f"{speed:.1f} {unit}" if speed else "")
-
-    return report
 
 
 # --------------------------------------------------------------------------- models
@@ -179,20 +239,6 @@ def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool)
 
 def _settings(values: dict) -> Settings:
     return Settings(values)
-
-
-def _build_cell(cell, console, progress_label: str = "build"):
-    """Export (or open) and run the cell's steps, describing each artifact on the way."""
-    from .plan import build
-
-    with _progress_bar(console) as progress:
-        report = _progress_reporter(progress, {})
-        artifact, reused = build(
-            cell, lambda stage, done, total: report(progress_label, stage, done, total),
-            announce=lambda parent, parent_reused: _announce(parent, parent_reused, console),
-        )
-    _announce(artifact, reused, console)
-    return artifact, reused
 
 
 def _announce(artifact, reused: bool, console) -> None:
@@ -291,14 +337,15 @@ def _describe_artifact(artifact, reused: bool, console) -> None:
 def export_command(model, **values) -> None:
     """Export MODEL to an ONNX artifact under exported/ (reused when identical), with the
     variant its flags ask for (--int8, --fp16, --prune, --dw-separable)."""
-    from .plan import command_cell
+    from . import api
 
     console = _console()
-    settings = _settings(values)
-    artifact, _ = _build_cell(command_cell(model, settings, backends=()), console)
+    with _progress(console) as report:
+        artifact = api.export(model, progress=lambda stage, done, total: report("build", stage, done, total),
+                              announce=lambda built, reused: _announce(built, reused, console), **values)
     _print_quantization(artifact, console)
     click.echo(str(artifact.path))
-    _exit_if_budget_missed(artifact, settings)
+    _exit_if_budget_missed(artifact, _settings(values))
 
 
 def _exit_if_budget_missed(artifact, settings) -> None:
@@ -335,24 +382,15 @@ def bench_command(target, json_path, **values) -> None:
     PyTorch original: latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 with
     their 95% intervals, top-1 drop, agreement and mean KL on the same images.
     """
-    from .plan import bench_cell, command_cell, launcher_for
+    from . import api
+    from .remote import RemoteHost
     from .results.document import describe_images, results_document, write_results
-    from .session import bench_request
 
     console = _console()
     settings = _settings(values)
-    cell = command_cell(target, settings)
-    check_applicable(settings, cell.backends)
-    launcher = launcher_for(settings)
-    with console.status("checking backends" + (f" and {settings['remote']}" if settings["remote"] else "")):
-        launcher.check(cell.backends)  # missing runtimes, an unreachable device: before any work
-    if getattr(launcher, "python_version", None):
-        console.print(f"{settings['remote']}: reachable, Python {launcher.python_version}")
-    bench_request(settings).images.resolve()  # a bad image folder fails before any export work
-    with _progress_bar(console) as progress:
-        run = bench_cell(cell, launcher, _progress_reporter(progress, {}), announce=lambda parent, reused: _announce(parent, reused, console))
+    with _progress(console) as report:
+        run = api.bench(target, progress=report, announce=lambda built, reused: _announce(built, reused, console), **values)
     artifact = run.artifact
-    _announce(artifact, run.reused, console)
     _print_quantization(artifact, console, top=5)
     if run.note and "no PyTorch original" in run.note:
         console.print(f"note: {run.note}")
@@ -369,7 +407,7 @@ def bench_command(target, json_path, **values) -> None:
         extra=run.run.extra,
         machine=run.run.machine,
     )
-    default = artifact.path / (f"results-{launcher.remote.host.host}.json" if settings["remote"] else "results.json")
+    default = artifact.path / (f"results-{RemoteHost.parse(settings['remote']).host}.json" if settings["remote"] else "results.json")
     path = write_results(document, json_path or default)
     console.print(f"results: {path}")
     _exit_if_failed(run.run.failed, path)
@@ -410,18 +448,18 @@ def bundle_command(target, bundle_dir, **values) -> None:
     """
     from .bundle import check_backends, make_bundle
     from .device_runner import RUN_COMMAND
-    from .plan import command_cell
     from .session import bench_request
 
     console = _console()
     settings = _settings(values)
-    if not settings.given("backends"):
-        raise UsageError("name the device's backend(s): --backend onnxruntime, openvino or tensorrt")
     names = check_backends(settings["backends"])
     image_set = bench_request(settings).images.resolve()  # a bad image folder fails before any export work
-    artifact, _ = _build_cell(command_cell(target, settings, backends=names), console)
-    with _progress_bar(console) as progress:
-        report = _progress_reporter(progress, {})
+    from . import api
+
+    with _progress(console) as report:
+        artifact = api.export(target, progress=lambda stage, done, total: report("build", stage, done, total),
+                              announce=lambda built, reused: _announce(built, reused, console), **values)
+    with _progress(console) as report:
         folder = make_bundle(
             artifact, names, image_set, bundle_dir, device=settings["device"], batch_sizes=settings["batch"],
             progress=lambda stage, done, total: report("bundle", stage, done, total),
@@ -441,8 +479,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
     from .plan import bench_cell, launcher_for, recipe_cells, results_for
     from .recipe import load_recipe
-    from .results.document import results_document, write_results
-    from .results.tables import rich_table
+    from .results.document import describe_images, results_document, write_results
     from .session import bench_request
 
     recipe = load_recipe(recipe_path)
@@ -457,12 +494,12 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     for cell in cells:
         bench_request(cell.settings).images.resolve()  # every cell's images, before any work
     runs = []
-    with _progress_bar(console) as progress:
-        report = _progress_reporter(progress, {})
+    with _progress(console) as report:
         for cell in cells:
             runs.append(bench_cell(cell, launcher, report))
     results, parity = results_for(runs)
-    _console(stderr=False).print(rich_table(results, f"recipe {recipe.name}"))
+    for r in runs:  # one table per cell: model and variant in its title, the rows fit 80 columns
+        _print_results(r.run.results, r.run.parity, f"{r.cell.label} [{r.artifact.key}] on {describe_images(r.run.image_summary)}", r.run.evaluated)
     notes = [r.note for r in runs if r.note]
     for note in notes:
         console.print(f"note: {note}")

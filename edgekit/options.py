@@ -57,6 +57,7 @@ class Option:
     item: str = "text"  # for kind "list": int or text
     short: Optional[str] = None
     applies_to: tuple[str, ...] = ()  # the backends that read it (empty: all)
+    required_in: tuple[str, ...] = ()  # commands where it has no default and must be given
 
     @property
     def recipe_path(self) -> Optional[tuple[str, str]]:
@@ -102,7 +103,7 @@ class Option:
 
     # ------------------------------------------------------------------ generated interfaces
 
-    def click_option(self):
+    def click_option(self, command: str = ""):
         import click
 
         decls = [d for d in (self.short, self.flag) if d]
@@ -115,6 +116,8 @@ class Option:
             kwargs.update(default=bool(self.default), show_default=True)
         elif self.kind == "list":
             kwargs.update(multiple=True, default=tuple(self.default or ()), show_default=bool(self.default), type=int if self.item == "int" else str)
+            if command in self.required_in:
+                kwargs.update(required=True, default=(), show_default=False)
         else:
             kwargs.update(type=self._click_type(), default=self.default, show_default=self.default is not None)
         return click.option(*decls, self.key, **kwargs)
@@ -324,7 +327,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle"), minimum=1),
     Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle"), minimum=1),
     # benchmark
-    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle"), on_device=True),
+    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle"), on_device=True, required_in=("bundle",)),
     Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle"), on_device=True, item="int", minimum=1),
     Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
     Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_BENCH, on_device=True, minimum=0),
@@ -362,7 +365,7 @@ def click_options(command: str):
 
     def decorate(f):
         for option in reversed(options_for(command)):
-            f = option.click_option()(f)
+            f = option.click_option(command)(f)
         return f
 
     return decorate

@@ -66,7 +66,7 @@ def build(cell: Cell, progress: Callable[[str, Optional[int], Optional[int]], No
           announce: Callable[[Artifact, bool], None] = lambda artifact, reused: None) -> tuple[Artifact, bool]:
     """Export (or open) the cell's model, then apply its variant's steps."""
     artifact, reused = open_target(cell.model, cell.settings, lambda stage, done, total: progress(f"export: {stage}", done, total))
-    return build_variant(artifact, cell.variant, cell.settings, Path(cell.settings["artifacts"]), progress, announce)
+    return build_variant(artifact, cell.variant, cell.settings, Path(cell.settings["artifacts"]), progress, announce, reused)
 
 
 def runnable_backends(artifact: Artifact, backends: Sequence[str]) -> tuple[tuple[str, ...], Optional[str]]:

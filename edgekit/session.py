@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .backends import BackendOptions
 from .backends.base import parse_workspace
-from .bench import TimingOptions
+from .timing import TimingOptions
 from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
 from .evaluation import BackendParity, LogitsFile

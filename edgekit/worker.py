@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends import BackendOptions, get_backend
-from .bench import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
+from .timing import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
 from .core import AccuracyStats, Artifact, BenchResult, DataError, EdgekitError
 from .data import DECODE_THREADS, ImageSet, read_views_file, stream_batches
 from .evaluation import LogitsFile, LogitsWriter

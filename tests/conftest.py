@@ -7,19 +7,35 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `edgekit` entry point in a fresh process."""
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600, process: bool = False) -> subprocess.CompletedProcess:
+    """Run the `edgekit` command line: in this process through click's CliRunner (fast:
+    torch is imported once per session), or with ``process=True`` as the real entry point
+    in a fresh process (the no-traceback guarantee end to end). Either way a
+    CompletedProcess; an exception that escapes in-process is put in stderr as the
+    traceback a process would have printed."""
     import os
 
-    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "edgekit.cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if process:
+        full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "edgekit.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+    import traceback
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner(env=env).invoke(main, list(args), prog_name="edgekit")
+    finally:
+        os.chdir(previous)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["edgekit", *args], result.exit_code, result.stdout, stderr)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int | None = None) -> str:

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from edgekit.bench import TimingOptions, make_batch, time_session
+from edgekit.timing import TimingOptions, make_batch, time_session
 from edgekit.evaluation import compare_to_baseline, mean_kl, topk_accuracy
 from edgekit.core import UsageError
 

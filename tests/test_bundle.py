@@ -92,8 +92,8 @@ def test_bundle_lists_every_file_with_its_hash(bundle_dir, tiny_artifact):
     assert meta["reference"]["shape"] == [7, 1000] and meta["reference"]["backend"] == "pytorch"
     # the runner is edgekit's own torch-free modules, copied; nothing that needs torch
     vendored = {p.relative_to(bundle_dir / "edgekit").as_posix() for p in (bundle_dir / "edgekit").rglob("*.py")}
-    assert {"core.py", "data.py", "bench.py", "session.py", "results/tables.py", "results/document.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
-    assert not {"models.py", "export.py", "plan.py", "steps/export.py", "cli.py", "backends/pytorch.py", "bundle.py", "results/site.py"} & vendored
+    assert {"core.py", "data.py", "timing.py", "session.py", "results/tables.py", "results/document.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
+    assert not {"models.py", "onnx_export.py", "plan.py", "steps/export.py", "cli.py", "backends/pytorch.py", "bundle.py", "results/site.py"} & vendored
     for name in vendored:
         assert (bundle_dir / "edgekit" / name).read_bytes() == (Path(__file__).parent.parent / "edgekit" / name).read_bytes()
     assert "python3 -m edgekit.device_runner bench" in (bundle_dir / "README.txt").read_text()
@@ -101,7 +101,7 @@ def test_bundle_lists_every_file_with_its_hash(bundle_dir, tiny_artifact):
 
 def test_runner_without_torch_reports_like_local_bench(bundle_dir, blocker_dir, tiny_artifact, tmp_path):
     from edgekit.backends import BackendOptions
-    from edgekit.bench import TimingOptions
+    from edgekit.timing import TimingOptions
     from edgekit.core import BenchResult
     from edgekit.session import BenchRequest, run_bench
     from edgekit.data import ImageRequest
@@ -167,10 +167,10 @@ def test_a_changed_file_is_named(bundle_dir, blocker_dir, tmp_path):
     assert_one_line_error(proc, f"images/{image.name}", "does not match the sha256 in bundle.json")
 
     copy = pristine_copy(bundle_dir, tmp_path / "bundle2")
-    with open(copy / "edgekit" / "bench.py", "a") as f:
+    with open(copy / "edgekit" / "timing.py", "a") as f:
         f.write("\n# edited on the device\n")
     proc = run_runner(copy, blocker_dir, "verify")
-    assert_one_line_error(proc, "edgekit/bench.py does not match")
+    assert_one_line_error(proc, "edgekit/timing.py does not match")
     (copy / "reference" / "pytorch_fp32_logits.npy").unlink()
     proc = run_runner(copy, blocker_dir, "verify")
     assert_one_line_error(proc, "reference/pytorch_fp32_logits.npy missing")
@@ -218,9 +218,9 @@ def test_runner_modules_are_found_from_edgekit_imports():
     from edgekit.bundle import runner_modules
 
     modules = set(runner_modules())
-    assert {"", "core", "data", "bench", "session", "results.tables", "results.document", "worker", "device_runner", "registry",
+    assert {"", "core", "data", "timing", "session", "results.tables", "results.document", "worker", "device_runner", "registry",
             "backends", "backends.base", "backends.int8_cpu_form", "transforms.qdq_graph", "options"} <= modules
-    assert not {"models", "export", "plan", "steps", "cli", "backends.pytorch", "transforms.quantize", "results.site"} & modules
+    assert not {"models", "onnx_export", "plan", "steps", "cli", "backends.pytorch", "transforms.quantize", "results.site"} & modules
 
 
 def test_tensorrt_without_torch_uses_cuda_python(monkeypatch):

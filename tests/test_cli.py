@@ -27,7 +27,7 @@ def test_models_lists_measured_params_and_offline_weights(tmp_path):
 def test_bench_default_model_end_to_end(tmp_path):
     """The README's main job, shortened: real weights, real photos, both backends."""
     out = tmp_path / "results.json"
-    proc = run_cli("bench", "--iterations", "5", "--warmup", "1", "--views", "2", "--batch", "1", "--batch", "2", "--json", str(out), cwd=tmp_path)
+    proc = run_cli("bench", "--iterations", "5", "--warmup", "1", "--views", "2", "--batch", "1", "--batch", "2", "--json", str(out), cwd=tmp_path, process=True)
     assert proc.returncode == 0, proc.stderr
     assert "onnxruntime" in proc.stdout and "p50 ms" in proc.stdout
     document = json.loads(out.read_text())
@@ -47,7 +47,7 @@ def test_bench_default_model_end_to_end(tmp_path):
 
 
 def test_unknown_model_suggests_and_exits_2(tmp_path):
-    proc = run_cli("export", "mobilenet_v4", cwd=tmp_path)
+    proc = run_cli("export", "mobilenet_v4", cwd=tmp_path, process=True)  # the real entry point: one line, no traceback
     assert_one_line_error(proc, "unknown model", "mobilenet_v2", code=2)
     assert not (tmp_path / "exported").exists()
 

@@ -5,9 +5,9 @@ import json
 import onnx
 import pytest
 
-from edgekit import export as export_module
+from edgekit import onnx_export as export_module
 from edgekit.core import Artifact, InvalidModelFileError
-from edgekit.export import ExportOptions, check_onnx_file
+from edgekit.onnx_export import ExportOptions, check_onnx_file
 from edgekit.steps.export import ModelRequest, build_artifact
 
 

@@ -219,11 +219,18 @@ def test_report_and_bundle_on_a_full_disk_leave_no_empty_files(tiny_artifact, tm
 # --------------------------------------------------------------------------- bundles
 
 
-@pytest.fixture
-def bundle(tiny_artifact, tmp_path):
-    proc = run_cli("bundle", str(tiny_artifact.path), "--backend", "onnxruntime", "--views", "1", "-o", "bundle", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def pristine_bundle(tiny_artifact, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundles")
+    proc = run_cli("bundle", str(tiny_artifact.path), "--backend", "onnxruntime", "--views", "1", "-o", "bundle", cwd=folder)
     assert proc.returncode == 0, proc.stderr
-    return tmp_path / "bundle"
+    return folder / "bundle"
+
+
+@pytest.fixture
+def bundle(pristine_bundle, tmp_path):
+    """A fresh copy of one bundle, for each test to damage."""
+    return Path(shutil.copytree(pristine_bundle, tmp_path / "bundle", symlinks=True))
 
 
 def _escaping_cases(outside: Path):

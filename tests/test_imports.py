@@ -15,7 +15,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_package_import_is_light():
-    loaded = _modules_after("import edgekit, edgekit.cli, edgekit.plan, edgekit.session, edgekit.bench, edgekit.backends")
+    loaded = _modules_after("import edgekit, edgekit.cli, edgekit.plan, edgekit.session, edgekit.timing, edgekit.backends")
     assert not {"torch", "onnx", "onnxruntime", "timm", "torchvision"} & loaded
 
 

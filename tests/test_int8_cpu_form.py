@@ -277,7 +277,7 @@ def test_resnet18_with_a_fallback_node_lowers_in_both_forms(tmp_path):
     import torch
     import torchvision
 
-    from edgekit.export import ExportOptions, torch_export_module
+    from edgekit.onnx_export import ExportOptions, torch_export_module
     from edgekit.transforms.qdq_graph import run_logits
     from edgekit.transforms.quantize import Budget, QuantizeOptions, quantize_onnx, quantize_qdq
 

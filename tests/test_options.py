@@ -26,6 +26,9 @@ def test_each_command_has_exactly_its_declared_options_with_their_defaults(comma
         option, param = BY_KEY[key], params[key]
         assert option.flag in param.opts or f"--no-{option.flag[2:]}" in param.secondary_opts, key
         default = tuple(option.default or ()) if option.kind == "list" else option.default
+        if command in option.required_in:
+            default = () if option.kind == "list" else None
+            assert param.required, key
         if option.kind in ("flag", "switch"):
             default = bool(option.default)
         assert param.default == default, key

@@ -91,7 +91,7 @@ def test_random_init_is_reproducible():
 def test_family_exports_with_parity(name, tmp_path):
     """Each family builds, exports to ONNX at 64-96 px and matches PyTorch in ONNX Runtime."""
     from edgekit.data import bundled_images, make_image_set
-    from edgekit.export import ExportOptions, WeightsSource, export_model
+    from edgekit.onnx_export import ExportOptions, WeightsSource, export_model
 
     loaded = models.load_model(name, random_init=True).at_input_size(96 if name == "googlenet" else 64)
     images = make_image_set(bundled_images()[:3], 1, "parity")

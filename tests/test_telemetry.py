@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
 from edgekit import telemetry
-from edgekit.bench import TimingOptions, time_session
+from edgekit.timing import TimingOptions, time_session
 from edgekit.core import BackendUnavailableError, BenchResult, PowerStats, Preprocessing, UsageError
 from edgekit.results.tables import markdown_table, text_table
 from edgekit.telemetry import (

@@ -60,16 +60,15 @@ def test_fp16_artifact_matches_fp32(tiny_artifact, exported_root):
 
 def test_cli_int8_bench_uses_held_out_views_and_strict_exits(tmp_path):
     out = tmp_path / "r.json"
-    args = ["bench", "mobilenet_v3_small", "--random-init", "--input-size", "64", "--int8", "--calib-method", "minmax",
-            "--max-fallback", "0", "--iterations", "3", "--warmup", "1", "--json", str(out)]
-    proc = run_cli(*args, cwd=tmp_path)
+    model = ["mobilenet_v3_small", "--random-init", "--input-size", "64", "--int8", "--calib-method", "minmax", "--max-fallback", "0", "--no-bias-correction"]
+    proc = run_cli("bench", *model, "--iterations", "3", "--warmup", "1", "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "most sensitive nodes" in proc.stderr
     document = json.loads(out.read_text())
     assert "even views" in document["images"]["description"]  # calibration saw the odd ones
     rows = {r["backend"]: r for r in document["results"]}
     assert rows["onnxruntime"]["variant"] == "int8" and rows["onnxruntime"]["accuracy"]["images"] == 77
-    strict = run_cli(*args, "--min-agreement", "100", "--max-kl", "0", "--strict", cwd=tmp_path)
+    strict = run_cli("export", *model, "--min-agreement", "100", "--max-kl", "0", "--strict", cwd=tmp_path)
     assert_one_line_error(strict, "budget not met")
     kept = list((tmp_path / "exported" / "mobilenet_v3_small").glob("*/manifest.json"))
     assert len(kept) == 3  # fp32, int8, and the strict run's int8 (another budget) all kept

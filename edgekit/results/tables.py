@@ -126,26 +126,94 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
 
+# --------------------------------------------------------------------------- on screen: 80 columns
+
+SCREEN_COLUMNS = ("backend", "prec", "b", "p50 ms", "img/s", "RSS MB", "top-1%", "drop", "agree%", "KL")
+SCREEN_NOTE = (
+    "±: half-width of the 95% interval (Wilson; paired Tango for the drop; views of",
+    "one photo count as correlated); ~: the drop is within the noise. Intervals,",
+    "p90/p99 and sizes in full: the results JSON and `edgekit report`.",
+)
+_PRECISION_WORDS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def short_precision(result: BenchResult) -> str:
+    """What ran, in a word: int8, fp16, fp32, or bf16 where OpenVINO chose it."""
+    text = result.precision.lower()
+    if "inference precision" in text and not text.startswith("int8"):
+        return _PRECISION_WORDS.get(text.rsplit("inference precision", 1)[1].strip(" )").split()[0], text.split()[0])
+    return text.split()[0] if text.strip() else "-"
+
+
+def _plus_minus(value: Optional[float], interval, spec: str, note: Optional[str] = None) -> str:
+    if value is None:
+        return "n/a" if note else "-"
+    if not interval:
+        return f"{value:{spec}}"
+    half = max(value - interval[0], interval[1] - value)
+    return f"{value:{spec}}±{half:.1f}" if half < 10 else f"{value:{spec}}±{half:.0f}"
+
+
+def screen_rows(results: Iterable[BenchResult]) -> list[list[str]]:
+    results = list(results)
+    with_power = has_power(results)
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.backend, "FAILED"] + ["-"] * (len(SCREEN_COLUMNS) - 2 + 2 * with_power))
+            continue
+        acc = r.accuracy
+        accuracy = ["-"] * 4 if acc is None else [
+            _plus_minus(acc.top1, acc.top1_ci, ".1f", acc.note),
+            _plus_minus(acc.top1_drop, acc.top1_drop_ci, "+.1f", acc.note) + ("~" if acc.drop_within_noise else ""),
+            _plus_minus(acc.agreement, acc.agreement_ci, ".1f"),
+            _fmt(acc.mean_kl, ".0e"),
+        ]
+        for i, lat in enumerate(r.latency or (None,)):
+            rows.append([
+                r.backend if i == 0 else "",
+                short_precision(r) if i == 0 else "",
+                str(lat.batch_size) if lat else "-",
+                _fmt(lat.p50_ms if lat else None, ".2f"),
+                _fmt(lat.throughput_ips if lat else None, ".0f"),
+                _fmt(r.peak_rss_mb, ".0f") if i == 0 else "",
+                *(accuracy if i == 0 else [""] * 4),
+                *(_power_cells(r, lat.batch_size if lat else None) if with_power else []),
+            ])
+    return rows
+
+
+def screen_notes(results: Sequence[BenchResult]) -> list[str]:
+    notes = [f"{r.backend} failed: {r.error}" for r in results if r.error]
+    notes += [f"top-1 {reason}" for reason in dict.fromkeys(r.accuracy.note for r in results if r.accuracy and r.accuracy.note)]
+    if any(r.accuracy and (r.accuracy.top1_ci or r.accuracy.agreement_ci) for r in results):
+        notes += SCREEN_NOTE
+    return notes
+
+
+def _screen_columns(results: Sequence[BenchResult]) -> tuple[str, ...]:
+    return SCREEN_COLUMNS + (("W", "mJ/img") if has_power(results) else ())
+
+
 def text_table(results: Sequence[BenchResult], title: str) -> str:
-    """The same table in plain aligned text, for machines without rich (the on-device runner)."""
-    rows = [list(table_columns(results))] + result_rows(results)
+    """The screen table in plain aligned text, for machines without rich (the on-device runner)."""
+    rows = [list(_screen_columns(results))] + screen_rows(results)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    left = {COLUMNS.index("backend"), COLUMNS.index("precision")}
     lines = [title]
     for row in rows:
-        lines.append(" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    lines += table_notes(results)
+        lines.append(" ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    lines += screen_notes(results)
     return "\n".join(lines) + "\n"
 
 
-def rich_table(results: Sequence[BenchResult], title: str):
+def rich_table(results: Sequence[BenchResult], title: Optional[str] = None):
+    """The screen table: within 80 columns without power figures (print screen_notes after it)."""
     from rich.table import Table
 
-    notes = table_notes(results)
-    table = Table(title=title, title_justify="left", caption="\n".join(notes) or None, caption_justify="left")
-    for name in table_columns(results):
-        table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
-    for row in result_rows(results):
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    for name in _screen_columns(results):
+        table.add_column(name, justify="left" if name in ("backend", "prec") else "right", no_wrap=True)
+    for row in screen_rows(results):
         table.add_row(*row)
     return table
 

@@ -85,11 +85,15 @@ def variant_from_settings(settings: Settings) -> str:
     return name
 
 
-def build_variant(parent: Artifact, variant: str, settings: Settings, root: Path, progress: Progress, announce=lambda artifact, reused: None) -> tuple[Artifact, bool]:
-    """Apply the steps of ``variant`` to ``parent`` in order; ``announce`` sees each
-    intermediate artifact before the next step builds on it."""
-    artifact, reused = parent, True
+def build_variant(
+    parent: Artifact, variant: str, settings: Settings, root: Path, progress: Progress,
+    announce=lambda artifact, reused: None, parent_reused: bool = True,
+) -> tuple[Artifact, bool]:
+    """Apply the steps of ``variant`` to ``parent`` (reused or not: ``parent_reused``) in
+    order; ``announce`` sees every artifact of the chain as soon as it exists."""
+    artifact, reused = parent, parent_reused
+    announce(artifact, reused)
     for step in parse_variant(variant):
-        announce(artifact, reused)
         artifact, reused = step.run(artifact, settings, root, lambda stage, done, total, s=step: progress(f"{s.name}: {stage}", done, total))
+        announce(artifact, reused)
     return artifact, reused

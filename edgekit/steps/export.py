@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from ..core import Artifact, UsageError
 from ..data import bundled_images, make_image_set
-from ..export import ExportOptions, WeightsSource, export_model, import_onnx_file
+from ..onnx_export import ExportOptions, WeightsSource, export_model, import_onnx_file
 from ..options import Settings
 
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check

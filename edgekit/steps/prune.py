@@ -15,10 +15,10 @@ from typing import Any, Optional
 import numpy as np
 
 from ..artifacts import build_artifact_folder
-from ..bench import TimingOptions, time_session
+from ..timing import TimingOptions, time_session
 from ..core import Artifact, UsageError, stable_hash
 from ..data import ImageSet, load_all
-from ..export import ExportOptions, torch_export_module
+from ..onnx_export import ExportOptions, torch_export_module
 from ..models import load_from_manifest, measure_complexity
 from ..options import Settings
 from .lineage import calibration_identity, require_fp32

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import ONNX_NAME, Artifact
 from ..data import ImageRequest, bundled_images, default_calibration, make_image_set
-from ..export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
+from ..onnx_export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
 from ..models import LoadedModel, measure_complexity
 from ..options import Settings
 from .lineage import child_manifest
