@@ -1,4 +1,4 @@
-"""Zoo sweep: one model of every family in ../shared/DESIGN.md, exported and run on ONNX
+"""Zoo sweep: one model of every family the project tracks (FAMILIES below), exported and run on ONNX
 Runtime and OpenVINO at FP32 and INT8. Every family keeps its row; a failure is listed
 with its reason instead of being dropped.
 

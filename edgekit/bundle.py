@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .backends import BACKENDS, get_backend
-from .backends.base import deployable_backends
+from .backends.base import BASELINE_BACKEND, deployable_backends
 from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, sha256_file, stable_hash
 from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND
@@ -39,8 +39,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"
 REFERENCE_FILE = "reference/pytorch_fp32_logits.npy"
 # Where the runner starts; everything these import, at any depth, is copied with them.
-RUNNER_ROOTS = ("device_runner", "worker", "backends.onnxruntime", "backends.openvino", "backends.tensorrt")
-RUNNER_DATA = ("samples/imagenet_classes.tsv",)  # class names for --images folders named by synset
+RUNNER_DATA = ("samples/imagenet_classes.tsv",)  # class names for --data folders named by synset
 NOT_ON_DEVICE = {"torch", "torchvision", "timm", "onnx", "click", "rich", "matplotlib", "torch_pruning"}
 
 # (stage, done, total) -> None
@@ -97,10 +96,17 @@ def _top_level_imports(path: Path) -> set[str]:
     return names
 
 
+def runner_roots() -> tuple[str, ...]:
+    """Where the runner starts: itself, the worker, and every backend a bundle can carry
+    (from the backend registry)."""
+    backends = tuple(BACKENDS.get(name).split(":")[0].removeprefix("edgekit.") for name in deployable_backends())
+    return ("device_runner", "worker", *backends)
+
+
 def runner_modules() -> list[str]:
     """Every edgekit module the device runner can reach, with the packages above them."""
     seen: set[str] = set()
-    todo = list(RUNNER_ROOTS)
+    todo = list(runner_roots())
     while todo:
         name = todo.pop()
         if name in seen:
@@ -201,7 +207,7 @@ def _readme(meta: dict) -> str:
     return (
         f"edgekit bundle {meta['id']}: {meta['model']} [{meta['artifact_key']}, {meta['variant']}] for {', '.join(meta['backends'])}\n\n"
         f"Needs Python 3.10+ with: pip install numpy pillow {' '.join(runtimes)}\n"
-        + ("(TensorRT on Jetson: its Python bindings come with JetPack; without torch, also pip install cuda-python.)\n" if "tensorrt" in meta["backends"] else "")
+        + "".join(f"({note})\n" for note in dict.fromkeys(get_backend(b).device_note for b in meta["backends"]) if note)
         + "\n"
         + f"    cd <this folder> && {RUN_COMMAND}\n"
         f"    {RUN_COMMAND} --help       # --iterations, --batch, --threads, --device, --data DIR, --json FILE\n\n"
@@ -264,7 +270,7 @@ def make_bundle(
                     raise DataError(f"PyTorch read {len(logits.rows)} of the {len(images)} bundled images; some could not be read")
                 (staging / REFERENCE_FILE).parent.mkdir(parents=True, exist_ok=True)
                 _save_npy(logits, staging / REFERENCE_FILE)
-            reference = {"file": REFERENCE_FILE, "backend": "pytorch", "precision": "fp32", "shape": [len(logits.rows), logits.classes], "runtime": _version("torch")}
+            reference = {"file": REFERENCE_FILE, "backend": BASELINE_BACKEND, "precision": "fp32", "shape": [len(logits.rows), logits.classes], "runtime": _version("torch")}
         release_staging_dir(staging)
         files = {
             p.relative_to(staging).as_posix(): sha256_file(p)

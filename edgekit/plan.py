@@ -125,7 +125,10 @@ class SshLauncher:
         from .bundle import check_backends
         from .remote import check_connection
 
-        check_backends([b for b in backends if b != BASELINE] or ["pytorch"])
+        deployed = [b for b in backends if b != BASELINE]
+        if not deployed:
+            raise UsageError("--remote runs deployment backends (a bundle on the device); add one with --backend")
+        check_backends(deployed)
         self.python_version = check_connection(self.remote.host, self.remote.settings, self.remote.python)
 
     def bench(self, artifact: Artifact, request: BenchRequest, images: ImageSet, progress: Progress) -> BenchRun:

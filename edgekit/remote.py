@@ -405,7 +405,9 @@ def bench_remote(
     with the host."""
     from .bundle import bundle_name, make_bundle
 
-    deployed = tuple(b for b in backends if b != "pytorch")
+    from .backends.base import BASELINE_BACKEND
+
+    deployed = tuple(b for b in backends if b != BASELINE_BACKEND)
     if not deployed:
         raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
     with work_folder("remote") as tmp:

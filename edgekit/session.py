@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .backends import BackendOptions
-from .backends.base import parse_workspace
+from .backends.base import BASELINE_BACKEND, parse_workspace
 from .timing import TimingOptions
 from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
 from .evaluation import BackendParity, LogitsFile
 from .judging import judge
-from .options import Settings
+from .options import BY_KEY, Settings
 from .files import work_folder
 from .worker import WorkerOutput, make_job, spawn, write_views
 
-BASELINE = "pytorch"
+BASELINE = BASELINE_BACKEND
 
 # (backend, stage, done, total) -> None
 Progress = Callable[[str, str, Optional[int], Optional[int]], None]
@@ -39,7 +39,7 @@ def _no_progress(backend: str, stage: str, done: Optional[int], total: Optional[
 
 @dataclass(frozen=True)
 class BenchRequest:
-    backends: tuple[str, ...] = ("pytorch", "onnxruntime")
+    backends: tuple[str, ...] = BY_KEY["backends"].default
     options: BackendOptions = BackendOptions()
     timing: TimingOptions = TimingOptions()
     images: ImageRequest = HELD_OUT_EVALUATION

@@ -71,6 +71,7 @@ class BackendBase:
     pip_extra: Optional[str] = None
     runtime_packages: tuple[tuple[str, str], ...] = ()
     distributions: tuple[str, ...] = ()  # pip distributions whose version names the runtime
+    device_note = ""  # what a bundle's README tells the device's owner about installing it
 
     def missing_on_device(self) -> list[str]:
         return [package for module, package in self.runtime_packages if not importable(module)]

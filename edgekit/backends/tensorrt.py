@@ -345,6 +345,7 @@ class TensorRTBackend(BackendBase):
     pip_extra = "tensorrt"
     runtime_packages = (("tensorrt", "tensorrt"),)  # on Jetson, TensorRT's bindings come with JetPack
     distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")
+    device_note = "TensorRT on Jetson: its Python bindings come with JetPack; without torch, also pip install cuda-python."
 
     def missing_on_device(self) -> list[str]:
         missing = super().missing_on_device()

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core import BenchResult, DataError, LatencyStats
+from ..backends.base import BASELINE_BACKEND
 from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
 from .document import RESULTS_FORMAT
 from .tables import markdown_table, result_rows, table_columns, table_notes
 
-BASELINE_BACKEND = "pytorch"
 # Every row of a bench run is labelled with the artifact's variant, the PyTorch original
 # included (it runs FP32 even in an "int8" document), so the baseline is found by precision.
 BASELINE_PRECISION = "fp32"
@@ -51,6 +51,8 @@ CSV_FIELDS = (
     "mean_power_w",
     "energy_per_inference_mj",
     "machine_cpu",
+    "host",
+    "run",
     "created",
     "error",
 )
@@ -129,13 +131,24 @@ def _distinct_machines(documents: Sequence[dict[str, Any]]) -> list[dict[str, An
     return list(machines.values())
 
 
+def row_host(result: BenchResult) -> str:
+    """Where a row ran: the remote device, else the host that ran it."""
+    env = result.environment
+    return str(env.get("remote") or env.get("host") or "?")
+
+
 def _collect_entries(documents: Sequence[dict[str, Any]], mixed_machines: bool) -> list[_Entry]:
+    """Rows with their series: model and variant, and where they ran when the documents
+    come from several machines or hosts (a bundle's rows beside the host's)."""
+    loaded = [(document, _document_results(document)) for document in documents]
+    hosts = {row_host(r) for _, results in loaded for r in results}
     entries = []
-    for document in documents:
-        results = _document_results(document)
+    for document, results in loaded:
         machine = document.get("machine") or {}
         for r in results:
-            series = f"{r.model} {r.variant}" + (f" @ {_machine_short(machine)}" if mixed_machines else "")
+            where = f" @ {row_host(r)}" if len(hosts) > 1 else ""
+            where += f" ({_machine_short(machine)})" if mixed_machines else ""
+            series = f"{r.model} {r.variant}{where}"
             entries.append(_Entry(r, machine, str(document.get("created") or ""), series, _baseline_p50(results, r.model)))
     return entries
 
@@ -174,6 +187,8 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
             **_interval("agreement", acc.agreement_ci if acc else None),
             "mean_kl": acc.mean_kl if acc else None,
             "machine_cpu": e.machine.get("cpu"),
+            "host": row_host(r),
+            "run": r.environment.get("run"),
             "created": e.created,
             "error": r.error,
         }

@@ -1,6 +1,6 @@
 """FP32 ONNX -> INT8 QDQ ONNX that TensorRT, OpenVINO and ONNX Runtime all read.
 
-The graph is the single source of truth for INT8 (see DESIGN.md): per-channel symmetric
+The graph is the single source of truth for INT8 (see docs/architecture.md): per-channel symmetric
 INT8 weights, signed symmetric INT8 activations (zero point 0, as TensorRT's explicit
 quantization requires), Q/DQ inserted by ONNX Runtime's quantizer. On top of plain
 post-training quantization, three steps keep accuracy on depthwise networks:
