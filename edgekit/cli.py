@@ -52,6 +52,10 @@ class EdgekitGroup(click.Group):
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["edgekit.argv"] = list(args)  # what this invocation was given, in a process or not
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         import signal
 
@@ -66,6 +70,14 @@ class EdgekitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept", err=True)
             sys.exit(130)
+
+
+def _command_line() -> str:
+    """The command as the user typed it, for the results document."""
+    import shlex
+
+    argv = click.get_current_context().meta.get("edgekit.argv", sys.argv[1:])
+    return shlex.join(["edgekit", *argv])
 
 
 @click.group(cls=EdgekitGroup)
@@ -403,7 +415,7 @@ def bench_command(target, json_path, **values) -> None:
         parity=[dataclasses.asdict(p) for p in run.run.parity],
         artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
         images=run.run.image_summary,
-        command=" ".join(["edgekit"] + sys.argv[1:]),
+        command=_command_line(),
         extra=run.run.extra,
         machine=run.run.machine,
     )
@@ -504,7 +516,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     for note in notes:
         console.print(f"note: {note}")
     document = results_document(
-        results, parity=parity, command=" ".join(["edgekit"] + sys.argv[1:]),
+        results, parity=parity, command=_command_line(),
         extra={"recipe": str(recipe_path), "reference": recipe.reference},
     )
     path = write_results(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
