@@ -16,6 +16,7 @@ the runner imports (found by following edgekit's own imports) go in as they are.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -167,7 +168,7 @@ def _readable(images: ImageSet, artifact: Artifact) -> ImageSet:
     kept = tuple(v for v in images.views if v.image.path not in bad)
     if not kept:
         raise DataError(f"none of the images in {images.description} could be read")
-    return ImageSet(views=kept, description=images.description) if bad else images
+    return dataclasses.replace(images, views=kept) if bad else images
 
 
 def _copy_images(images: ImageSet, staging: Path) -> list[dict]:
@@ -292,6 +293,7 @@ def make_bundle(
             "input": artifact.manifest.get("input"),
             "images": {
                 "description": images.description, "identity": images.identity, "labelled": images.labelled,
+                "classes": images.label_space.to_dict() if images.label_space is not None else None,
                 "count": len(images), "views": views,
             },
             "reference": reference,

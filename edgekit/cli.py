@@ -360,6 +360,45 @@ def export_command(model, **values) -> None:
     _exit_if_budget_missed(artifact, _settings(values))
 
 
+@main.command("finetune", cls=grouped_command())
+@click.argument("model")
+@click_options("finetune")
+def finetune_command(model, **values) -> None:
+    """Transfer learning: give MODEL (pretrained, or --weights / --random-init) a new head
+    for the classes of --data and train it there: a linear probe, then full fine-tuning
+    (cosine schedule, label smoothing, augmentation), keeping the epoch with the best
+    validation top-1. Writes an artifact (variant 'finetuned') whose finetuned.pt
+    checkpoint loads with weights_only=True; `edgekit bench MODEL --finetune --int8
+    --data DIR` and recipes ('finetuned+int8') continue from it. An interrupted run
+    resumes where it stopped when run again."""
+    from . import api
+
+    console = _console()
+    with _progress(console) as report:
+        artifact = api.export(model, variant="finetuned", progress=lambda stage, done, total: report("build", stage, done, total),
+                              announce=lambda built, reused: _announce(built, reused, console), **values)
+    _print_finetune(artifact, _console(stderr=False))
+    click.echo(str(artifact.path))
+
+
+def _print_finetune(artifact, console) -> None:
+    report = artifact.manifest.get("finetune")
+    if not report:
+        return
+    for epoch in report["history"]:
+        console.print(
+            f"epoch {epoch['epoch']:>3} {epoch['phase']:<5} loss {epoch['train_loss']:.3f}  train top-1 {epoch['train_top1']:5.1f}%  "
+            f"val top-1 {epoch['val_top1']:6.2f}%  {epoch['seconds']:.0f} s"
+        )
+    classes = artifact.classes
+    console.print(
+        f"best: epoch {report['best_epoch']}, val top-1 {report['best_val_top1']:.2f}% on {report['val_images']} images "
+        f"({classes.count} classes, {report['train_images']} training images, {_duration(report['seconds'])}"
+        + (", stopped early" if report["stopped_early"] else "") + ")"
+    )
+    console.print(f"checkpoint: {artifact.path / artifact.manifest['files']['torch_state']}")
+
+
 def _exit_if_budget_missed(artifact, settings) -> None:
     q = artifact.manifest.get("quantization")
     if q and not q["budget_met"] and settings["strict"]:
@@ -410,6 +449,8 @@ def bench_command(target, json_path, **values) -> None:
     where = f" on {settings['remote']}" if settings["remote"] else ""
     title = f"{artifact.model_name} [{artifact.key}]{where} on {describe_images(run.run.image_summary)}; accuracy vs {'PyTorch on the same images' if compared else 'labels only'}"
     _print_results(run.run.results, run.run.parity, title, run.run.evaluated)
+    if (run.run.image_summary or {}).get("calibration"):
+        click.echo(f"images: {run.run.image_summary['calibration']}; evaluated on {run.run.image_summary['description']}")
     document = results_document(
         run.run.results,
         parity=[dataclasses.asdict(p) for p in run.run.parity],
@@ -465,12 +506,15 @@ def bundle_command(target, bundle_dir, **values) -> None:
     console = _console()
     settings = _settings(values)
     names = check_backends(settings["backends"])
-    image_set = bench_request(settings).images.resolve()  # a bad image folder fails before any export work
+    request = bench_request(settings)
+    request.images.resolve()  # a bad image folder fails before any export work
     from . import api
+    from .session import evaluation_set
 
     with _progress(console) as report:
         artifact = api.export(target, progress=lambda stage, done, total: report("build", stage, done, total),
                               announce=lambda built, reused: _announce(built, reused, console), **values)
+    image_set = evaluation_set(artifact, request.images)
     with _progress(console) as report:
         folder = make_bundle(
             artifact, names, image_set, bundle_dir, device=settings["device"], batch_sizes=settings["batch"],

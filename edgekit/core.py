@@ -106,6 +106,58 @@ class Reference:
     source: str = ""
 
 
+IMAGENET_1K = "imagenet-1k"
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """What a model's outputs (and the labels of its data) mean: class names in output order.
+
+    ``names`` is empty for ImageNet-1k (the package ships those) and for a head whose
+    classes were never named (``count`` outputs, judged only against labels given by index).
+    """
+
+    count: int
+    source: str  # IMAGENET_1K, "file <path>", "class folders of <dir>", "checkpoint <path>", "--num-classes"
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.names and len(self.names) != self.count:
+            raise ValueError(f"{len(self.names)} class names for {self.count} classes")
+
+    @property
+    def is_imagenet(self) -> bool:
+        return self.source == IMAGENET_1K
+
+    @property
+    def named(self) -> bool:
+        return bool(self.names)
+
+    def describe(self) -> str:
+        return f"{self.count} classes ({self.source})"
+
+    @property
+    def identity(self) -> str:
+        """Hash of what the outputs mean (not of where the names came from)."""
+        text = IMAGENET_1K if self.is_imagenet else "\n".join(self.names) or f"unnamed:{self.count}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "source": self.source, "names": list(self.names), "identity": self.identity}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict[str, Any]], count: Optional[int] = None) -> "ClassSet":
+        """From a manifest's ``model.classes``; manifests written before class sets existed
+        were ImageNet-1k models (or ``count`` unnamed outputs)."""
+        if not d:
+            return imagenet_class_set() if count in (None, 1000) else cls(int(count), "unnamed head")
+        return cls(int(d["count"]), str(d["source"]), tuple(str(n) for n in d.get("names") or ()))
+
+
+def imagenet_class_set() -> ClassSet:
+    return ClassSet(1000, IMAGENET_1K)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model the registry can build: where it comes from, its input, its published facts."""
@@ -127,7 +179,8 @@ class ModelSpec:
 
 def numeric_format(manifest: dict[str, Any]) -> str:
     """'fp32', 'fp16' or 'int8': the last step of a variant such as 'pruned+int8'."""
-    return manifest.get("variant", "fp32").split("+")[-1].replace("pruned", "fp32").replace("dw-separable", "fp32")
+    last = manifest.get("variant", "fp32").split("+")[-1]
+    return last if last in ("int8", "fp16") else "fp32"  # finetuned, pruned, dw-separable: still float
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -183,6 +236,14 @@ class Artifact:
     @property
     def model_name(self) -> str:
         return str(self.manifest["model"]["name"])
+
+    @property
+    def classes(self) -> ClassSet:
+        """What the model's outputs mean (ImageNet-1k for artifacts written before class sets)."""
+        model = self.manifest.get("model") or {}
+        output = (self.manifest.get("output") or {}).get("shape") or []
+        width = output[-1] if output and isinstance(output[-1], int) else None
+        return ClassSet.from_dict(model.get("classes"), model.get("num_classes", width))
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -326,6 +387,14 @@ class AccuracyStats:
     agreement_ci: Optional[tuple[float, float]] = None
     ci_method: Optional[str] = None
     note: Optional[str] = None  # why top-1 is not reported (random-init weights, another label space...)
+    # per class, against each view's primary label (labelled views where top-1 applies):
+    # {"class", "name", "images", "correct", "top1"} for every class with an image
+    per_class: Optional[tuple[dict[str, Any], ...]] = None
+    # at most 10 {"true", "true_name", "predicted", "predicted_name", "count"}, most frequent first
+    top_confusions: Optional[tuple[dict[str, Any], ...]] = None
+    # the whole confusion matrix, only for at most 100 classes: (true, predicted, count) of non-zero cells
+    confusion: Optional[tuple[tuple[int, int, int], ...]] = None
+    classes: Optional[str] = None  # what the labels name, e.g. "10 classes (class folders of data/)"
 
     @property
     def drop_within_noise(self) -> Optional[bool]:
@@ -341,6 +410,11 @@ class AccuracyStats:
         for name in ("top1_ci", "top5_ci", "top1_drop_ci", "agreement_ci"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
+        for name in ("per_class", "top_confusions"):
+            if values.get(name) is not None:
+                values[name] = tuple(dict(x) for x in values[name])
+        if values.get("confusion") is not None:
+            values["confusion"] = tuple(tuple(int(v) for v in cell) for cell in values["confusion"])
         return cls(**values)
 
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .core import BackendUnavailableError, DataError, Preprocessing, UsageError
+from .classes import folder_class_set, label_index
+from .core import BackendUnavailableError, ClassSet, DataError, Preprocessing, UsageError
 
 if TYPE_CHECKING:
     from .evaluation import ViewTable
@@ -57,7 +58,7 @@ MAX_VIEWS = len(VIEW_GRID)
 @dataclass(frozen=True)
 class LabelledImage:
     path: Path
-    labels: Optional[tuple[int, ...]]  # acceptable ImageNet indices, first is primary; None if unlabelled
+    labels: Optional[tuple[int, ...]]  # acceptable class indices (ImageNet's, or the set's), first is primary; None if unlabelled
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class ImageSet:
 
     views: tuple[ImageView, ...]
     description: str
+    class_names: Optional[tuple[str, ...]] = None  # what label indices mean; None: ImageNet-1k's classes
+    label_space: Optional[ClassSet] = None  # the labels' class set when it is not ImageNet-1k
 
     @property
     def labelled(self) -> bool:
@@ -187,14 +190,24 @@ def bundled_images() -> list[LabelledImage]:
     ]
 
 
-def folder_images(root: Path, labels_file: Optional[Path] = None) -> list[LabelledImage]:
-    """Images from an ImageNet-style class-folder tree or a flat folder (+ optional label file).
+def folder_images(root: Path, labels_file: Optional[Path] = None, classes: Optional[ClassSet] = None) -> list[LabelledImage]:
+    """The images of ``root`` (see labelled_folder), without their class set."""
+    return labelled_folder(root, labels_file, classes)[0]
 
-    Class folders named by WordNet synset (``n01440764``) or class index give labels;
-    a flat folder takes labels from ``labels_file``, else none. Label files: lines
-    ``<file name> <label>`` (label a class index or synset; Kaggle's LOC_val_solution.csv
-    for ILSVRC2012 val reads as is), or the devkit's ILSVRC2012_validation_ground_truth.txt
-    (one devkit class id per line for ILSVRC2012_val_<n> files; its meta.mat beside it).
+
+def labelled_folder(
+    root: Path, labels_file: Optional[Path] = None, classes: Optional[ClassSet] = None, class_folders: Optional[Sequence[str]] = None,
+) -> tuple[list[LabelledImage], Optional[ClassSet]]:
+    """Images from a class-folder tree or a flat folder (+ optional label file), and the
+    class set their labels index (None: ImageNet-1k, or unlabelled).
+
+    Class folders: named by ``classes`` when given (the model's or --classes); else
+    ImageNet synsets or indices; else they are the classes, in sorted order (torchvision's
+    ImageFolder), ``class_folders`` naming them all when a split lacks some. A flat folder
+    takes labels from ``labels_file``, else none. Label files: '<file> <label>' lines or
+    CSV (label: a class name of ``classes``, an index, or an ImageNet synset), Kaggle's
+    LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt (one
+    devkit class id per line for ILSVRC2012_val_<n> files; its meta.mat beside it).
     """
     root = Path(root)
     if not root.is_dir():
@@ -204,23 +217,37 @@ def folder_images(root: Path, labels_file: Optional[Path] = None) -> list[Labell
     except OSError as e:
         raise DataError(f"cannot list image folder {root}: {e.strerror}") from None
     subdirs = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+    custom = classes if classes is not None and not classes.is_imagenet else None
+    space: Optional[ClassSet] = custom
     if subdirs and labels_file is None:
+        names = [d.name for d in subdirs]
+        if custom is not None and not custom.named and all(_WNID.match(n) for n in names):
+            space = None  # synset folders are ImageNet labels, whatever the model's head
+        elif custom is None and not all(_folder_label(n) is not None for n in names) and (classes is None or not any(_folder_label(n) is not None for n in names)):
+            space = folder_class_set(sorted(set(class_folders or ()) | set(names)), root)
         images = []
         for d in subdirs:
-            label = _folder_label(d.name)
+            if space is not None:
+                label: Optional[int] = _space_label(d.name, space, root)
+            else:
+                label = _folder_label(d.name)
             images += [LabelledImage(p, None if label is None else (label,)) for p in _image_files(d)]
     else:
         files = _image_files(root)
-        table = _read_label_file(Path(labels_file), files) if labels_file else None
+        table, space = _read_label_file(Path(labels_file), files, custom) if labels_file else (None, None)
         images = []
+        missing = []
         for p in files:
             label = table.get(p.name, table.get(p.stem)) if table is not None else None
             if table is not None and label is None:
-                raise DataError(f"{labels_file} has no label for {p.name}")
+                missing.append(p.name)
+                continue
             images.append(LabelledImage(p, None if label is None else (label,)))
+        if missing:
+            raise DataError(f"{labels_file} has no label for {len(missing)} of {len(files)} images (e.g. {missing[0]}); label every image or move the others out")
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    return images
+    return images, space
 
 
 def _folder_label(name: str) -> Optional[int]:
@@ -237,7 +264,19 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(Path(e.path) for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
 
 
-def _read_label_file(path: Path, files: Sequence[Path] = ()) -> dict[str, int]:
+def _space_label(folder: str, space: ClassSet, root: Path) -> int:
+    if space.named:
+        index = {n: i for i, n in enumerate(space.names)}.get(folder)
+        if index is not None:
+            return index
+        raise DataError(f"class folder {folder!r} of {root} is not one of the {space.count} classes of {space.source}")
+    return label_index(folder, space, f"class folder {root / folder}")
+
+
+def _read_label_file(path: Path, files: Sequence[Path] = (), classes: Optional[ClassSet] = None) -> tuple[dict[str, int], Optional[ClassSet]]:
+    """(file name -> label index, the class set when not ImageNet-1k). Without ``classes``,
+    labels that are not all ImageNet synsets or indices are class names: sorted, they are
+    the class set."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -245,17 +284,36 @@ def _read_label_file(path: Path, files: Sequence[Path] = ()) -> dict[str, int]:
     except UnicodeDecodeError:
         raise DataError(f"label file {path} is not UTF-8 text (expected '<file name> <label>' lines)") from None
     content = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if content and all(line.isdigit() for line in content):
-        return _ground_truth_labels(path, content, files)
-    table = {}
+    if classes is None and content and all(line.isdigit() for line in content):
+        return _ground_truth_labels(path, content, files), None
+    pairs = _label_pairs(path, lines)
+    if classes is None:
+        try:
+            return {name: parse_label(text.split()[0]) for _, name, text in pairs}, None
+        except DataError:
+            classes = ClassSet(len({t for _, _, t in pairs}), f"labels of {path}", tuple(sorted({t for _, _, t in pairs})))
+    return {name: label_index(text, classes, f"{path}:{number}") for number, name, text in pairs}, classes
+
+
+def _label_pairs(path: Path, lines: Sequence[str]) -> list[tuple[int, str, str]]:
+    """(line number, file name, label text) of '<file> <label>' lines or CSV rows; a
+    header row (its first field not an image file name) is skipped."""
+    pairs = []
     for number, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#") or (number == 1 and line.startswith("ImageId")):
-            continue  # blank, comment, or the header of Kaggle's LOC_val_solution.csv
-        parts = re.split(r"[\s,]+", line.strip())
-        if len(parts) < 2:
-            raise DataError(f"{path}:{number}: expected '<file name> <label>', got {line.strip()[:80]!r}")
-        table[parts[0]] = parse_label(parts[1])
-    return table
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = [p.strip().strip('"') for p in (text.split(",", 1) if "," in text else text.split(None, 1))]
+        if len(parts) < 2 or not parts[1]:
+            raise DataError(f"{path}:{number}: expected '<file name> <label>', got {text[:80]!r}")
+        if not pairs and os.path.splitext(parts[0])[1].lower() not in IMAGE_SUFFIXES and _is_header(parts):
+            continue  # 'filename,label', Kaggle's 'ImageId,PredictionString'
+        pairs.append((number, parts[0], parts[1]))
+    return pairs
+
+
+def _is_header(parts: Sequence[str]) -> bool:
+    return parts[0].lower() in {"imageid", "image", "file", "filename", "file_name", "path", "name", "id", "image_id"}
 
 
 def _ground_truth_labels(path: Path, ids: Sequence[str], files: Sequence[Path]) -> dict[str, int]:
@@ -307,6 +365,7 @@ def make_image_set(
     description: str,
     view_offset: int = 0,
     view_stride: int = 1,
+    label_space: Optional[ClassSet] = None,
 ) -> ImageSet:
     """Views ``offset, offset + stride, ...`` of every image (at most ``views_per_image``)."""
     available = len(range(view_offset, MAX_VIEWS, view_stride))
@@ -314,7 +373,63 @@ def make_image_set(
         raise DataError(f"views per image must be between 1 and {available}, got {views_per_image}")
     indices = range(view_offset, view_offset + views_per_image * view_stride, view_stride)
     views = tuple(ImageView(img, v) for img in images for v in indices)
-    return ImageSet(views=views, description=description)
+    if label_space is not None and label_space.is_imagenet:
+        label_space = None
+    names = None
+    if label_space is not None:
+        names = label_space.names or tuple(f"class {i}" for i in range(label_space.count))
+    return ImageSet(views=views, description=description, class_names=names, label_space=label_space)
+
+
+# --------------------------------------------------------------------------- splits
+
+TRAIN, VAL = "train", "val"
+_SPLIT_FOLDERS = {TRAIN: ("train", "training"), VAL: ("val", "valid", "validation")}
+
+
+def split_folders(root: Path) -> Optional[dict[str, Path]]:
+    """{'train': ..., 'val': ...} when ``root`` holds both split folders, else None."""
+    found = {}
+    for split, names in _SPLIT_FOLDERS.items():
+        for name in names:
+            if (Path(root) / name).is_dir():
+                found[split] = Path(root) / name
+                break
+    return found if len(found) == 2 else None
+
+
+def _class_folder_names(folder: Path) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def class_folders_of(root: Path) -> Optional[ClassSet]:
+    """The classes named by the class folders of ``root`` (both splits where it has them),
+    whatever the names are (numbers too); None for a flat folder."""
+    root = Path(root)
+    folders = split_folders(root)
+    names = set()
+    for folder in (folders.values() if folders else (root,)):
+        names |= set(_class_folder_names(folder))
+    return folder_class_set(sorted(names), root) if names else None
+
+
+def split_images(images: Sequence[LabelledImage], fraction: float, seed: int) -> dict[str, list[LabelledImage]]:
+    """A seeded, stratified split: ``fraction`` of every class (at least one image of a
+    class with two or more) is validation. Which file goes where depends only on its
+    name, the seed and the fraction, not on listing order."""
+    by_class: dict[Optional[int], list[LabelledImage]] = {}
+    for image in images:
+        by_class.setdefault(image.labels[0] if image.labels else None, []).append(image)
+    parts: dict[str, list[LabelledImage]] = {TRAIN: [], VAL: []}
+    for members in by_class.values():
+        ranked = sorted(members, key=lambda i: hashlib.sha256(f"{seed}:{i.path.parent.name}/{i.path.name}".encode()).hexdigest())
+        n_val = min(len(ranked) - 1, max(1, round(len(ranked) * fraction))) if len(ranked) > 1 else 0
+        parts[VAL] += ranked[:n_val]
+        parts[TRAIN] += ranked[n_val:]
+    return {k: sorted(v, key=lambda i: str(i.path)) for k, v in parts.items()}
 
 
 def resolve_images(
@@ -325,20 +440,62 @@ def resolve_images(
     view_offset: int = 0,
     view_stride: int = 1,
     seed: int = 0,
+    split: Optional[str] = None,
+    val_split: Optional[float] = None,
+    classes: Optional[ClassSet] = None,
 ) -> ImageSet:
-    """Bundled photos by default, else ``data_dir``; ``limit`` caps the files with a
-    seeded random sample (kept in path order)."""
+    """Bundled photos by default, else ``data_dir`` (its ``split`` where it has splits:
+    train/ and val/ folders, or ``val_split``); ``limit`` caps the files with a seeded
+    random sample (kept in path order). Labels index ``classes`` when given."""
     if labels_file is not None and data_dir is None:
         raise UsageError("a label file goes with an image folder (--labels with --data)")
-    images = bundled_images() if data_dir is None else folder_images(data_dir, labels_file)
+    space: Optional[ClassSet] = None
+    if data_dir is None:
+        images = bundled_images()
+        source = f"bundled photos ({len(images)})"
+    else:
+        images, space, source = _data_images(Path(data_dir), labels_file, split, val_split, seed, classes)
     if limit is not None and limit < len(images):
         import random
 
         images = sorted(random.Random(seed).sample(images, limit), key=lambda i: str(i.path))
-    source = f"bundled photos ({len(images)})" if data_dir is None else f"{data_dir} ({len(images)} images)"
+        source += f", {limit} sampled"
     which = "" if (view_offset, view_stride) == (0, 1) else (" odd" if view_offset % 2 else " even")
     description = f"{source} x {views_per_image}{which} views"
-    return make_image_set(images, views_per_image, description, view_offset, view_stride)
+    return make_image_set(images, views_per_image, description, view_offset, view_stride, space)
+
+
+def _data_images(
+    root: Path, labels_file: Optional[Path], split: Optional[str], val_split: Optional[float], seed: int, classes: Optional[ClassSet],
+) -> tuple[list[LabelledImage], Optional[ClassSet], str]:
+    folders = split_folders(root) if root.is_dir() else None
+    if folders is not None:
+        if val_split is not None:
+            raise UsageError(f"{root} already has {folders[TRAIN].name}/ and {folders[VAL].name}/ folders; --val-split is for a tree without them")
+        if labels_file is not None:
+            raise UsageError(f"{root} has {folders[TRAIN].name}/ and {folders[VAL].name}/ class folders; --labels is for a flat folder")
+        every_class = sorted(set(_class_folder_names(folders[TRAIN])) | set(_class_folder_names(folders[VAL])))
+        chosen = folders[split or VAL]
+        _check_split_files(folders, split or VAL)
+        images, space = labelled_folder(chosen, None, classes, every_class)
+        if space is not None and space.source.startswith("class folders"):
+            space = ClassSet(space.count, f"class folders of {root}", space.names)
+        return images, space, f"{chosen} ({len(images)} images, the {split or VAL} split)"
+    images, space = labelled_folder(root, labels_file, classes)
+    if split is None or val_split is None:
+        return images, space, f"{root} ({len(images)} images)"
+    if any(i.labels is None for i in images):
+        raise DataError(f"--val-split splits labelled images by class; {root} has unlabelled images")
+    parts = split_images(images, val_split, seed)
+    if not parts[split]:
+        raise DataError(f"the {split} split of {root} is empty ({len(images)} images, --val-split {val_split})")
+    return parts[split], space, f"{root} ({len(parts[split])} images, the {split} split: --val-split {val_split}, seed {seed})"
+
+
+def _check_split_files(folders: dict[str, Path], split: str) -> None:
+    """An empty validation split is refused before any work."""
+    if split == VAL and not any(_image_files(folders[VAL] / d) for d in _class_folder_names(folders[VAL])):
+        raise DataError(f"the validation split {folders[VAL]} holds no images in class folders")
 
 
 # --------------------------------------------------------------------------- requests
@@ -355,38 +512,69 @@ class ImageRequest:
     view_offset: int = 0
     view_stride: int = 1
     seed: int = 0
+    split: Optional[str] = None  # TRAIN or VAL where the folder has splits
+    val_split: Optional[float] = None
 
-    def resolve(self) -> ImageSet:
+    def resolve(self, classes: Optional[ClassSet] = None) -> ImageSet:
+        """List the images; their labels index ``classes`` (the model's) when given."""
         return resolve_images(
-            self.data_dir, self.labels_file, self.views_per_image, self.limit, self.view_offset, self.view_stride, self.seed
+            self.data_dir, self.labels_file, self.views_per_image, self.limit, self.view_offset, self.view_stride, self.seed,
+            self.split, self.val_split, classes,
         )
+
+    @property
+    def has_training_split(self) -> bool:
+        return self.data_dir is not None and (self.val_split is not None or split_folders(Path(self.data_dir)) is not None)
 
 
 HELD_OUT_VIEWS = len(range(EVEN_VIEWS[0], MAX_VIEWS, EVEN_VIEWS[1]))  # 11
 
 
 def evaluation_images(
-    data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, views: Optional[int] = None, limit: Optional[int] = None, seed: int = 0
+    data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, views: Optional[int] = None, limit: Optional[int] = None, seed: int = 0,
+    val_split: Optional[float] = None,
 ) -> ImageRequest:
     """The images bench, recipes and bundles evaluate on. A folder: ``views`` consecutive
-    views per file (default 1, the standard centre crop). The bundled photos: their
-    held-out (even) views, which INT8 calibration never sees (default all 11)."""
+    views per file (default 1, the standard centre crop), of its validation split where it
+    has one. The bundled photos: their held-out (even) views, which INT8 calibration never
+    sees (default all 11)."""
     if data_dir is not None:
-        return ImageRequest(data_dir, labels_file, views or 1, limit, seed=seed)
+        return ImageRequest(data_dir, labels_file, views or 1, limit, seed=seed, split=VAL, val_split=val_split)
     if labels_file is not None:
         raise UsageError("a label file goes with an image folder (--labels with --data)")
+    if val_split is not None:
+        raise UsageError("--val-split splits a --data folder")
     return ImageRequest(views_per_image=views or HELD_OUT_VIEWS, limit=limit, view_offset=EVEN_VIEWS[0], view_stride=EVEN_VIEWS[1], seed=seed)
 
 
 HELD_OUT_EVALUATION = evaluation_images()
 
 
+def training_images(data_dir: Path, labels_file: Optional[Path] = None, val_split: Optional[float] = None, seed: int = 0, limit: Optional[int] = None) -> ImageRequest:
+    """The training split of a --data folder (train/, or the part --val-split leaves)."""
+    return ImageRequest(data_dir, labels_file, 1, limit, seed=seed, split=TRAIN, val_split=val_split)
+
+
 def default_calibration(data_dir: Optional[Path] = None, labels_file: Optional[Path] = None, limit: int = 200, seed: int = 0) -> ImageRequest:
     """Bundled photos: their odd views (evaluation holds out the even ones). A folder: one
-    centre crop per image, a seeded sample of at most ``limit`` files."""
+    centre crop per image (of its training split where it has train/ and val/), a seeded
+    sample of at most ``limit`` files."""
     if data_dir is None:
         return ImageRequest(views_per_image=HELD_OUT_VIEWS, view_offset=ODD_VIEWS[0], view_stride=ODD_VIEWS[1])
-    return ImageRequest(data_dir, labels_file, views_per_image=1, limit=limit, seed=seed)
+    split = TRAIN if split_folders(Path(data_dir)) is not None else None
+    return ImageRequest(data_dir, labels_file, views_per_image=1, limit=limit, seed=seed, split=split)
+
+
+def calibration_request(settings) -> ImageRequest:
+    """Calibration (and distillation) images from a Settings: --calib, else the training
+    split of --data where it has one (never the images evaluation uses), else the
+    bundled photos' odd views."""
+    if settings["calib"] is not None:
+        return default_calibration(settings["calib"], settings["calib_labels"], settings["calib_limit"], settings["seed"])
+    data = evaluation_images(settings["data"], settings["labels"], None, None, settings["seed"], settings["val_split"]) if settings["data"] is not None else None
+    if data is not None and data.has_training_split:
+        return training_images(settings["data"], settings["labels"], settings["val_split"], settings["seed"], settings["calib_limit"])
+    return default_calibration(None)
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -133,14 +133,16 @@ class Bundle:
         return len(files)
 
     def image_set(self):
-        from .data import ImageSet, ImageView, LabelledImage
+        from .core import ClassSet
+        from .data import ImageView, LabelledImage, make_image_set
 
         images = self.meta["images"]
         views = tuple(
             ImageView(LabelledImage(self.inside(v["file"], "image"), tuple(v["labels"]) if v["labels"] is not None else None), int(v["view"]))
             for v in images["views"]
         )
-        return ImageSet(views=views, description=images["description"])
+        space = ClassSet.from_dict(images["classes"]) if images.get("classes") else None
+        return dataclasses.replace(make_image_set([], 1, images["description"], label_space=space), views=views)
 
     def reference(self):
         """The PyTorch FP32 logits for image_set(), row i for view i (None for an imported ONNX)."""
@@ -168,7 +170,7 @@ def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, st
     bundle's unless given. Returns (results document, bench run)."""
     from .data import evaluation_images
     from .results.document import results_document
-    from .session import bench_request, run_session
+    from .session import bench_request, evaluation_set, run_session
     from .telemetry import check_power_source
 
     bundle.verify()
@@ -190,7 +192,7 @@ def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, st
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"this model has a static batch of {shape[0]}; bundle one exported without --static to time other batch sizes")
     if settings["data"] is not None:
-        images = evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"]).resolve()
+        images = evaluation_set(artifact, evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"], settings["val_split"]))
         reference = None
     else:
         images, reference = bundle.image_set(), bundle.reference()

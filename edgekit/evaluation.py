@@ -24,6 +24,8 @@ from .uncertainty import METHOD, paired_difference_interval, percent, proportion
 
 CHUNK_ROWS = 256
 TOP5 = 5
+TOP_CONFUSIONS = 10  # (true, predicted) pairs a results row names
+FULL_CONFUSION_CLASSES = 100  # the whole confusion matrix goes into a results row up to this many classes
 
 
 # --------------------------------------------------------------------------- logits on disk
@@ -159,8 +161,15 @@ class _PerFile:
 class BackendAccumulator:
     """One backend's accuracy, and its agreement with the baseline, over streamed chunks."""
 
-    def __init__(self, file_count: int, labelled: bool, compared: bool):
+    def __init__(self, file_count: int, labelled: bool, compared: bool, classes: Optional[int] = None, class_names: Optional[Sequence[str]] = None):
         self.labelled, self.compared = labelled, compared
+        # per class (``classes`` given): a [true, predicted] count matrix against each view's
+        # primary label, which views each class got right (its primary or another acceptable
+        # label), and the cells of right answers off the primary label (not confusions)
+        self.class_names = class_names
+        self.confusion = np.zeros((classes, classes), dtype=np.int64) if labelled and classes else None
+        self.class_correct = np.zeros(classes, dtype=np.int64) if labelled and classes else None
+        self.accepted: dict[tuple[int, int], int] = {}
         self.count = _PerFile(file_count)
         self.top1 = _PerFile(file_count)
         self.top5 = _PerFile(file_count)
@@ -177,6 +186,8 @@ class BackendAccumulator:
             right = hits(logits, labels, 1)
             self.top1.add(files, right)
             self.top5.add(files, hits(logits, labels, TOP5))
+            if self.confusion is not None:
+                self._count_classes(logits, labels)
             if baseline is not None:
                 base_right = hits(baseline, labels, 1)
                 self.lost.add(files, base_right & ~right)
@@ -185,6 +196,20 @@ class BackendAccumulator:
             self.agree.add(files, logits.argmax(1) == baseline.argmax(1))
             self.kl_sum += float(np.maximum(kl_rows(baseline, logits), 0.0).sum())
             self.max_abs_diff = max(self.max_abs_diff, float(np.abs(logits.astype(np.float64) - baseline).max(initial=0.0)))
+
+    def _count_classes(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        assert self.confusion is not None and self.class_correct is not None
+        classes = self.confusion.shape[0]
+        predicted = logits.argmax(1)
+        primary = labels[:, 0]
+        right = ((labels == predicted[:, None]) & (labels >= 0)).any(axis=1)
+        keep = (primary >= 0) & (primary < classes)
+        true, predicted, right = primary[keep], predicted[keep], right[keep]
+        np.add.at(self.confusion, (true, predicted), 1)
+        np.add.at(self.class_correct, true, right.astype(np.int64))
+        off_primary = right & (predicted != true)  # right under another acceptable label
+        for t, p in zip(true[off_primary].tolist(), predicted[off_primary].tolist()):
+            self.accepted[(t, p)] = self.accepted.get((t, p), 0) + 1
 
     def result(self, note: Optional[str] = None) -> AccuracyStats:
         n = int(self.count.values.sum())
@@ -208,11 +233,54 @@ class BackendAccumulator:
             agreement = pct(self.agree)
             agreement_ci = percent(proportion_interval(self.agree.values, counts))
             mean_kl, max_diff = self.kl_sum / n, self.max_abs_diff
+        per_class = top_confusions = confusion = None
+        if self.confusion is not None and self.class_correct is not None and self.confusion.any():
+            per_class, top_confusions, confusion = class_figures(self.confusion, self.class_correct, self.accepted, self.class_names)
         return AccuracyStats(
             images=n, top1=top1, top5=top5, top1_drop=drop, agreement=agreement, mean_kl=mean_kl, max_abs_diff=max_diff,
             files=files, top1_ci=top1_ci, top5_ci=top5_ci, top1_drop_ci=drop_ci, agreement_ci=agreement_ci,
             ci_method=METHOD if n else None, note=note,
+            per_class=per_class, top_confusions=top_confusions, confusion=confusion,
         )
+
+
+def class_name(names: Optional[Sequence[str]], index: int) -> str:
+    """A class's name, or its index where no name is known."""
+    return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)
+
+
+def class_figures(
+    confusion: np.ndarray,
+    correct: np.ndarray,
+    accepted: dict[tuple[int, int], int],
+    names: Optional[Sequence[str]] = None,
+) -> tuple[tuple[dict, ...], tuple[dict, ...], Optional[tuple[tuple[int, int, int], ...]]]:
+    """(per_class, top_confusions, confusion) of an AccuracyStats from a [true, predicted]
+    count matrix, the views each true class got right, and the right answers off the primary
+    label (not confusions). The full matrix only up to FULL_CONFUSION_CLASSES classes."""
+    classes = confusion.shape[0]
+    images = confusion.sum(axis=1)
+    per_class = tuple(
+        {"class": int(c), "name": class_name(names, int(c)), "images": int(images[c]), "correct": int(correct[c]), "top1": 100.0 * float(correct[c]) / float(images[c])}
+        for c in np.flatnonzero(images)
+    )
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    for (t, p), count in accepted.items():
+        errors[t, p] -= count
+    flat = errors.ravel()
+    cells = np.flatnonzero(flat > 0)
+    cells = cells[np.lexsort((cells, -flat[cells]))][:TOP_CONFUSIONS]  # most frequent first, then by class
+    top_confusions = tuple(
+        {"true": t, "true_name": class_name(names, t), "predicted": p, "predicted_name": class_name(names, p), "count": int(flat[cell])}
+        for cell in cells.tolist()
+        for t, p in [divmod(cell, classes)]
+    )
+    full = None
+    if classes <= FULL_CONFUSION_CLASSES:
+        true, predicted = np.nonzero(confusion)
+        full = tuple((int(t), int(p), int(confusion[t, p])) for t, p in zip(true, predicted))
+    return per_class, top_confusions, full
 
 
 class PairAccumulator:
@@ -267,9 +335,12 @@ def evaluate(
     baseline: Optional[str] = None,
     note: Optional[str] = None,
     progress=lambda done, total: None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Evaluation:
     """Accuracy of every backend (and agreement with ``baseline``'s logits, when given) on
-    the views all of them evaluated; ``note`` says why top-1 does not apply, if it does not."""
+    the views all of them evaluated; ``note`` says why top-1 does not apply, if it does not.
+    Where top-1 applies, each row also carries per-class top-1 and confusions against each
+    view's primary label, named by ``class_names`` (label index -> name; else the index)."""
     if not outputs:
         return Evaluation({}, (), 0)
     classes = {name: o.classes for name, o in outputs.items()}
@@ -279,7 +350,9 @@ def evaluate(
     labelled = views.labels is not None and note is None
     names = list(outputs)
     accumulators = {  # the baseline is not compared with itself: its row has no drop or agreement
-        name: BackendAccumulator(views.file_count, labelled, compared=baseline is not None and name != baseline)
+        name: BackendAccumulator(
+            views.file_count, labelled, compared=baseline is not None and name != baseline, classes=classes[name], class_names=class_names
+        )
         for name in names
     }
     pairs = {(a, b): PairAccumulator() for i, a in enumerate(names) for b in names[i + 1 :]}

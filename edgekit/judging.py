@@ -7,12 +7,13 @@ on-device runner (the baseline travels in the bundle). Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from .core import AccuracyStats, Artifact, BenchResult
-from .data import ImageSet, skipped_summary
+from .core import AccuracyStats, Artifact, BenchResult, ClassSet
+from .data import ImageSet, imagenet_classes, skipped_summary
 from .evaluation import BackendParity, LogitsFile, evaluate
 from .worker import WorkerOutput, bench_result
 
@@ -28,13 +29,18 @@ class Judged:
     evaluated: int  # views every backend evaluated
 
 
-def top1_note(artifact: Artifact, classes: Optional[int], labelled: bool) -> Optional[str]:
-    """Why top-1 against the labels does not apply to this model, or None when it does."""
+def top1_note(artifact: Artifact, classes: Optional[int], labelled: bool, label_space: Optional[ClassSet] = None) -> Optional[str]:
+    """Why top-1 against the labels does not apply to this model, or None when it does.
+    ``label_space``: the labels' class set (None: ImageNet-1k)."""
     source = artifact.manifest.get("model", {}).get("weights_source") or {}
     if source.get("kind") == "random-init":
         return "not applicable: random-init weights"
-    if labelled and classes is not None and classes != IMAGENET_CLASSES:
-        return f"not applicable: the model has {classes} outputs, the labels are ImageNet-1k classes"
+    expected = label_space.count if label_space is not None else IMAGENET_CLASSES
+    if labelled and classes is not None and classes != expected:
+        what = label_space.describe() if label_space is not None else "ImageNet-1k classes"
+        return f"not applicable: the model has {classes} outputs, the labels are {what}"
+    if labelled and label_space is None and not artifact.classes.is_imagenet and artifact.classes.count == IMAGENET_CLASSES:
+        return f"not applicable: the model's 1000 classes are {artifact.classes.source}, the labels ImageNet-1k's"
     return None
 
 
@@ -54,9 +60,13 @@ def judge(
     logits.update((name, out.logits) for name, out in outputs.items())
     views = image_set.view_table()
     classes = next((f.classes for f in logits.values()), None)
-    note = top1_note(artifact, classes, views.labels is not None)
-    evaluation = evaluate(logits, views, baseline[0] if baseline is not None else None, note)
+    note = top1_note(artifact, classes, views.labels is not None, image_set.label_space)
+    class_names = image_set.class_names
+    if class_names is None and views.labels is not None and note is None:  # labels are ImageNet-1k indices
+        class_names = imagenet_classes()[1]
+    evaluation = evaluate(logits, views, baseline[0] if baseline is not None else None, note, class_names=class_names)
 
+    label_description = image_set.label_space.describe() if image_set.label_space is not None else "1000 classes (ImageNet-1k)"
     skipped = _skipped(outputs.values())
     if skipped:
         warnings.warn(skipped_summary(skipped) + "; excluded from every backend alike", stacklevel=2)
@@ -66,6 +76,8 @@ def judge(
             results.append(BenchResult.failed(artifact.model_name, name, artifact.manifest.get("variant", "fp32"), artifact.key, errors[name], dict(environment)))
         elif name in outputs:
             accuracy: Optional[AccuracyStats] = evaluation.accuracy.get(name)
+            if accuracy is not None and views.labels is not None:
+                accuracy = dataclasses.replace(accuracy, classes=label_description)
             results.append(bench_result(outputs[name].result, artifact, name, accuracy, **environment))
     files = {path for _, path, _ in skipped}
     images = {
@@ -80,8 +92,23 @@ def judge(
         "files_skipped": len(files),
         "skipped_files": [{"file": path, "reason": reason} for path, reason in list(_reasons(skipped).items())[:SKIPPED_LISTED]],
         "top1_note": note,
+        "classes": (image_set.label_space.to_dict() if image_set.label_space is not None else {"count": 1000, "source": "imagenet-1k"}) if image_set.labelled else None,
+        "model_classes": artifact.classes.describe(),
+        "calibration": _calibration(artifact),
     }
     return Judged(tuple(results), evaluation.parity, images, evaluation.evaluated)
+
+
+def _calibration(artifact: Artifact) -> Optional[str]:
+    """Which images set the INT8 ranges (or trained the model), so a results file says
+    that evaluation used other ones."""
+    parts = []
+    for step in artifact.manifest.get("steps", []):
+        if step.get("step") == "finetune":
+            parts.append(f"fine-tuned on {step['train']['description']}")
+        elif step.get("step") == "quantize" and step.get("calibration"):
+            parts.append(f"INT8 calibrated on {step['calibration']['description']}")
+    return "; ".join(parts) or None
 
 
 def _skipped(outputs) -> list[tuple[int, str, str]]:

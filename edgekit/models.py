@@ -22,11 +22,14 @@ from typing import Any, Callable, Optional
 
 from .core import (
     CheckpointMismatchError,
+    ClassSet,
     ModelSpec,
     Preprocessing,
     Reference,
     UnknownModelError,
+    UsageError,
     WeightsUnavailableError,
+    imagenet_class_set,
     sha256_file,
 )
 from .registry import Registry
@@ -42,7 +45,7 @@ OFFLINE_ALTERNATIVES = (
 @dataclass(frozen=True)
 class ModelEntry:
     spec: ModelSpec
-    build: Callable[[], Any]  # -> torch.nn.Module with random (or no) weights
+    build: Callable[..., Any]  # (num_classes=...) -> torch.nn.Module with random (or no) weights
     load_pretrained: Callable[[Any], str]  # loads into the module, returns a weights id
 
 
@@ -52,6 +55,7 @@ class LoadedModel:
     module: Any  # torch.nn.Module in eval mode
     weights_id: str  # identifies the exact weights: enters the artifact hash
     weights_desc: str  # for people
+    classes: ClassSet = dataclasses.field(default_factory=imagenet_class_set)  # what the outputs mean
 
     def at_input_size(self, size: int) -> "LoadedModel":
         """The same module fed at another resolution (the resize/crop ratio is kept)."""
@@ -99,7 +103,9 @@ def _torchvision_entry(name: str) -> ModelEntry:
         module.load_state_dict(state)
         return f"torchvision:{default}"
 
-    build = functools.partial(builder, weights=None, **_torchvision_build_kwargs(name, crop))
+    def build(num_classes: int = 1000) -> Any:
+        return builder(weights=None, num_classes=num_classes, **_torchvision_build_kwargs(name, crop))
+
     return ModelEntry(spec=spec, build=build, load_pretrained=load_pretrained)
 
 
@@ -186,10 +192,10 @@ def _efficientnet_lite_entry(n: int) -> ModelEntry:
         offline_weights=_lite_weights_path(n) is not None,
     )
 
-    def build() -> Any:
+    def build(num_classes: int = 1000) -> Any:
         import timm
 
-        return timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+        return timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=num_classes)
 
     def load_pretrained(module: Any) -> str:
         path = _lite_weights_path(n)
@@ -250,19 +256,41 @@ def _timm_entry(name: str) -> ModelEntry:
             std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         ),
         num_classes=int(cfg.get("num_classes", 1000)),
+        offline_weights=_timm_cached_weights(cfg) is not None,
     )
 
     def load_pretrained(module: Any) -> str:
-        raise WeightsUnavailableError(
-            f"timm weights for {arch} download from the Hugging Face hub, which is not reachable "
-            "offline; " + OFFLINE_ALTERNATIVES
-        )
+        path = _timm_cached_weights(cfg)
+        if path is None:
+            raise WeightsUnavailableError(
+                f"timm weights for {arch} ({cfg.get('hf_hub_id') or 'no hub id'}) are not in the local Hugging Face "
+                "cache and edgekit does not download them; " + OFFLINE_ALTERNATIVES
+            )
+        state, _ = read_checkpoint(path)
+        _fit_state(module, state, path, name)
+        return f"timm:{cfg.get('hf_hub_id')}:{sha256_file(path)[:16]}"
 
-    return ModelEntry(
-        spec=spec,
-        build=functools.partial(timm.create_model, arch, pretrained=False),
-        load_pretrained=load_pretrained,
-    )
+    def build(num_classes: int = spec.num_classes) -> Any:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+    return ModelEntry(spec=spec, build=build, load_pretrained=load_pretrained)
+
+
+def _timm_cached_weights(cfg: dict) -> Optional[Path]:
+    """timm's pretrained file for ``cfg`` when it is already in the local Hugging Face
+    cache (read without any network access), else None."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 # --------------------------------------------------------------------------- registry
@@ -300,10 +328,13 @@ def load_from_manifest(manifest: dict) -> "LoadedModel":
     """The exact module an artifact was exported from (its model section), at its input size."""
     model = manifest["model"]
     source = model["weights_source"]
+    classes = ClassSet.from_dict(model.get("classes"), model.get("num_classes"))
     loaded = load_model(
         model["name"],
         weights_file=Path(source["path"]) if source["kind"] == "file" else None,
         random_init=source["kind"] == "random-init",
+        classes=classes,
+        weights_key=source.get("key"),
     )
     size = int(manifest["preprocessing"]["input_size"])
     return loaded if size == loaded.spec.preprocessing.input_size else loaded.at_input_size(size)
@@ -314,48 +345,166 @@ def load_model(
     *,
     weights_file: Optional[Path] = None,
     random_init: bool = False,
+    classes: Optional[ClassSet] = None,
+    weights_key: Optional[str] = None,
 ) -> LoadedModel:
-    """Build ``name`` in eval mode with the requested weights."""
+    """Build ``name`` in eval mode with the requested weights.
+
+    The head's size comes from the checkpoint (``weights_file``), else from ``classes``
+    (--num-classes / --classes), else the model's own (ImageNet-1k for pretrained weights).
+    """
     import torch
 
     entry = get_entry(name)
+    default = entry.spec.num_classes
     torch.manual_seed(RANDOM_INIT_SEED)  # random init (and anything stochastic in build) repeats
-    module = entry.build()
     if weights_file is not None:
-        weights_id = _load_checkpoint(module, Path(weights_file), name)
+        weights_file = Path(weights_file)
+        state, meta = read_checkpoint(weights_file, weights_key)
+        head = _head_width(entry, state)
+        classes = _checkpoint_classes(classes, head, meta, weights_file, default)
+        torch.manual_seed(RANDOM_INIT_SEED)
+        module = entry.build(num_classes=classes.count)
+        _fit_state(module, state, weights_file, name)
+        weights_id = f"file:{sha256_file(weights_file)[:16]}" + (f":{weights_key}" if weights_key else "")
         desc = f"checkpoint {weights_file}"
     elif random_init:
+        classes = classes or _default_classes(default)
+        module = entry.build(num_classes=classes.count)
         weights_id = f"random-init:seed{RANDOM_INIT_SEED}"
         desc = "random init (no pretrained weights)"
     else:
+        if classes is not None and classes.count != default:
+            raise UsageError(
+                f"the pretrained weights of {name} have {default} classes, not {classes.count}: give a checkpoint "
+                f"with a {classes.count}-class head (--weights), or train one with `edgekit finetune {name} --data DIR`"
+            )
+        classes = classes or _default_classes(default)
+        module = entry.build(num_classes=default)
         weights_id = entry.load_pretrained(module)
         desc = weights_id.split(":")[0] + " pretrained"
     module.eval()
-    return LoadedModel(spec=entry.spec, module=module, weights_id=weights_id, weights_desc=desc)
+    spec = entry.spec if classes.count == default else dataclasses.replace(entry.spec, num_classes=classes.count)
+    return LoadedModel(spec=spec, module=module, weights_id=weights_id, weights_desc=desc, classes=classes)
 
 
-def _load_checkpoint(module: Any, path: Path, name: str) -> str:
+def _default_classes(count: int) -> ClassSet:
+    return imagenet_class_set() if count == 1000 else ClassSet(count, "unnamed head")
+
+
+def _checkpoint_classes(asked: Optional[ClassSet], head: Optional[int], meta: dict, path: Path, default: int) -> ClassSet:
+    """The class set of a checkpoint: what the user asked for, checked against the head's
+    width; else the names the checkpoint carries (edgekit finetune writes them); else the
+    head's width."""
+    count = head if head is not None else default
+    if asked is not None:
+        if asked.count != count:
+            raise CheckpointMismatchError(
+                f"{asked.describe()} asked for, but the head of checkpoint {path} has {count} outputs"
+            )
+        if asked.named or not meta.get("classes"):
+            return asked
+    names = tuple(meta.get("classes") or ())
+    if names and len(names) == count:
+        return ClassSet(count, f"checkpoint {path.name}", names)
+    return _default_classes(count) if count == default else ClassSet(count, f"head of checkpoint {path.name}")
+
+
+def _head_width(entry: ModelEntry, state: dict) -> Optional[int]:
+    """Output count of the checkpoint's classifier (the default model's head, found by name)."""
     import torch
 
+    from .transforms.prune import find_classifier
+
+    with torch.device("meta"):
+        try:
+            probe = entry.build(num_classes=entry.spec.num_classes)
+        except (NotImplementedError, RuntimeError):
+            probe = None
+    if probe is None:
+        probe = entry.build(num_classes=entry.spec.num_classes)
+    head = find_classifier(probe, entry.spec.num_classes)
+    if head is None:
+        return None
+    key = f"{head[0]}.weight"
+    tensor = state.get(key)
+    return int(tensor.shape[0]) if tensor is not None and tensor.ndim >= 1 else None
+
+
+# Where training scripts keep the weights inside a checkpoint dict (timm, torchvision's
+# references, Lightning-style and DDP-era scripts), most specific first.
+STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_ema", "state_dict_ema", "ema", "module", "net", "network")
+EDGEKIT_META = "edgekit"
+
+
+def read_checkpoint(path: Path, key: Optional[str] = None) -> tuple[dict, dict]:
+    """(state_dict of tensors, edgekit metadata) from a checkpoint file, without running
+    code: safetensors, or torch.load(weights_only=True) of a state_dict or of a training
+    script's dict holding one (``key`` chooses when several are there). ``module.``
+    prefixes (DataParallel, DDP) are dropped."""
+    import torch
+
+    path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        raw = _read_safetensors(path)
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as e:
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+        except Exception as e:  # torch.load raises many types for a file that is not a checkpoint (KeyError for text)
+            raise CheckpointMismatchError(
+                f"checkpoint {path} cannot be loaded with weights_only=True: corrupt, not a PyTorch "
+                f"file, or it pickles more than tensors ({type(e).__name__})"
+            ) from None
+    meta = raw.get(EDGEKIT_META) if isinstance(raw, dict) and isinstance(raw.get(EDGEKIT_META), dict) else {}
+    state = _pick_state(raw, path, key)
+    return {k.removeprefix("module."): v for k, v in state.items()}, meta
+
+
+def _read_safetensors(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    except Exception as e:  # torch.load raises many types for a file that is not a checkpoint (KeyError for text)
-        raise CheckpointMismatchError(
-            f"checkpoint {path} cannot be loaded with weights_only=True: corrupt, not a PyTorch "
-            f"file, or it pickles more than tensors ({type(e).__name__})"
-        ) from None
-    if isinstance(state, dict):
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatchError(f"checkpoint {path} does not hold a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsUnavailableError(f"reading {path} needs safetensors: pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointMismatchError(f"checkpoint {path} is not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
+
+
+def _is_state(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _pick_state(raw: Any, path: Path, key: Optional[str]) -> dict:
+    if key is not None:
+        if not isinstance(raw, dict) or not _is_state(raw.get(key)):
+            held = sorted(k for k, v in raw.items() if _is_state(v)) if isinstance(raw, dict) else []
+            raise CheckpointMismatchError(f"checkpoint {path} has no state_dict under {key!r}" + (f"; it has {', '.join(held)}" if held else ""))
+        return raw[key]
+    if _is_state(raw):
+        return raw
+    if isinstance(raw, dict):
+        candidates = [k for k in STATE_KEYS if _is_state(raw.get(k))]
+        if len(candidates) > 1:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} holds several state dicts ({', '.join(candidates)}); choose one with --weights-key"
+            )
+        if candidates:
+            return raw[candidates[0]]
+        nested = [k for k, v in raw.items() if _is_state(v)]
+        if len(nested) == 1:
+            return raw[nested[0]]
+    raise CheckpointMismatchError(f"checkpoint {path} does not hold a state_dict of tensors")
+
+
+def _fit_state(module: Any, state: dict, path: Path, name: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -367,7 +516,41 @@ def _load_checkpoint(module: Any, path: Path, name: str) -> str:
                 parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise CheckpointMismatchError(f"checkpoint {path} does not fit {name}: " + ", ".join(parts))
     module.load_state_dict(state, strict=True)
-    return f"file:{sha256_file(path)[:16]}"
+
+
+def with_new_head(loaded: LoadedModel, classes: ClassSet) -> LoadedModel:
+    """The same network with a freshly initialised ``classes.count``-way head: every other
+    weight copied from ``loaded`` (transfer learning starts here)."""
+    import torch
+
+    entry = get_entry(loaded.spec.name)
+    torch.manual_seed(RANDOM_INIT_SEED)
+    module = entry.build(num_classes=classes.count)
+    own = module.state_dict()
+    kept = {k: v for k, v in loaded.module.state_dict().items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    fresh = [k for k in own if k not in kept]
+    head = find_head(module, classes.count)
+    if any(not k.startswith(head + ".") for k in fresh):
+        raise CheckpointMismatchError(f"{loaded.spec.name}: more than the head would change ({[k for k in fresh if not k.startswith(head + '.')][:2]})")
+    module.load_state_dict(kept, strict=False)
+    layer = dict(module.named_modules())[head]
+    with torch.no_grad():  # a zero head starts at the uniform prediction: no large first gradients into pretrained features
+        layer.weight.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
+    module.eval()
+    spec = dataclasses.replace(loaded.spec, num_classes=classes.count)
+    return dataclasses.replace(loaded, spec=spec, module=module, classes=classes)
+
+
+def find_head(module: Any, count: int) -> str:
+    """The dotted name of the classifier layer with ``count`` outputs."""
+    from .transforms.prune import find_classifier
+
+    head = find_classifier(module, count)
+    if head is None:
+        raise CheckpointMismatchError("cannot find the classifier layer of the model")
+    return head[0]
 
 
 # --------------------------------------------------------------------------- complexity

@@ -8,6 +8,7 @@ folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .artifacts import ARTIFACT_FORMAT, build_artifact_folder
-from .core import ONNX_NAME, Artifact, ExportError, InvalidModelFileError, sha256_file, stable_hash
+from .core import ONNX_NAME, Artifact, ClassSet, ExportError, InvalidModelFileError, Preprocessing, sha256_file, stable_hash
 from .data import ImageSet, load_all
 from .models import LoadedModel, measure_complexity
 
@@ -39,18 +40,20 @@ class WeightsSource:
 
     kind: str  # "pretrained" | "random-init" | "file"
     path: Optional[str] = None
+    key: Optional[str] = None  # the state dict chosen inside a checkpoint that holds several
 
 
 def export_key(loaded: LoadedModel, options: ExportOptions) -> str:
-    return stable_hash(
-        {
-            "format": ARTIFACT_FORMAT,
-            "model": loaded.spec.name,
-            "weights": loaded.weights_id,
-            "preprocessing": loaded.spec.preprocessing.to_dict(),
-            "options": asdict(options),
-        }
-    )
+    what = {
+        "format": ARTIFACT_FORMAT,
+        "model": loaded.spec.name,
+        "weights": loaded.weights_id,
+        "preprocessing": loaded.spec.preprocessing.to_dict(),
+        "options": asdict(options),
+    }
+    if not loaded.classes.is_imagenet:  # ImageNet-1k models keep the keys they always had
+        what["classes"] = loaded.classes.identity
+    return stable_hash(what)
 
 
 def export_model(
@@ -79,20 +82,72 @@ def export_model(
     return build_artifact_folder(root, loaded.spec.name, key, populate)
 
 
-def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifact, bool]:
+PREPROCESSING_KEYS = {"input_size", "resize_size", "crop_pct", "interpolation", "mean", "std", "classes"}
+
+
+def read_preprocessing_file(path: Path) -> dict[str, Any]:
+    """A small JSON describing how an imported ONNX model wants its images: input_size,
+    resize_size (or crop_pct), interpolation, mean, std, and optionally classes (a list of
+    names). Unknown keys and bad values are one-line errors."""
+    from .core import DataError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"preprocessing file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"preprocessing file {path} is not readable JSON ({getattr(e, 'msg', None) or type(e).__name__})") from None
+    if not isinstance(data, dict) or set(data) - PREPROCESSING_KEYS:
+        unknown = sorted(set(data) - PREPROCESSING_KEYS) if isinstance(data, dict) else []
+        raise DataError(f"preprocessing file {path}: expected an object with {', '.join(sorted(PREPROCESSING_KEYS))}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    for key in ("mean", "std"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise DataError(f"preprocessing file {path}: {key} must be three numbers, got {value!r}")
+    if data.get("std") and any(v <= 0 for v in data["std"]):
+        raise DataError(f"preprocessing file {path}: std must be positive")
+    for key in ("input_size", "resize_size"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= 4096):
+            raise DataError(f"preprocessing file {path}: {key} must be a whole number of pixels, got {value!r}")
+    if data.get("crop_pct") is not None and not (isinstance(data["crop_pct"], (int, float)) and 0 < data["crop_pct"] <= 1):
+        raise DataError(f"preprocessing file {path}: crop_pct must be in (0, 1], got {data['crop_pct']!r}")
+    if data.get("interpolation") is not None and data["interpolation"] not in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"):
+        raise DataError(f"preprocessing file {path}: unknown interpolation {data['interpolation']!r}")
+    if data.get("classes") is not None and not (isinstance(data["classes"], list) and data["classes"] and all(isinstance(n, str) for n in data["classes"])):
+        raise DataError(f"preprocessing file {path}: classes must be a list of names")
+    return data
+
+
+def _imported_preprocessing(size: int, described: Optional[dict[str, Any]]) -> Preprocessing:
+    d = described or {}
+    size = int(d.get("input_size") or size)
+    base = Preprocessing().with_input_size(size)
+    resize = d.get("resize_size") or (int(size / d["crop_pct"]) if d.get("crop_pct") else base.resize_size)
+    return Preprocessing(
+        input_size=size, resize_size=int(resize), interpolation=d.get("interpolation", base.interpolation),
+        mean=tuple(d.get("mean", base.mean)), std=tuple(d.get("std", base.std)),
+    )
+
+
+def import_onnx_file(path: Path, root: Path = Path("exported"), preprocessing_file: Optional[Path] = None, classes: Optional[ClassSet] = None) -> tuple[Artifact, bool]:
     """Wrap a foreign ONNX classifier as an artifact (no PyTorch original to compare with).
 
-    Preprocessing defaults to ImageNet's at the graph's input size; accuracy is then
-    judged on labels only.
+    Preprocessing comes from ``preprocessing_file`` (see read_preprocessing_file), else
+    ImageNet's at the graph's input size; classes from ``classes`` or that file, else
+    ImageNet-1k for 1000 outputs. Accuracy is judged on labels only.
     """
     import onnx
 
-    from .core import Preprocessing
+    from .core import DataError, imagenet_class_set
 
     path = Path(path)
     check_onnx_file(path)
+    described = read_preprocessing_file(preprocessing_file) if preprocessing_file is not None else None
+    if classes is None and described and described.get("classes"):
+        names = tuple(described["classes"])
+        classes = ClassSet(len(names), f"preprocessing file {preprocessing_file}", names)
     digest = sha256_file(path)
-    key = stable_hash({"format": ARTIFACT_FORMAT, "onnx": digest})
     name = path.stem
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
@@ -102,7 +157,9 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch") for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3 or not isinstance(dims[2], int) or dims[2] != dims[3]:
         raise InvalidModelFileError(f"{path}: input {inputs[0].name} has shape {dims}; expected [N, 3, S, S]")
-    prep = Preprocessing().with_input_size(dims[2])
+    prep = _imported_preprocessing(dims[2], described)
+    if prep.input_size != dims[2]:
+        raise DataError(f"{preprocessing_file} says input_size {prep.input_size}, but {path.name} takes {dims[2]}x{dims[3]} images")
     output = graph.output[0] if graph.output else None
     out_dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in output.type.tensor_type.shape.dim] if output is not None else []
     if output is None or (output.type.tensor_type.HasField("shape") and len(out_dims) != 2):
@@ -110,11 +167,19 @@ def import_onnx_file(path: Path, root: Path = Path("exported")) -> tuple[Artifac
             f"{path}: first output {output.name if output is not None else '(none)'} has shape {out_dims}; "
             "edgekit measures classifiers whose first output is [N, classes] logits"
         )
+    width = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
+    if classes is not None and width is not None and classes.count != width:
+        raise DataError(f"{classes.describe()} given, but {path.name} has {width} outputs")
+    if classes is None:
+        classes = imagenet_class_set() if width in (None, 1000) else ClassSet(width, f"outputs of {path.name}")
+    key = stable_hash({"format": ARTIFACT_FORMAT, "onnx": digest, **({"preprocessing": prep.to_dict()} if described else {}),
+                       **({"classes": classes.identity} if not classes.is_imagenet else {})})
 
     def populate(staging: Path) -> dict[str, Any]:
         shutil.copyfile(path, staging / ONNX_NAME)
         return {
-            "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None},
+            "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None,
+                      "num_classes": classes.count, "classes": classes.to_dict()},
             "preprocessing": prep.to_dict(),
             "input": {"name": inputs[0].name, "shape": dims, "dtype": "float32"},
             "output": {"name": output.name, "shape": out_dims},
@@ -248,6 +313,7 @@ def _manifest(
             "family": spec.family,
             "source": spec.source,
             "num_classes": spec.num_classes,
+            "classes": loaded.classes.to_dict(),
             "weights_id": loaded.weights_id,
             "weights": loaded.weights_desc,
             "weights_source": asdict(weights_source),

@@ -20,10 +20,11 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from .core import UsageError
 
-COMMANDS = ("export", "bench", "bundle")
+COMMANDS = ("export", "bench", "bundle", "finetune")
 # Help sections, in the order `--help` prints them.
 GROUPS = {
     "model": "Model and export",
+    "finetune": "Fine-tuning (transfer learning to your classes)",
     "int8": "INT8 quantization",
     "prune": "Structured pruning",
     "dw_separable": "Depthwise-separable conversion",
@@ -281,31 +282,49 @@ def grouped_command():
 
 _MODEL = ("export", "bench", "bundle")
 _BENCH = ("bench",)
+_ANY_MODEL = (*_MODEL, "finetune")
+_DATA = ("bench", "bundle", "export", "finetune")
 
 OPTIONS: tuple[Option, ...] = (
     # model and export ([export] in recipes, or [model.<name>] for one model)
-    Option("weights", "--weights", "path", "model", "Local checkpoint (a state_dict), loaded with weights_only=True.", recipe="export", commands=_MODEL),
-    Option("random_init", "--random-init", "flag", "model", "Seeded random weights, for architecture-only work.", False, recipe="export", commands=_MODEL),
-    Option("input_size", "--input-size", "int", "model", "Export at this resolution instead of the model's own.", recipe="export", commands=_MODEL, minimum=16, maximum=2048),
+    Option("weights", "--weights", "path", "model", "Local checkpoint, never executed: a state_dict, a training script's dict (model, state_dict, model_ema...), or .safetensors. Its head sets the number of classes.", recipe="export", commands=_ANY_MODEL),
+    Option("weights_key", "--weights-key", "text", "model", "Which state dict of a checkpoint that holds several (model, model_ema...).", recipe="export", commands=_ANY_MODEL),
+    Option("num_classes", "--num-classes", "int", "model", "Outputs of the head (default: the checkpoint's head, else the model's own).", recipe="export", commands=_ANY_MODEL, minimum=1, maximum=100000),
+    Option("preprocessing", "--preprocessing", "path", "model", "For an imported ONNX file: JSON with input_size, resize_size or crop_pct, interpolation, mean, std, classes (default: ImageNet's).", recipe="export", commands=_MODEL),
+    Option("classes", "--classes", "path", "model", "Class names in output order: one per line, or JSON (default: the checkpoint's, the data's class folders, or ImageNet-1k).", recipe="export", commands=_ANY_MODEL),
+    Option("random_init", "--random-init", "flag", "model", "Seeded random weights, for architecture-only work.", False, recipe="export", commands=_ANY_MODEL),
+    Option("input_size", "--input-size", "int", "model", "Export at this resolution instead of the model's own.", recipe="export", commands=_ANY_MODEL, minimum=16, maximum=2048),
     Option("opset", "--opset", "int", "model", "ONNX opset.", 17, recipe="export", commands=_MODEL, minimum=11, maximum=23),
     Option("static", "--static", "flag", "model", "Fixed batch of 1 instead of a dynamic batch axis.", False, recipe="export", commands=_MODEL),
     Option("no_slim", "--no-slim", "flag", "model", "Keep the exporter's graph as is (no onnxslim folding).", False, recipe="export", commands=_MODEL),
-    Option("artifacts", "--artifacts", "path", "model", "Artifact root (relative to the current folder, in recipes too).", "exported", recipe="export", commands=_MODEL),
+    Option("artifacts", "--artifacts", "path", "model", "Artifact root (relative to the current folder, in recipes too).", "exported", recipe="export", commands=_ANY_MODEL),
+    Option("finetune", "--finetune", "flag", "model", "First train a new head for --data's classes on its training split (variant 'finetuned'; see edgekit finetune).", False, commands=_MODEL),
     Option("int8", "--int8", "flag", "model", "INT8 QDQ artifact (TensorRT/OpenVINO/ONNX Runtime), calibrated on real images (recipes: variants).", False, commands=_MODEL),
     Option("fp16", "--fp16", "flag", "model", "FP16 artifact, inputs and outputs kept FP32 (recipes: variants).", False, commands=_MODEL),
     Option("dw_separable", "--dw-separable", "flag", "model", "Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil (recipes: variants).", False, commands=_MODEL),
+    # fine-tuning (the 'finetuned' step)
+    Option("ft_epochs", "--ft-epochs", "int", "finetune", "Epochs fine-tuning the whole network, after the linear probe.", 6, recipe="finetune.epochs", commands=_ANY_MODEL, minimum=0, maximum=1000),
+    Option("ft_probe_epochs", "--ft-probe-epochs", "int", "finetune", "Epochs training only the new head first (linear probe).", 1, recipe="finetune.probe_epochs", commands=_ANY_MODEL, minimum=0, maximum=1000),
+    Option("ft_freeze", "--ft-freeze-backbone", "flag", "finetune", "Train only the head, every epoch (frozen backbone).", False, recipe="finetune.freeze_backbone", commands=_ANY_MODEL),
+    Option("ft_lr", "--ft-lr", "float", "finetune", "Peak learning rate of full fine-tuning (AdamW, cosine schedule; the probe uses 10x).", 1e-3, recipe="finetune.lr", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, min_open=True),
+    Option("ft_batch", "--ft-batch", "int", "finetune", "Training batch size.", 32, recipe="finetune.batch", commands=_ANY_MODEL, minimum=2, maximum=4096),
+    Option("ft_label_smoothing", "--ft-label-smoothing", "float", "finetune", "Label smoothing of the cross-entropy.", 0.1, recipe="finetune.label_smoothing", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, max_open=True),
+    Option("ft_patience", "--ft-patience", "int", "finetune", "Stop after this many epochs without a better validation top-1.", 3, recipe="finetune.patience", commands=_ANY_MODEL, minimum=1),
+    Option("ft_augment", "--ft-augment", "choice", "finetune", "Training augmentation: random resized crops and flips (standard), without flips (for text, digits, arrows), or none.", "standard", recipe="finetune.augment", commands=_ANY_MODEL, choices=("standard", "no-flip", "none")),
     # INT8
     Option("calib", "--calib", "path", "int8", "Calibration images (default: the bundled photos' odd views).", recipe="int8", commands=_MODEL),
     Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat calibration folder (enables --max-drop).", recipe="int8", commands=_MODEL),
     Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration files (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8),
     Option("calib_method", "--calib-method", "choice", "int8", "Range estimation. entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md.", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS),
     Option("percentile", "--percentile", "float", "int8", "For --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True),
-    Option("seed", "--seed", "int", "int8", "Seed for sampling calibration files and --limit.", 0, recipe="int8", commands=_MODEL, minimum=0),
+    Option("seed", "--seed", "int", "int8", "Seed for sampling calibration files, --limit, --val-split and fine-tuning.", 0, recipe="int8", commands=_ANY_MODEL, minimum=0),
     Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
     Option("min_agreement", "--min-agreement", "float", "int8", "Budget: top-1 agreement with FP32, percent (default 98 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
     Option("max_kl", "--max-kl", "float", "int8", "Budget: mean KL(FP32 || INT8) (default 0.004 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0),
     Option("max_fallback", "--max-fallback", "int", "int8", "At most this many nodes go back to float.", 8, recipe="int8", commands=_MODEL, minimum=0),
     Option("bias_correction", "--bias-correction", "switch", "int8", "Empirical bias correction, kept only where it lowers the KL.", True, recipe="int8", commands=_MODEL),
+    Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training after calibration: this many epochs over the calibration images, distilled from FP32, same QDQ graph out (0: post-training INT8 only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000),
+    Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate (Adam, cosine decay to zero).", 3e-4, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True),
     Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL),
     # structured pruning
     Option("prune", "--prune", "float", "prune", "Remove this fraction of channels (0-1), then distil from the original (recipes: [prune] ratio and a 'pruned' variant).", recipe="prune.ratio", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
@@ -320,10 +339,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("dw_layers", "--dw-layer", "list", "dw_separable", "A layer to convert (instead of the budget); repeat or comma-separate for several.", (), recipe="dw_separable.layers", commands=_MODEL),
     # distillation, shared by pruning and conversion
     Option("distill_steps", "--distill-steps", "int", "distill", "Distillation steps after pruning or conversion (0: no recovery).", 200, recipe="distill.steps", commands=_MODEL, minimum=0),
+    Option("distill_hints", "--distill-hints", "flag", "distill", "FitNets hints: also regress the original's feature maps (middle and last) through a 1x1 regressor, beside the logits.", False, recipe="distill.hints", commands=_MODEL),
     Option("distill_data", "--distill-data", "path", "distill", "Unlabelled images for distillation (default: the calibration views).", recipe="distill.data", commands=_MODEL),
     # evaluation images
-    Option("data", "--data", "path", "data", "Image folder: ImageNet-style class folders (synset names) or a flat folder (default: the bundled photos' held-out views).", recipe="bench", commands=("bench", "bundle"), on_device=True),
-    Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file name> <class index or synset>' lines, LOC_val_solution.csv, or the devkit's ground truth with meta.mat beside it.", recipe="bench", commands=("bench", "bundle"), on_device=True),
+    Option("data", "--data", "path", "data", "Labelled images: class folders (your class names, or ImageNet synsets), a flat folder with --labels, or a tree with train/ and val/ (evaluation: val/ or the --val-split part; fine-tuning and calibration: the rest). Default: the bundled photos' held-out views.", recipe="bench", commands=_DATA, on_device=True),
+    Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file> <class>' lines or CSV (class: a name of --classes, an index, or a synset), LOC_val_solution.csv, or the devkit's ground truth with meta.mat beside it.", recipe="bench", commands=_DATA, on_device=True),
+    Option("val_split", "--val-split", "float", "data", "For a --data tree without train/ and val/: this fraction of each class (seeded by --seed) is the validation split, the rest trains and calibrates.", recipe="bench", commands=_DATA, on_device=True, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
     Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle"), minimum=1),
     Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle"), minimum=1),
     # benchmark

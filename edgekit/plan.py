@@ -20,7 +20,7 @@ from .core import Artifact, BenchResult, UsageError
 from .data import ImageSet
 from .evaluation import BackendParity
 from .options import Settings, check_applicable, runner_argv
-from .session import BASELINE, BenchRequest, BenchRun, bench_request, check_request, has_original, run_session
+from .session import BASELINE, BenchRequest, BenchRun, bench_request, check_request, evaluation_set, has_original, run_session
 from .steps import build_variant, parse_variant, variant_from_settings
 from .steps.export import open_target
 
@@ -176,7 +176,7 @@ def bench_cell(cell: Cell, launcher: Launcher, progress: Progress = _no_progress
     artifact, reused = build(cell, lambda stage, done, total: progress(cell.label, stage, done, total), announce)
     backends, note = runnable_backends(artifact, cell.backends)
     request = bench_request(cell.settings, backends)
-    images = request.images.resolve()
+    images = evaluation_set(artifact, request.images)
     run = launcher.bench(artifact, request, images, lambda backend, stage, done, total: progress(f"{cell.label} {backend}", stage, done, total))
     quantization = artifact.manifest.get("quantization")
     budget_note = f"{cell.label}: INT8 budget not met on the calibration images" if quantization and not quantization["budget_met"] else None

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 from .backends import BackendOptions
 from .backends.base import BASELINE_BACKEND, parse_workspace
 from .timing import TimingOptions
-from .core import Artifact, BenchResult, EdgekitError, UsageError
+from .core import Artifact, BenchResult, EdgekitError, UsageError, imagenet_class_set
 from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
 from .evaluation import BackendParity, LogitsFile
 from .judging import judge
@@ -69,7 +69,7 @@ def bench_request(settings: Settings, backends: Optional[Sequence[str]] = None) 
         backends=tuple(backends if backends is not None else settings["backends"]),
         options=backend_options(settings),
         timing=timing_options(settings),
-        images=evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"]),
+        images=evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"], settings["val_split"]),
         throughput_seconds=settings["throughput"],
         power=settings["power"],
     )
@@ -146,7 +146,18 @@ def run_session(
 def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _no_progress) -> BenchRun:
     """Check the request, list the images, run the session here."""
     check_request(artifact, request)
-    return run_session(artifact, request.images.resolve(), request, progress=progress)
+    return run_session(artifact, evaluation_set(artifact, request.images), request, progress=progress)
+
+
+def evaluation_set(artifact: Artifact, images: ImageRequest) -> ImageSet:
+    """The evaluation images, labelled in the artifact's classes; user data that names
+    another number of classes than the model has outputs is refused here."""
+    from .classes import check_labels_fit
+
+    image_set = images.resolve(artifact.classes)
+    if images.data_dir is not None and image_set.labelled:
+        check_labels_fit(image_set.label_space or imagenet_class_set(), artifact.classes.count, artifact.model_name)
+    return image_set
 
 
 def _run_worker(artifact: Artifact, backend: str, request: BenchRequest, views: Path, tmp: Path, timed: bool, progress: Progress) -> WorkerOutput:

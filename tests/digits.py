@@ -157,3 +157,35 @@ def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
         logits = session.run(None, {input_name: batch})[0]
         correct += int((logits.argmax(axis=1) == y[start : start + 256]).sum())
     return correct / len(x) * 100.0
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_digits_folders(root: Path, size: int = 32, layout: str = "train-val", per_class: int | None = None, seed: int = 0, resample: str = "bicubic") -> Path:
+    """scikit-learn's digits as RGB PNG files in class folders named zero..nine (bicubic
+    upsampling from 8x8 to ``size``): ``layout`` 'train-val' writes train/ and val/ (the
+    70/30 split of load_digits_split's seed), 'tree' one tree of every image.
+    ``per_class`` caps the images of each class in each split (fast tests). ``resample``
+    'nearest' at size 16 gives exactly the pixels load_digits_split trains on."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    index = np.arange(len(pixels))
+    train, val = train_test_split(index, test_size=0.3, random_state=seed, stratify=digits.target)
+    parts = {"train": train, "val": val} if layout == "train-val" else {"": index}
+    for split, members in parts.items():
+        counts: dict[int, int] = {}
+        for i in sorted(members):
+            label = int(digits.target[i])
+            if per_class is not None and counts.get(label, 0) >= per_class:
+                continue
+            counts[label] = counts.get(label, 0) + 1
+            folder = Path(root) / split / DIGIT_NAMES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(pixels[i], mode="L").resize((size, size), Image.Resampling[resample.upper()]).convert("RGB")
+            image.save(folder / f"digit_{i:04d}.png")
+    return Path(root)

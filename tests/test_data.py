@@ -73,7 +73,7 @@ def test_flat_folder_missing_label_is_an_error(tmp_path):
     _write_png(tmp_path / "x.png")
     labels = tmp_path.parent / "labels2.txt"
     labels.write_text("y.png 1\n")
-    with pytest.raises(DataError, match="no label for x.png"):
+    with pytest.raises(DataError, match=r"no label for 1 of 1 images \(e.g. x.png\)"):
         data.folder_images(tmp_path, labels)
 
 

@@ -4,6 +4,7 @@ consistency on torchvision models, saving and reloading a pruned model, bad requ
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -291,3 +292,18 @@ def test_distillation_rejects_bad_input(digits_net):
         distill(_halved_head(model), model, x_train[:8], DistillOptions(steps=1), labels=np.zeros(3, np.int64))
     with pytest.raises(DataError, match="NCHW"):
         distill(_halved_head(model), model, x_train[0], DistillOptions(steps=1))
+
+
+def test_fitnets_hints_guide_a_pruned_student_and_leave_no_hooks(digits_net):
+    """Hints at the middle and last feature maps (regressors bridge the pruned channel
+    counts); outputs of both networks are unchanged once distillation returns."""
+    model, original, x_train, x_test, y_test = digits_net
+    student = copy.deepcopy(model)
+    prune_module(student, DIGITS_INPUT, PruneOptions(ratio=0.5, criterion="l2"))
+    pruned = _top1(student, x_test, y_test)
+    before = model(torch.from_numpy(x_test[:4])).detach()
+    report = distill(student, model, x_train, dataclasses.replace(DIGITS_DISTILL, steps=150, hints=True))
+    assert len(report.hint_layers) == 2 and report.last_loss < report.first_loss
+    assert _top1(student, x_test, y_test) > pruned
+    assert torch.equal(model(torch.from_numpy(x_test[:4])).detach(), before)
+    assert not any(m._forward_hooks for m in list(model.modules()) + list(student.modules()))

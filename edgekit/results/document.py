@@ -155,6 +155,27 @@ LATENCY_FIELDS = {
     "compute_mean_ms": _opt(POSITIVE_NUMBER),
 }
 
+PER_CLASS_FIELDS = {
+    "class": _req(NON_NEGATIVE_INT),
+    "name": _req(STRING),
+    "images": _req(POSITIVE_INT),
+    "correct": _opt(NON_NEGATIVE_INT),
+    "top1": _req(PERCENT),
+}
+
+CONFUSION_FIELDS = {
+    "true": _req(NON_NEGATIVE_INT),
+    "true_name": _opt(STRING),
+    "predicted": _req(NON_NEGATIVE_INT),
+    "predicted_name": _opt(STRING),
+    "count": _req(POSITIVE_INT),
+}
+
+CONFUSION_CELL = _Check(
+    "a [true, predicted, count] triple of non-negative integers",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_int(x) and x >= 0 for x in v),
+)
+
 ACCURACY_FIELDS = {
     "images": _req(NON_NEGATIVE_INT),
     "top1": _opt(PERCENT),
@@ -171,6 +192,11 @@ ACCURACY_FIELDS = {
     "agreement_ci": _opt(PERCENT_INTERVAL),
     "ci_method": _opt(STRING),
     "note": _opt(STRING),
+    "classes": _opt(STRING),
+    # per class, against the primary label (newer still): absent in older documents
+    "per_class": _Field(kind="list", spec=PER_CLASS_FIELDS),
+    "top_confusions": _Field(kind="list", spec=CONFUSION_FIELDS),
+    "confusion": _Field(kind="list", items=CONFUSION_CELL),
 }
 
 THROUGHPUT_FIELDS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,10 @@ DPI = 120
 LOG_SCALE_SPAN = 10.0  # latency axes go logarithmic when max / min exceeds this
 TICK_CHARS_PER_ROW = 60  # about what fits side by side under an 8-inch plot before labels collide
 VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PER_CLASS_ROWS = 50  # classes a page lists per row, worst first (all of them in per_class.csv)
+NAMED_AXES_CLASSES = 30  # a confusion picture names its classes on the axes up to this many
+COUNTED_CELLS_CLASSES = 15  # ...and writes each cell's count up to this many
+PER_CLASS_FIELDS = ("model", "variant", "backend", "host", "run", "class", "name", "images", "correct", "top1")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -223,6 +228,18 @@ def _write_csv(entries: Sequence[_Entry], path: Path) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
+def _write_per_class_csv(sections: Sequence["_ClassSection"], path: Path) -> Path:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=PER_CLASS_FIELDS)
+    writer.writeheader()
+    for section in sections:
+        r = section.entry.result
+        shared = {"model": r.model, "variant": r.variant, "backend": r.backend, "host": row_host(r), "run": r.environment.get("run")}
+        for c in section.per_class:
+            writer.writerow({name: _csv_value({**shared, **c}.get(name)) for name in PER_CLASS_FIELDS})
+    return atomic_write_text(path, buffer.getvalue())
+
+
 # --------------------------------------------------------------------------- tables and pages
 
 
@@ -251,6 +268,7 @@ def _markdown(
     warning: Optional[str],
     entries: Sequence[_Entry],
     figures: Sequence[_Figure],
+    sections: Sequence["_ClassSection"] = (),
 ) -> str:
     lines = [f"# {title}", ""]
     if warning:
@@ -260,6 +278,10 @@ def _markdown(
     lines += ["## Results", ""]
     for name, results in _table_groups(entries):
         lines += [f"### {name}", "", markdown_table(results)]
+    if sections:
+        lines += ["## Per-class accuracy", "", PER_CLASS_INTRO, ""]
+        for section in sections:
+            lines += _markdown_section(section)
     if figures:
         lines += ["## Plots", ""]
         lines += [line for fig in figures for line in (f"![{fig.caption}]({fig.path.name})", "")]
@@ -309,6 +331,7 @@ def _html(
     warning: Optional[str],
     entries: Sequence[_Entry],
     figures: Sequence[_Figure],
+    sections: Sequence["_ClassSection"] = (),
 ) -> str:
     parts = [
         "<!DOCTYPE html>",
@@ -324,6 +347,9 @@ def _html(
     parts.append("<h2>Results</h2>")
     for name, results in _table_groups(entries):
         parts += [f"<h3>{html.escape(name)}</h3>", _html_table(results)]
+    if sections:
+        parts += ["<h2>Per-class accuracy</h2>", f"<p>{html.escape(PER_CLASS_INTRO)}</p>"]
+        parts += [part for section in sections for part in _html_section(section)]
     if figures:
         parts += ["<h2>Plots</h2>"] + [_html_figure(fig) for fig in figures]
     parts += [
@@ -333,6 +359,148 @@ def _html(
         "",
     ]
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- per class
+
+PER_CLASS_INTRO = (
+    "Top-1 of each class against each image's primary label, worst first, and the most frequent "
+    "confusions (true class -> predicted class); every class of every row in per_class.csv."
+)
+PER_CLASS_COLUMNS = ("class", "name", "images", "correct", "top-1 %")
+
+
+@dataclass(frozen=True)
+class _ClassSection:
+    """One row's per-class figures: its table, its confusions and its confusion picture."""
+
+    entry: _Entry
+    title: str
+    per_class: tuple[dict[str, Any], ...]
+    confusions: tuple[dict[str, Any], ...]
+    figure: Optional[_Figure]
+
+    @property
+    def worst_first(self) -> list[dict[str, Any]]:
+        return sorted(self.per_class, key=lambda c: (c["top1"], -c["images"], c["class"]))
+
+
+def _per_class_cells(c: dict[str, Any]) -> list[str]:
+    correct = c.get("correct")
+    return [str(c["class"]), str(c["name"]), str(c["images"]), "-" if correct is None else str(correct), f"{c['top1']:.1f}"]
+
+
+def _listed_note(section: _ClassSection) -> Optional[str]:
+    total = len(section.per_class)
+    return f"the {PER_CLASS_ROWS} worst of {total} classes; all in per_class.csv" if total > PER_CLASS_ROWS else None
+
+
+def _confusion_text(c: dict[str, Any]) -> str:
+    return f"{c.get('true_name', c['true'])} -> {c.get('predicted_name', c['predicted'])}: {c['count']}"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown_section(section: _ClassSection) -> list[str]:
+    lines = [f"### {section.title}", "", "| " + " | ".join(PER_CLASS_COLUMNS) + " |", "|" + "---|" * len(PER_CLASS_COLUMNS)]
+    lines += ["| " + " | ".join(_markdown_cell(x) for x in _per_class_cells(c)) + " |" for c in section.worst_first[:PER_CLASS_ROWS]]
+    lines.append("")
+    note = _listed_note(section)
+    if note:
+        lines.append(f"- {note}")
+    if section.confusions:
+        lines.append("- top confusions: " + "; ".join(_markdown_cell(_confusion_text(c)) for c in section.confusions))
+    if note or section.confusions:
+        lines.append("")
+    if section.figure is not None:
+        lines += [f"![{section.figure.caption}]({section.figure.path.name})", ""]
+    return lines
+
+
+def _html_section(section: _ClassSection) -> list[str]:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in PER_CLASS_COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _per_class_cells(c)) + "</tr>" for c in section.worst_first[:PER_CLASS_ROWS]
+    )
+    parts = [f"<h3>{html.escape(section.title)}</h3>", f'<table class="per-class">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>']
+    note = _listed_note(section)
+    if note:
+        parts.append(f'<p class="note">{html.escape(note)}</p>')
+    if section.confusions:
+        parts.append(f'<p class="note">top confusions: {html.escape("; ".join(_confusion_text(c) for c in section.confusions))}</p>')
+    if section.figure is not None:
+        parts.append(_html_figure(section.figure))
+    return parts
+
+
+def _file_slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "row"
+
+
+def _class_sections(entries: Sequence[_Entry], out_dir: Path) -> list[_ClassSection]:
+    """A section for every row with per-class figures, with its confusion picture where
+    the row holds the whole matrix (at most 100 classes)."""
+    sections, used = [], set()
+    for e in entries:
+        acc = e.result.accuracy
+        if e.result.error or acc is None or not acc.per_class:
+            continue
+        title = f"{e.series}: {e.result.backend}"
+        slug = _file_slug(f"{e.series}_{e.result.backend}")
+        name, n = f"confusion_{slug}.png", 2
+        while name in used:
+            name, n = f"confusion_{slug}_{n}.png", n + 1
+        used.add(name)
+        figure = _plot_confusion(acc, title, out_dir / name) if acc.confusion else None
+        sections.append(_ClassSection(e, title, tuple(acc.per_class), tuple(acc.top_confusions or ()), figure))
+    return sections
+
+
+def _confusion_classes(acc) -> tuple[list[int], dict[int, str]]:
+    """The classes a picture shows (those with an image or predicted for one) and their names."""
+    names = {int(c["class"]): str(c["name"]) for c in acc.per_class or ()}
+    for c in acc.top_confusions or ():
+        names.setdefault(int(c["true"]), str(c.get("true_name", c["true"])))
+        names.setdefault(int(c["predicted"]), str(c.get("predicted_name", c["predicted"])))
+    shown = sorted({int(t) for t, _, _ in acc.confusion} | {int(p) for _, p, _ in acc.confusion} | {int(c["class"]) for c in acc.per_class or ()})
+    return shown, {c: names.get(c, str(c)) for c in shown}
+
+
+def _plot_confusion(acc, title: str, path: Path) -> _Figure:
+    import numpy as np
+
+    shown, names = _confusion_classes(acc)
+    position = {c: i for i, c in enumerate(shown)}
+    counts = np.zeros((len(shown), len(shown)), dtype=np.int64)
+    for t, p, count in acc.confusion:
+        counts[position[int(t)], position[int(p)]] += int(count)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    named = len(shown) <= NAMED_AXES_CLASSES
+    fig, ax = _new_axes()
+    side = min(12.0, max(FIGSIZE[1], 3.0 + 0.3 * len(shown))) if named else 7.0
+    fig.set_size_inches(side + 1.5, side)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of the true class's images")
+    if named:
+        labels = [names[c] for c in shown]
+        size = 8 if len(shown) <= COUNTED_CELLS_CLASSES else 6
+        ax.set_xticks(range(len(shown)), labels, rotation=90, fontsize=size)
+        ax.set_yticks(range(len(shown)), labels, fontsize=size)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(shown) <= COUNTED_CELLS_CLASSES:
+        for (i, j), count in np.ndenumerate(counts):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (primary label)")
+    ax.set_title(f"{title}: confusion matrix")
+    caption = f"{title}: confusion matrix of {len(shown)} classes (rows: true class, shaded by the share of its images)"
+    return _save(fig, path, caption)
 
 
 # --------------------------------------------------------------------------- plots
@@ -589,8 +757,11 @@ def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit
         warnings.warn(warning, stacklevel=2)
     out_dir = ensure_dir(Path(out_dir))
     figures = _write_plots(entries, out_dir)
+    sections = _class_sections(entries, out_dir)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures))
-    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures))
+    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures, sections))
+    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures, sections))
     csv_path = _write_csv(entries, out_dir / "report.csv")
-    return [md_path, csv_path, html_path, *(f.path for f in figures)]
+    per_class = [_write_per_class_csv(sections, out_dir / "per_class.csv")] if sections else []
+    pictures = [section.figure.path for section in sections if section.figure is not None]
+    return [md_path, csv_path, html_path, *(f.path for f in figures), *per_class, *pictures]

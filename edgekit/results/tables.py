@@ -188,7 +188,59 @@ def screen_notes(results: Sequence[BenchResult]) -> list[str]:
     notes += [f"top-1 {reason}" for reason in dict.fromkeys(r.accuracy.note for r in results if r.accuracy and r.accuracy.note)]
     if any(r.accuracy and (r.accuracy.top1_ci or r.accuracy.agreement_ci) for r in results):
         notes += SCREEN_NOTE
-    return notes
+    return notes + class_notes(results)
+
+
+# --------------------------------------------------------------------------- per class, on screen
+
+SCREEN_WIDTH = 80
+CLASS_NAME_CHARS = 20  # a longer class name is cut to this many characters on screen
+
+
+def class_notes_row(results: Sequence[BenchResult]) -> Optional[BenchResult]:
+    """The row whose classes the screen notes name: the first that is not the baseline,
+    else the baseline; only rows with per-class figures."""
+    from ..backends.base import BASELINE_BACKEND
+
+    rows = [r for r in results if not r.error and r.accuracy is not None and r.accuracy.per_class]
+    return next((r for r in rows if r.backend != BASELINE_BACKEND), rows[0] if rows else None)
+
+
+def _short_name(name: str, limit: int = CLASS_NAME_CHARS) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "~"
+
+
+def _fitted(head: str, items: Sequence[str], width: int = SCREEN_WIDTH) -> str:
+    """``head`` and as many ``items`` as fit in ``width`` columns, with ', ...' when some are left out."""
+    line = head
+    for i, item in enumerate(items):
+        candidate = line + (", " if i else "") + item
+        more = ", ..." if i + 1 < len(items) else ""
+        if i and len(candidate + more) > width:
+            line += ", ..."
+            break
+        line = candidate
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def class_notes(results: Sequence[BenchResult]) -> list[str]:
+    """At most two lines under the screen table: the classes the chosen row (see
+    class_notes_row) got most wrong, and its most frequent confusions, by name."""
+    row = class_notes_row(results)
+    if row is None or row.accuracy is None:
+        return []
+    acc = row.accuracy
+    worst = sorted((c for c in acc.per_class or () if c["top1"] < 100.0), key=lambda c: (c["top1"], -c["images"], c["class"]))
+    lines = []
+    if worst:
+        items = [f"{_short_name(c['name'])} {c['top1']:.1f}% ({c['images']})" for c in worst]
+        lines.append(_fitted(f"worst classes ({row.backend}): ", items))
+    elif acc.per_class:
+        lines.append(f"per class ({row.backend}): all {len(acc.per_class)} classes 100% top-1")
+    if acc.top_confusions:
+        items = [f"{_short_name(c['true_name'])}->{_short_name(c['predicted_name'])} {c['count']}" for c in acc.top_confusions]
+        lines.append(_fitted("top confusions: ", items))
+    return lines
 
 
 def _screen_columns(results: Sequence[BenchResult]) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """Steps: the transformations a variant chains, one module each.
 
-A variant is the export followed by at most one structural step, which changes the
-PyTorch module (``pruned``, ``dw-separable``), then at most one numeric step, which
-rewrites the float ONNX (``int8``, ``fp16``): ``fp32``, ``int8``, ``pruned+int8``,
-``dw-separable+fp16``... Each step module has ``run(parent, settings, root, progress) ->
+A variant is the export followed by at most one training step, which makes a new model
+(``finetuned``: a head for the user's classes), at most one structural step, which
+changes the PyTorch module (``pruned``, ``dw-separable``), then at most one numeric step,
+which rewrites the float ONNX (``int8``, ``fp16``): ``fp32``, ``int8``, ``pruned+int8``,
+``finetuned+dw-separable+fp16``... Each step module has ``run(parent, settings, root, progress) ->
 (artifact, reused)``; it reads its options from the Settings, derives its artifact key
 from its parent's key and everything that decides its output, and appends its step to
 the manifest. ``parse_variant`` is the only place that knows the chaining rules.
@@ -26,7 +27,7 @@ Progress = Callable[[str, Optional[int], Optional[int]], None]
 @dataclass(frozen=True)
 class Step:
     name: str  # as it appears in variant names
-    kind: str  # "structural": needs the float PyTorch module; "numeric": rewrites the float ONNX
+    kind: str  # "training": a new model; "structural": changes the float PyTorch module; "numeric": rewrites the float ONNX
     module: str  # edgekit.steps.<module> holds run()
     flag: str  # the command-line option that asks for it
     groups: tuple[str, ...]  # option groups it reads
@@ -38,6 +39,7 @@ class Step:
 STEPS: dict[str, Step] = {
     step.name: step
     for step in (
+        Step("finetuned", "training", "finetune", "--finetune", ("finetune",)),
         Step("pruned", "structural", "prune", "--prune", ("prune", "distill")),
         Step("dw-separable", "structural", "dwsep", "--dw-separable", ("dw_separable", "distill")),
         Step("int8", "numeric", "int8", "--int8", ("int8",)),
@@ -57,6 +59,14 @@ def parse_variant(name: str) -> tuple[Step, ...]:
             close = difflib.get_close_matches(part, [BASE, *STEPS], n=1)
             raise UsageError(f"unknown step {part!r} in variant {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; steps: {', '.join(STEPS)}")
         steps.append(STEPS[part])
+    order = ("training", "structural", "numeric")
+    for kind in order:
+        repeated = [s.name for s in steps if s.kind == kind]
+        if kind == "training" and len(repeated) > 1:
+            raise UsageError(f"variant {name!r}: {repeated[0]} appears twice")
+    ranks = [order.index(s.kind) for s in steps]
+    if "training" in [s.kind for s in steps] and ranks[0] != 0:
+        raise UsageError(f"variant {name!r}: finetuned makes a new model, so it comes first")
     structural = [s for s in steps if s.kind == "structural"]
     numeric = [s for s in steps if s.kind == "numeric"]
     if len(structural) > 1:
@@ -71,6 +81,7 @@ def parse_variant(name: str) -> tuple[Step, ...]:
 def variant_from_settings(settings: Settings) -> str:
     """The variant the command-line flags ask for (--prune, --dw-separable, --int8, --fp16)."""
     parts = [name for name, asked in (
+        ("finetuned", settings["finetune"]),
         ("pruned", settings["prune"] is not None),
         ("dw-separable", settings["dw_separable"]),
         ("int8", settings["int8"]),

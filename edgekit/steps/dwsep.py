@@ -29,7 +29,7 @@ BUDGET_IMAGES = 16  # images the layer-selection budget is measured on
 
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
     return dwsep_artifact(
-        parent, settings["dw_rank"], distill_images(settings).resolve(), settings["dw_layers"] or None, settings["dw_budget"],
+        parent, settings["dw_rank"], distill_images(settings).resolve(parent.classes), settings["dw_layers"] or None, settings["dw_budget"],
         distill_options(settings), root, progress,
     )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..core import Artifact, UsageError
+from ..core import Artifact, ClassSet, UsageError
 from ..data import bundled_images, make_image_set
 from ..onnx_export import ExportOptions, WeightsSource, export_model, import_onnx_file
 from ..options import Settings
@@ -23,18 +23,27 @@ class ModelRequest:
     weights_file: Optional[Path] = None
     random_init: bool = False
     input_size: Optional[int] = None  # export at another resolution than the model's own
+    classes: Optional[ClassSet] = None  # --num-classes / --classes; None: the checkpoint's or the model's own
+    weights_key: Optional[str] = None  # which state dict of a checkpoint that holds several
 
     @property
     def weights_source(self) -> WeightsSource:
         if self.weights_file is not None:
-            return WeightsSource("file", str(Path(self.weights_file).resolve()))
+            return WeightsSource("file", str(Path(self.weights_file).resolve()), self.weights_key)
         return WeightsSource("random-init" if self.random_init else "pretrained")
 
 
 def model_request(name: str, settings: Settings) -> ModelRequest:
+    from ..classes import resolve_class_set
+
     if settings["weights"] is not None and settings["random_init"]:
         raise UsageError("--weights and --random-init exclude each other")
-    return ModelRequest(name, settings["weights"], settings["random_init"], settings["input_size"])
+    if settings["preprocessing"] is not None:
+        raise UsageError("--preprocessing describes an imported ONNX file; a registered model has its own")
+    if settings["weights_key"] is not None and settings["weights"] is None:
+        raise UsageError("--weights-key chooses inside a --weights checkpoint")
+    classes = resolve_class_set(settings["num_classes"], settings["classes"])
+    return ModelRequest(name, settings["weights"], settings["random_init"], settings["input_size"], classes, settings["weights_key"])
 
 
 def export_options(settings: Settings) -> ExportOptions:
@@ -51,7 +60,7 @@ def build_artifact(
     from ..models import load_model
 
     progress(f"loading {model.name}", None, None)
-    loaded = load_model(model.name, weights_file=model.weights_file, random_init=model.random_init)
+    loaded = load_model(model.name, weights_file=model.weights_file, random_init=model.random_init, classes=model.classes, weights_key=model.weights_key)
     if model.input_size is not None:
         loaded = loaded.at_input_size(model.input_size)
     parity_images = make_image_set(bundled_images(), PARITY_VIEWS, "bundled photos (parity)")
@@ -65,5 +74,7 @@ def open_target(target: str, settings: Settings, progress: Progress) -> tuple[Ar
     if path.is_dir():
         return Artifact.load(path).verified(), True
     if path.suffix.lower() == ".onnx" or path.is_file():
-        return import_onnx_file(path, root)
+        from ..classes import resolve_class_set
+
+        return import_onnx_file(path, root, settings["preprocessing"], resolve_class_set(settings["num_classes"], settings["classes"]))
     return build_artifact(model_request(target, settings), export_options(settings), root, progress)

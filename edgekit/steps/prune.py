@@ -56,7 +56,7 @@ def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) ->
         raise UsageError("a 'pruned' variant needs a ratio: --prune 0.3 (recipes: [prune] ratio)")
     target = PruneTarget(settings["prune_target"], settings["prune"]) if settings["prune_target"] else None
     return pruned_artifact(
-        parent, prune_options(settings), distill_images(settings).resolve(), distill_options(settings), settings["sparsity"], target, root, progress,
+        parent, prune_options(settings), distill_images(settings).resolve(parent.classes), distill_options(settings), settings["sparsity"], target, root, progress,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..core import ONNX_NAME, Artifact
-from ..data import ImageRequest, bundled_images, default_calibration, make_image_set
+from ..data import ImageRequest, bundled_images, calibration_request, default_calibration, make_image_set
 from ..onnx_export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
 from ..models import LoadedModel, measure_complexity
 from ..options import Settings
@@ -31,12 +31,14 @@ def distill_options(settings: Settings):
     """None when distillation is off (--distill-steps 0)."""
     from ..transforms.distill import DistillOptions
 
-    return DistillOptions(steps=settings["distill_steps"]) if settings["distill_steps"] > 0 else None
+    return DistillOptions(steps=settings["distill_steps"], hints=settings["distill_hints"]) if settings["distill_steps"] > 0 else None
 
 
 def distill_images(settings: Settings) -> ImageRequest:
     """--distill-data, else the calibration images."""
-    return default_calibration(settings["distill_data"] or settings["calib"], None, settings["calib_limit"], settings["seed"])
+    if settings["distill_data"] is not None:
+        return default_calibration(settings["distill_data"], None, settings["calib_limit"], settings["seed"])
+    return calibration_request(settings)
 
 
 def _export_options(parent: Artifact) -> ExportOptions:

@@ -49,7 +49,11 @@ class DistillOptions:
     """Adam on all trainable parameters of the student, learning rate decayed to zero on
     a cosine over ``steps``. Loss ``T^2 * KL(teacher_T || student_T)`` at temperature T,
     mixed with cross-entropy on labels (weight ``label_weight``) where labels are given.
-    ``augment``: random horizontal flips and shifts of each batch."""
+    ``augment``: random horizontal flips and shifts of each batch. ``hints``: FitNets-style
+    hints beside the logits: the student's feature maps at the middle and the end of the
+    network, through a small trainable regressor (a 1x1 convolution, discarded
+    afterwards), regress the teacher's at the same layers (MSE relative to the teacher's
+    feature energy, weight ``hint_weight``)."""
 
     steps: int = 200
     batch_size: int = 32
@@ -58,6 +62,8 @@ class DistillOptions:
     label_weight: float = 0.5
     seed: int = 0
     augment: bool = True
+    hints: bool = False
+    hint_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -80,6 +86,7 @@ class DistillReport:
     first_loss: float  # mean over the first LOSS_WINDOW steps
     last_loss: float  # mean over the last LOSS_WINDOW steps
     seconds: float
+    hint_layers: tuple[str, ...] = ()  # where FitNets hints guided the student (empty: logits only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,16 +186,93 @@ def _batches(count: int, batch_size: int, steps: int, generator: "torch.Generato
         position += size
 
 
+# --------------------------------------------------------------------------- FitNets hints
+
+
+class Hints:
+    """Feature maps of the student and the teacher at the same named layers (captured by
+    forward hooks), and one 1x1-conv regressor per layer from the student's channels to
+    the teacher's."""
+
+    def __init__(self, student: "nn.Module", teacher: "nn.Module", sample: "torch.Tensor"):
+        import torch
+        from torch import nn
+
+        self.layers = hint_layers(student, teacher, sample)
+        self._student: dict[str, torch.Tensor] = {}
+        self._teacher: dict[str, torch.Tensor] = {}
+        self._handles = []
+        modules_s, modules_t = dict(student.named_modules()), dict(teacher.named_modules())
+        for name in self.layers:
+            self._handles.append(modules_s[name].register_forward_hook(lambda m, i, o, n=name: self._student.__setitem__(n, o)))
+            self._handles.append(modules_t[name].register_forward_hook(lambda m, i, o, n=name: self._teacher.__setitem__(n, o)))
+        with torch.no_grad():
+            student(sample), teacher(sample)
+        self.regressors = nn.ModuleDict({
+            name.replace(".", "/"): nn.Conv2d(self._student[name].shape[1], self._teacher[name].shape[1], 1, bias=False)
+            for name in self.layers
+        }).to(sample.device)
+        for name in self.layers:  # start at the identity where the channels agree
+            conv = self.regressors[name.replace(".", "/")]
+            if conv.in_channels == conv.out_channels:
+                with torch.no_grad():
+                    conv.weight.copy_(torch.eye(conv.in_channels)[:, :, None, None])
+
+    def loss(self) -> "torch.Tensor":
+        total = 0.0
+        for name in self.layers:
+            target = self._teacher[name].detach()
+            predicted = self.regressors[name.replace(".", "/")](self._student[name])
+            total = total + ((predicted - target) ** 2).mean() / (target.pow(2).mean() + 1e-8)
+        return total / len(self.layers)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def hint_layers(student: "nn.Module", teacher: "nn.Module", sample: "torch.Tensor") -> tuple[str, ...]:
+    """The modules both networks share by name whose outputs are 4-D feature maps of the
+    same spatial size in both: the one half-way through (in forward order) and the last."""
+    import torch
+
+    def shapes(module):
+        found: dict[str, tuple] = {}
+
+        def record(name: str, output) -> None:  # a hook must return None, or it replaces the output
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                found.setdefault(name, tuple(output.shape))
+
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: record(n, o))
+                   for n, m in module.named_modules() if n and not list(m.children())]
+        try:
+            with torch.no_grad():
+                module(sample)
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
+    s, t = shapes(student), shapes(teacher)
+    shared = [n for n in s if n in t and s[n][2:] == t[n][2:]]
+    if not shared:
+        raise UsageError("no layer of the student matches the teacher's by name and feature-map size: hints need the same architecture family")
+    picks = {shared[len(shared) // 2], shared[-1]}
+    return tuple(n for n in shared if n in picks)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
-def _train(student, teacher, x, y, options: DistillOptions, progress: Progress) -> list[float]:
+def _train(student, teacher, x, y, options: DistillOptions, progress: Progress, hints: Optional[Hints] = None) -> list[float]:
     import torch
     import torch.nn.functional as F
 
     parameters = [p for p in student.parameters() if p.requires_grad]
     if not parameters:
         raise UsageError("the student has no trainable parameters to distil into")
+    if hints is not None:
+        parameters += list(hints.regressors.parameters())
     optimizer = torch.optim.Adam(parameters, lr=options.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
     generator = torch.Generator().manual_seed(options.seed)
@@ -203,6 +287,8 @@ def _train(student, teacher, x, y, options: DistillOptions, progress: Progress) 
         loss = distillation_loss(logits, targets, options.temperature)
         if y is not None:
             loss = (1 - options.label_weight) * loss + options.label_weight * F.cross_entropy(logits, y[index])
+        if hints is not None:
+            loss = loss + options.hint_weight * hints.loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -241,7 +327,12 @@ def distill(
     try:
         with torch.random.fork_rng(devices=[]), _channels_last(student, teacher):  # dropout draws from the global generator
             torch.manual_seed(options.seed)
-            losses = _train(student, teacher, x, y, options, progress)
+            hints = Hints(student, teacher, x[: min(2, len(x))].contiguous(memory_format=torch.channels_last)) if options.hints else None
+            try:
+                losses = _train(student, teacher, x, y, options, progress, hints)
+            finally:
+                if hints is not None:
+                    hints.close()
     finally:
         teacher.train(teacher_was_training)
         student.eval()
@@ -253,4 +344,5 @@ def distill(
         first_loss=float(np.mean(losses[:window])),
         last_loss=float(np.mean(losses[-window:])),
         seconds=time.perf_counter() - start,
+        hint_layers=hints.layers if hints is not None else (),
     )
