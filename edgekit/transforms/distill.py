@@ -233,7 +233,8 @@ class Hints:
 
 def hint_layers(student: "nn.Module", teacher: "nn.Module", sample: "torch.Tensor") -> tuple[str, ...]:
     """The modules both networks share by name whose outputs are 4-D feature maps of the
-    same spatial size in both: the one half-way through (in forward order) and the last."""
+    same spatial size in both, wider than 1x1 (so not the pooled vector): the one half-way
+    through (in forward order) and the last."""
     import torch
 
     def shapes(module):
@@ -254,7 +255,7 @@ def hint_layers(student: "nn.Module", teacher: "nn.Module", sample: "torch.Tenso
         return found
 
     s, t = shapes(student), shapes(teacher)
-    shared = [n for n in s if n in t and s[n][2:] == t[n][2:]]
+    shared = [n for n in s if n in t and s[n][2:] == t[n][2:] and s[n][2] * s[n][3] > 1]
     if not shared:
         raise UsageError("no layer of the student matches the teacher's by name and feature-map size: hints need the same architecture family")
     picks = {shared[len(shared) // 2], shared[-1]}
