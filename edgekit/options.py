@@ -324,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_fallback", "--max-fallback", "int", "int8", "At most this many nodes go back to float.", 8, recipe="int8", commands=_MODEL, minimum=0),
     Option("bias_correction", "--bias-correction", "switch", "int8", "Empirical bias correction, kept only where it lowers the KL.", True, recipe="int8", commands=_MODEL),
     Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training after calibration: this many epochs over the calibration images, distilled from FP32, same QDQ graph out (0: post-training INT8 only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000),
-    Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate (Adam, cosine decay to zero).", 3e-4, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True),
+    Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate of the weights (Adam, cosine decay to zero; activation scales learn at 1e-2 on a log scale).", 1e-5, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True),
     Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL),
     # structured pruning
     Option("prune", "--prune", "float", "prune", "Remove this fraction of channels (0-1), then distil from the original (recipes: [prune] ratio and a 'pruned' variant).", recipe="prune.ratio", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
