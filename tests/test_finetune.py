@@ -99,6 +99,7 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(tmp_path, digits):
     ([], "fine-tuning trains on --data"),
     (["--data", "TREE"], "has no train/ and val/ folders: give --val-split"),
     (["--data", "EMPTYVAL"], "the validation split .* holds no images"),
+    (["--data", "SHARED"], "the validation split shares 20 files with training"),
 ])
 def test_finetune_refuses_data_it_cannot_split(tmp_path, args, message):
     import re
@@ -108,7 +109,11 @@ def test_finetune_refuses_data_it_cannot_split(tmp_path, args, message):
     for folder in (empty / "val").iterdir():
         for f in folder.iterdir():
             f.unlink()
-    args = [{"TREE": str(tree / ""), "EMPTYVAL": str(empty)}.get(a, a) for a in args]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "train").symlink_to(tree, target_is_directory=True)
+    (shared / "val").symlink_to(tree, target_is_directory=True)  # the same files under both names
+    args = [{"TREE": str(tree / ""), "EMPTYVAL": str(empty), "SHARED": str(shared)}.get(a, a) for a in args]
     proc = run_cli("finetune", "efficientnet_lite0", *args, *FAST, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
