@@ -25,9 +25,10 @@ photos it never saw much less (55 views of 5 photos, tested on 2 others: 4.3 -> 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -66,16 +67,25 @@ class DistillOptions:
     hint_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"distillation {name.replace('_', ' ')} must be a whole number >= 1, got {value!r}")
-        if not self.lr > 0:
-            raise UsageError(f"distillation learning rate must be > 0, got {self.lr!r}")
-        if not self.temperature > 0:
-            raise UsageError(f"distillation temperature must be > 0, got {self.temperature!r}")
-        if not 0.0 <= self.label_weight <= 1.0:
-            raise UsageError(f"label weight must be between 0 and 1, got {self.label_weight!r}")
+        check_training_options("distillation", self, whole=("steps", "batch_size"), positive=("lr", "temperature"))
+
+
+_NUMBER_NAMES = {"lr": "learning rate", "scale_lr": "scale learning rate"}
+
+
+def check_training_options(what: str, options: Any, whole: Sequence[str], positive: Sequence[str]) -> None:
+    """One-line UsageErrors for the numbers the training loops here take (distillation,
+    QAT): whole counts >= 1, finite positive rates, a label weight in [0, 1]."""
+    for name in whole:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{what} {name.replace('_', ' ')} must be a whole number >= 1, got {value!r}")
+    for name in positive:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{what} {_NUMBER_NAMES.get(name, name.replace('_', ' '))} must be a finite number > 0, got {value!r}")
+    if not 0.0 <= options.label_weight <= 1.0:
+        raise UsageError(f"{what} label weight must be between 0 and 1, got {options.label_weight!r}")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ import numpy as np
 
 from ..core import AccuracyStats, DataError, UsageError
 from ..evaluation import compare_to_baseline, mean_kl
+from .distill import check_training_options
 from .qdq_graph import COMPUTE_OP_TYPES, node_label, producers, quantized_node_labels, run_logits
 from .quantize import Progress, _quiet
 
@@ -99,18 +100,7 @@ class QATOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"QAT {name.replace('_', ' ')} must be a whole number >= 1, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"QAT learning rate must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.scale_lr, (int, float)) and math.isfinite(self.scale_lr) and self.scale_lr > 0):
-            raise UsageError(f"QAT scale learning rate must be a finite number > 0, got {self.scale_lr!r}")
-        if not self.temperature > 0:
-            raise UsageError(f"QAT temperature must be > 0, got {self.temperature!r}")
-        if not 0.0 <= self.label_weight <= 1.0:
-            raise UsageError(f"QAT label weight must be between 0 and 1, got {self.label_weight!r}")
+        check_training_options("QAT", self, whole=("epochs", "batch_size"), positive=("lr", "scale_lr", "temperature"))
 
 
 @dataclass(frozen=True)
