@@ -37,7 +37,7 @@ def read_classes_file(path: Path) -> ClassSet:
         raise DataError(f"classes file {path} names no classes")
     if len(names) > MAX_CLASSES:
         raise DataError(f"classes file {path} names {len(names)} classes; at most {MAX_CLASSES}")
-    duplicates = sorted({n for n in names if names.count(n) > 1}) if len(names) < 5000 else _duplicates(names)
+    duplicates = _duplicates(names)
     if duplicates:
         raise DataError(f"classes file {path} names {duplicates[0]!r} twice")
     return ClassSet(len(names), f"file {path}", tuple(names))
@@ -99,7 +99,7 @@ def label_index(text: str, classes: ClassSet, where: str) -> int:
     text = text.strip()
     if classes.named:
         try:
-            return _name_index(classes)[text]
+            return name_index(classes)[text]
         except KeyError:
             pass
     if text.isdigit() and int(text) < classes.count:
@@ -108,7 +108,8 @@ def label_index(text: str, classes: ClassSet, where: str) -> int:
     raise DataError(f"{where}: label {text!r} is not {known} index 0-{classes.count - 1}")
 
 
-def _name_index(classes: ClassSet) -> dict[str, int]:
+def name_index(classes: ClassSet) -> dict[str, int]:
+    """Class name -> output index (cached per class set)."""
     return _index_of_names(classes.names)
 
 

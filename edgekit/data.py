@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .classes import folder_class_set, label_index
+from .classes import folder_class_set, label_index, name_index
 from .core import BackendUnavailableError, ClassSet, DataError, Preprocessing, UsageError
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _space_label(folder: str, space: ClassSet, root: Path) -> int:
     if space.named:
-        index = {n: i for i, n in enumerate(space.names)}.get(folder)
+        index = name_index(space).get(folder)
         if index is not None:
             return index
         raise DataError(f"class folder {folder!r} of {root} is not one of the {space.count} classes of {space.source}")
@@ -476,7 +476,7 @@ def _data_images(
             raise UsageError(f"{root} has {folders[TRAIN].name}/ and {folders[VAL].name}/ class folders; --labels is for a flat folder")
         every_class = sorted(set(_class_folder_names(folders[TRAIN])) | set(_class_folder_names(folders[VAL])))
         chosen = folders[split or VAL]
-        _check_split_files(folders, split or VAL)
+        _check_split_not_empty(folders, split or VAL)
         images, space = labelled_folder(chosen, None, classes, every_class)
         if space is not None and space.source.startswith("class folders"):
             space = ClassSet(space.count, f"class folders of {root}", space.names)
@@ -492,7 +492,7 @@ def _data_images(
     return parts[split], space, f"{root} ({len(parts[split])} images, the {split} split: --val-split {val_split}, seed {seed})"
 
 
-def _check_split_files(folders: dict[str, Path], split: str) -> None:
+def _check_split_not_empty(folders: dict[str, Path], split: str) -> None:
     """An empty validation split is refused before any work."""
     if split == VAL and not any(_image_files(folders[VAL] / d) for d in _class_folder_names(folders[VAL])):
         raise DataError(f"the validation split {folders[VAL]} holds no images in class folders")
@@ -571,8 +571,7 @@ def calibration_request(settings) -> ImageRequest:
     bundled photos' odd views."""
     if settings["calib"] is not None:
         return default_calibration(settings["calib"], settings["calib_labels"], settings["calib_limit"], settings["seed"])
-    data = evaluation_images(settings["data"], settings["labels"], None, None, settings["seed"], settings["val_split"]) if settings["data"] is not None else None
-    if data is not None and data.has_training_split:
+    if evaluation_images(settings["data"], settings["labels"], val_split=settings["val_split"]).has_training_split:
         return training_images(settings["data"], settings["labels"], settings["val_split"], settings["seed"], settings["calib_limit"])
     return default_calibration(None)
 
