@@ -189,17 +189,36 @@ def record_derived(file: Path, made_from: dict[str, Any]) -> None:
     atomic_write_text(record_path(file), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def _record(file: Path) -> Optional[dict[str, Any]]:
+    """``file``'s record, or None where it is missing or unreadable."""
+    try:
+        record = json.loads(record_path(file).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def derived_problem(file: Path) -> Optional[str]:
+    """What is wrong with the derived ``file`` (None: it matches the SHA-256 its record holds)."""
+    file = Path(file)
+    if not file.is_file():
+        return "missing"
+    record = _record(file)
+    if record is None:
+        return f"no {record_path(file).name}"
+    if sha256_file(file) != record.get("sha256"):
+        return "changed since edgekit wrote it"
+    return None
+
+
 def derived_is_current(file: Path, made_from: dict[str, Any]) -> bool:
     """Whether ``file`` can be reused: False when it is missing, unrecorded or made from
     something else (rebuild it); TamperedError when its bytes changed since it was written."""
     file = Path(file)
     if not file.is_file():
         return False
-    try:
-        record = json.loads(record_path(file).read_text())
-    except (OSError, ValueError):
-        return False  # written by an older edgekit, or its record was lost: rebuild
-    if not isinstance(record, dict) or record.get("made_from") != made_from:
+    record = _record(file)  # None: written by an older edgekit, or its record was lost: rebuild
+    if record is None or record.get("made_from") != made_from:
         return False
     if sha256_file(file) != record.get("sha256"):
         raise TamperedError(

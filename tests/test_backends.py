@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgekit.backends import BACKENDS, BackendOptions, get_backend
-from edgekit.backends.base import require_module
+from edgekit.backends.base import deployable_backends, require_module
 from edgekit.core import BackendUnavailableError, UsageError
 from edgekit.data import load_all, resolve_images
 
@@ -39,6 +39,16 @@ def test_backend_contract(name, tiny_artifact, images, pytorch_logits):
     np.testing.assert_allclose(one[0], many[0], atol=1e-4)
     size = backend.size_mb(compiled)
     assert size is None or size > 0
+
+
+@pytest.mark.parametrize("name", deployable_backends())
+def test_deploy_files_are_files_of_the_artifact(name, tiny_artifact, int8_artifact):
+    """What each backend tells an application to load exists in the artifact (made where it
+    is derived), for FP32 (model.onnx) and INT8 (CPU forms where the backend has them)."""
+    for artifact in (tiny_artifact, int8_artifact):
+        files = get_backend(name).deploy_files(artifact)
+        assert files and all(f.runtime == name and (artifact.path / f.file).is_file() for f in files)
+    assert [f.file for f in get_backend(name).deploy_files(tiny_artifact)] == ["model.onnx"]
 
 
 def test_missing_runtime_names_the_extra():

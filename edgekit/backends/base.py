@@ -25,6 +25,15 @@ class BackendOptions:
     cuda_graph: bool = False  # TensorRT: replay inference from a captured CUDA graph
 
 
+@dataclass(frozen=True)
+class DeployFile:
+    """A file of an artifact that a user's application on ``runtime`` should load, and where."""
+
+    runtime: str
+    file: str  # relative to the artifact folder
+    when: str = ""  # the device or CPU it is for; "" where the runtime runs at all
+
+
 class Session(Protocol):
     """A loaded model: ``run`` takes an NCHW float32 batch and returns logits."""
 
@@ -51,6 +60,11 @@ class Backend(Protocol):
 
     def runtime_version(self) -> str:
         """'<distribution> <version>' of the runtime that ran, for the results."""
+
+    def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
+        """What an application on this runtime should load from ``artifact``, with the device
+        or CPU each file is for; makes the files it names that are derived from the artifact's
+        ONNX (cached beside it and hashed, see edgekit.files), so they exist on return."""
 
     def prepare_bundle(self, artifact: Artifact) -> None:
         """What must be made on the host for a device that lacks the tools (e.g. onnx)."""
@@ -89,8 +103,12 @@ class BackendBase:
                 continue
         return "unknown"
 
+    def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
+        return (DeployFile(self.name, artifact.onnx_path.relative_to(artifact.path).as_posix()),)
+
     def prepare_bundle(self, artifact: Artifact) -> None:
-        pass
+        """The files deploy_files names: made here, where onnx is."""
+        self.deploy_files(artifact)
 
 
 def importable(module: str) -> bool:

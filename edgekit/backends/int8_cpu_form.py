@@ -48,6 +48,8 @@ from ..transforms.qdq_graph import drop_unused_initializers
 ZERO_CLAMPS = ("Relu", "Clip")
 INTEGER_MATMUL_OPS = ("Conv", "Gemm", "MatMul")
 _INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# the CPUs each weight form is for (what weight_form() decides), as a deployment reads it
+FORM_CPUS = {"u8s8": "x86 with VNNI/AMX, or ARM", "u8u8": "x86 without VNNI"}
 
 
 @lru_cache(maxsize=1)

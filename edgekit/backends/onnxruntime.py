@@ -8,10 +8,12 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format
-from .base import BackendBase, BackendOptions, file_size_mb, require_module
+from .base import BackendBase, BackendOptions, DeployFile, file_size_mb, require_module
 
 
-CPU_LOWERING_VERSION = 3  # bump when int8_cpu_form changes: lowered files are cached by name
+CPU_LOWERING_VERSION = 3  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
+# the INT8 CPU forms' files, named for the CPUs they are for (int8_cpu_form.FORM_CPUS)
+CPU_FORM_FILES = {"u8s8": "model.ort-cpu-vnni-arm.onnx", "u8u8": "model.ort-cpu-avx2.onnx"}
 
 
 class OnnxRuntimeSession:
@@ -74,10 +76,10 @@ def plain_session(path: Path):
 def write_cpu_form(artifact: Artifact, form: str) -> Path:
     """The INT8 QDQ graph lowered for the CPU provider in ``form`` ('u8s8' or 'u8u8', see
     int8_cpu_form), cached beside the artifact by name and hashed (see edgekit.files);
-    a bundle ships both ready-made."""
+    `edgekit export` writes both and a bundle ships both ready-made."""
     from ..files import derived_is_current, record_derived, staged_file
 
-    lowered = artifact.path / f"model.ort-cpu-{form}-v{CPU_LOWERING_VERSION}.onnx"
+    lowered = artifact.path / CPU_FORM_FILES[form]
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_LOWERING_VERSION, "form": form}
     if not derived_is_current(lowered, made_from):
         import onnx
@@ -101,11 +103,15 @@ class OnnxRuntimeBackend(BackendBase):
     def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
         return str(options.device).lower().startswith(("cuda", "tensorrt"))
 
-    def prepare_bundle(self, artifact: Artifact) -> None:
-        """Both INT8 CPU forms: which one runs depends on the device's CPU, and making them needs onnx."""
-        if numeric_format(artifact.manifest) == "int8":
-            for form in ("u8s8", "u8u8"):
-                write_cpu_form(artifact, form)
+    def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
+        """INT8: both CPU forms (which one is right depends on the deploying machine's CPU,
+        and making them needs onnx), and the portable graph for the GPU providers."""
+        if numeric_format(artifact.manifest) != "int8":
+            return super().deploy_files(artifact)
+        from .int8_cpu_form import FORM_CPUS
+
+        forms = tuple(DeployFile(self.name, write_cpu_form(artifact, form).name, f"CPU, {cpus}") for form, cpus in FORM_CPUS.items())
+        return (*forms, DeployFile(self.name, artifact.onnx_path.name, "CUDA or TensorRT provider"))
 
     def check_available(self) -> None:
         require_module("onnxruntime", self.name, None)

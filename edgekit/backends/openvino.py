@@ -19,12 +19,13 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format, sha256_file
-from .base import BackendBase, BackendOptions, require_module
+from .base import BackendBase, BackendOptions, DeployFile, require_module
 
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
-CPU_FORM_VERSION = 1  # bump when the INT8 CPU form changes: the lowered file is cached by name
+CPU_FORM_VERSION = 1  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
+CPU_FORM_FILE = "model.ov-cpu.onnx"
 
 
 def ov_device(device: str) -> str:
@@ -115,7 +116,7 @@ def cpu_form(artifact: Artifact) -> Path:
     artifact and hashed (see edgekit.files)."""
     from ..files import derived_is_current, record_derived, staged_file
 
-    lowered = artifact.path / f"model.ov-cpu-v{CPU_FORM_VERSION}.onnx"
+    lowered = artifact.path / CPU_FORM_FILE
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION}
     if not derived_is_current(lowered, made_from):
         import onnx
@@ -225,10 +226,12 @@ class OpenVinoBackend(BackendBase):
     runtime_packages = (("openvino", "openvino"),)
     distributions = ("openvino",)
 
-    def prepare_bundle(self, artifact: Artifact) -> None:
-        """The INT8 CPU form (making it needs onnx); the IR is built on the device."""
-        if numeric_format(artifact.manifest) == "int8":
-            cpu_form(artifact)
+    def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
+        """INT8: the CPU form (making it needs onnx, not openvino), and the portable graph for
+        other devices. The IR is not deployed: it is built from these, per OpenVINO version."""
+        if numeric_format(artifact.manifest) != "int8":
+            return super().deploy_files(artifact)
+        return (DeployFile(self.name, cpu_form(artifact).name, "CPU"), DeployFile(self.name, artifact.onnx_path.name, "GPU or NPU"))
 
     def check_available(self) -> None:
         require_module("openvino", self.name, self.pip_extra)
