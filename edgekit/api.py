@@ -41,7 +41,10 @@ def export(
     """Export ``model`` (a model name, an artifact folder or an ONNX file) and build
     ``variant`` from it (``fp32``, ``int8``, ``pruned+int8``...; default: what the options
     ask for, as the flags would: ``int8=True``, ``prune=0.3``...). Artifacts are
-    content-addressed: an identical request returns the artifact already built."""
+    content-addressed: an identical request returns the artifact already built. The
+    manifest's ``deploy`` section names the file each runtime should load (for INT8, the
+    CPU forms made beside model.onnx; see edgekit.deploy)."""
+    from .deploy import record_deploy_files
     from .plan import build, command_cell
     from .steps import parse_variant
 
@@ -50,7 +53,7 @@ def export(
         parse_variant(variant)
         cell = dataclasses.replace(cell, variant=variant)
     artifact, _ = build(cell, progress, announce)
-    return artifact
+    return record_deploy_files(artifact)
 
 
 def bench(

@@ -1,7 +1,7 @@
 """`edgekit bundle`: one folder with everything a device needs to run and judge an artifact.
 
     DIR/bundle.json          every file with its SHA-256, the evaluation views in order, backends
-    DIR/artifact/            manifest.json and model.onnx (+ the INT8 CPU forms, made here)
+    DIR/artifact/            manifest.json and model.onnx (+ the INT8 CPU forms, as export made them)
     DIR/preprocessing.json   the preprocessing contract, from the manifest
     DIR/images/              the evaluation photos (and their licences)
     DIR/reference/           the PyTorch FP32 logits for exactly those views, computed here
@@ -190,13 +190,17 @@ def _copy_images(images: ImageSet, staging: Path) -> list[dict]:
 
 
 def _copy_artifact(artifact: Artifact, backends: Sequence[str], staging: Path) -> Artifact:
-    """manifest.json and the ONNX graph; for INT8, the CPU forms the CPU backends run,
-    made here because making them needs the onnx package the device may lack."""
+    """manifest.json and the ONNX graph; for INT8, the CPU forms the CPU backends run: the
+    very files `edgekit export` made (see edgekit.deploy), else made here, because making
+    them needs the onnx package the device may lack."""
+    from .deploy import copy_deploy_files
+
     artifact.verified()
     folder = staging / ARTIFACT_DIR
     folder.mkdir()
     shutil.copyfile(artifact.path / MANIFEST_NAME, folder / MANIFEST_NAME)
     shutil.copyfile(artifact.onnx_path, folder / artifact.onnx_path.name)
+    copy_deploy_files(artifact, backends, folder)
     copied = Artifact.load(folder)
     for backend in backends:  # what each backend needs made here, where the tools are
         get_backend(backend).prepare_bundle(copied)

@@ -357,7 +357,15 @@ def export_command(model, **values) -> None:
                               announce=lambda built, reused: _announce(built, reused, console), **values)
     _print_quantization(artifact, console)
     click.echo(str(artifact.path))
+    _print_deploy(artifact, console)
     _exit_if_budget_missed(artifact, _settings(values))
+
+
+def _print_deploy(artifact, console, check: bool = False) -> None:
+    from .deploy import deploy_lines
+
+    for line in deploy_lines(artifact, check):
+        console.print(line, highlight=False)
 
 
 @main.command("finetune", cls=grouped_command())
@@ -408,7 +416,7 @@ def _exit_if_budget_missed(artifact, settings) -> None:
 @main.command("inspect")
 @click.argument("artifact_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def inspect_command(artifact_dir: Path) -> None:
-    """Show an artifact's lineage and, for INT8, its sensitivity report."""
+    """Show an artifact's integrity, lineage, INT8 sensitivity report and the file each runtime loads."""
     from .core import Artifact
 
     console = _console()
@@ -419,6 +427,7 @@ def inspect_command(artifact_dir: Path) -> None:
     for step in artifact.manifest.get("steps", []):
         console.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
     _print_quantization(artifact, console, top=50)
+    _print_deploy(artifact, console, check=True)
 
 
 # --------------------------------------------------------------------------- bench
