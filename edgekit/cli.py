@@ -297,7 +297,10 @@ def _print_pruning(artifact, console) -> None:
     console.print(line)
 
 
-def _print_quantization(artifact, console, top: int = 8) -> None:
+SENSITIVITY_ROWS = 10  # the same rows in export, bench and inspect
+
+
+def _print_quantization(artifact, console) -> None:
     q = artifact.manifest.get("quantization")
     if not q:
         return
@@ -305,25 +308,48 @@ def _print_quantization(artifact, console, top: int = 8) -> None:
 
     from .transforms.quantize import Budget
 
-    initial, final = q["initial"], q["final"]
+    options = q["options"]
+    stages = q.get("stages") or []
+    story = " -> ".join(f"{st['name']} KL {st['after']['mean_kl']:.4f}" for st in stages) or f"KL {q['final']['mean_kl']:.4f}"
     console.print(
-        f"INT8 ({q['options']['method']}, {q['calibration_images']} calibration images): {q['quantized_nodes']} nodes INT8, "
-        f"in float: {q['float_nodes'] or 'none'}; on the calibration images vs FP32: all-INT8 agreement "
-        f"{initial['agreement']:.1f}% KL {initial['mean_kl']:.4f} -> kept {final['agreement']:.1f}% KL {final['mean_kl']:.4f}; "
-        f"bias correction {'applied' if q['bias_correction_applied'] else 'not applied'}; "
-        f"budget ({Budget(**q['options']['budget']).describe()}) {'met' if q['budget_met'] else 'NOT met'}"
+        f"INT8 ({options['method']} ranges, {options.get('rounding', 'nearest')} rounding, {q['calibration_images']} calibration images"
+        + (f", {q['seconds']:.0f} s" if q.get("seconds") else "") + f"): on the calibration images vs FP32, {story}; "
+        f"final agreement {q['final']['agreement']:.1f}%; budget ({Budget(**options['budget']).describe()}) "
+        + ("not searched (random-init weights)" if q.get("random_weights") else ("met" if q["budget_met"] else "NOT met"))
     )
-    table = Table(title=f"most sensitive nodes (KL vs FP32 when the node alone reads float; all-INT8: {initial['mean_kl']:.4f})", title_justify="left")
-    for col in ("node", "op", "output rel. error", "KL if float", "fell back"):
-        table.add_column(col, justify="left" if col in ("node", "op", "fell back") else "right")
-    fell_back = {f["node"]: f for f in q["fallback"]}
-    for s in q["sensitivity"][:top]:
-        step = fell_back.get(s["node"])
-        table.add_row(
-            s["node"], s["op_type"], f"{s['output_rel_error']:.3f}", f"{s['kl_if_float']:.4f}" if s["kl_if_float"] is not None else "-",
-            f"yes (after: KL {step['after']['mean_kl']:.4f})" if step else "",
+    kept = q.get("kept_in_float")
+    if kept is None:  # artifacts quantized before the list existed
+        console.print(f"{q['quantized_nodes']} layers INT8; in float: {q['float_nodes'] or 'none'}")
+    else:
+        console.print(f"{q['quantized_nodes']} layers INT8, {len(kept)} nodes in float" + (":" if kept else ""))
+        reasons: dict[str, list[str]] = {}
+        for node in kept:
+            reasons.setdefault(node["reason"] if not node["reason"].startswith("fell back") else "fell back to float (budget)", []).append(
+                node["module"] or node["node"])
+        for reason, names in reasons.items():
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            console.print(f"  {len(names)} x {reason}: {shown}")
+    rows = q["sensitivity"][:SENSITIVITY_ROWS]
+    measured = any(r["kl_if_float"] is not None for r in rows)
+    if rows:
+        n = q.get("sensitivity_images") or "?"
+        title = (
+            f"layers ranked by KL vs FP32 when read in float alone ({n} images; all INT8 on them: {q['sensitivity_all_int8_kl']:.4f})"
+            if measured and q.get("sensitivity_all_int8_kl") is not None
+            else f"layers with the largest output error vs FP32 ({n} images; no fallback search was needed)"
         )
-    console.print(table)
+        table = Table(title=f"{title}, top {len(rows)} of {len(q['sensitivity'])}", title_justify="left")
+        for col in ("module (ONNX node)", "op", "output rel. error", *(("KL if float",) if measured else ()), "in float"):
+            table.add_column(col, justify="left" if col in ("module (ONNX node)", "op", "in float") else "right")
+        fell_back = {f["node"]: f for f in q["fallback"]}
+        for r in rows:
+            step = fell_back.get(r["node"])
+            cells = [r.get("module") or r["node"], r["op_type"], f"{r['output_rel_error']:.3f}"]
+            if measured:
+                cells.append(f"{r['kl_if_float']:.4f}" if r["kl_if_float"] is not None else "-")
+            cells.append(f"yes (KL after: {step['after']['mean_kl']:.4f})" if step else "")
+            table.add_row(*cells)
+        console.print(table)
     for note in q.get("notes", []):
         console.print(f"note: {note}")
 
@@ -426,7 +452,7 @@ def inspect_command(artifact_dir: Path) -> None:
     console.print(f"integrity: {'intact, ' + str(len(listed)) + ' files sealed in the manifest' if not problems else 'NOT intact: ' + '; '.join(problems)}")
     for step in artifact.manifest.get("steps", []):
         console.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
-    _print_quantization(artifact, console, top=50)
+    _print_quantization(artifact, console)
     _print_deploy(artifact, console, check=True)
 
 
@@ -451,7 +477,7 @@ def bench_command(target, json_path, **values) -> None:
     with _progress(console) as report:
         run = api.bench(target, progress=report, announce=lambda built, reused: _announce(built, reused, console), **values)
     artifact = run.artifact
-    _print_quantization(artifact, console, top=5)
+    _print_quantization(artifact, console)
     if run.note and "no PyTorch original" in run.note:
         console.print(f"note: {run.note}")
     compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.run.results)

@@ -112,6 +112,16 @@ def test_unmeetable_budget_keeps_the_best_model(digits, tmp_path):
     assert report.final.mean_kl <= report.initial.mean_kl
     assert {f.node for f in report.fallback} <= {s.node for s in report.sensitivity}
     assert len(report.sensitivity) >= report.quantized_nodes
+    # one list of what stayed in float, consistent with the counts and the fallback
+    assert report.fallback, "an unmeetable budget makes the search try fallback"
+    kept = {n.node: n for n in report.kept_in_float}
+    assert {f.node for f in report.fallback} <= set(kept)
+    assert all(kept[f.node].reason.startswith("fell back") for f in report.fallback)
+    assert sum(report.float_nodes.values()) == len(report.kept_in_float)
+    assert report.float_nodes == float_ops(onnx.load(str(out))) or report.fallback  # fallback reasons are extra
+    assert report.sensitivity_all_int8_kl is not None and report.sensitivity_images == 16
+    # the stages tell the story in order, ending at the final figures
+    assert report.stages[0].after == report.initial and report.stages[-1].after == report.final
 
 
 def test_too_few_calibration_images(digits, tmp_path):
@@ -147,3 +157,67 @@ def test_operators_left_in_float_are_reported(tmp_path):
     assert report.quantized_nodes == 1
     assert report.float_nodes.get("Exp") == 1
     assert "Conv" not in float_ops(onnx.load(str(tmp_path / "q.onnx")))
+
+
+def test_bias_correction_lowers_kl_and_is_kept_only_when_it_does(digits, tmp_path):
+    path, x_train, _, x_test, _ = digits
+    plain = quantize_onnx(path, tmp_path / "plain.onnx", x_train[:64], None, QuantizeOptions(method="minmax", bias_correction=False, max_fallback_nodes=0))
+    corrected = quantize_onnx(path, tmp_path / "bc.onnx", x_train[:64], None, QuantizeOptions(method="minmax", max_fallback_nodes=0))
+    reference = run_logits(path, x_test)
+    from edgekit.evaluation import compare_to_baseline
+
+    held_out = {name: compare_to_baseline(run_logits(tmp_path / f"{name}.onnx", x_test), reference, [None] * len(x_test)).mean_kl for name in ("plain", "bc")}
+    if corrected.bias_correction_applied:
+        assert corrected.final.mean_kl < plain.final.mean_kl
+        assert held_out["bc"] <= held_out["plain"] * 1.1, held_out  # and it generalises
+    else:
+        assert any("bias correction did not lower KL" in n for n in corrected.notes)
+
+
+def test_adaround_writes_plain_int8_weights_and_keeps_accuracy(digits, tmp_path):
+    path, x_train, _, x_test, y_test = digits
+    out = tmp_path / "ada.onnx"
+    report = quantize_onnx(path, out, x_train[:64], None, QuantizeOptions(method="minmax", rounding="adaround", max_fallback_nodes=0))
+    assert report.rounding and any(r.kept for r in report.rounding)
+    for r in report.rounding:  # a layer keeps learned rounding only where it reconstructs better
+        assert (r.error_adaround < r.error_nearest) == r.kept
+    assert any(r.flipped > 0 for r in report.rounding if r.kept)
+    assert [s.name for s in report.stages][:2] == [report.stages[0].name, "AdaRound"]
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    assert weights and all(w.min() >= -127 for w in weights)  # symmetric range, same scheme
+    assert onnx_accuracy(path, x_test, y_test) - onnx_accuracy(out, x_test, y_test) <= 1.5
+
+
+def test_batched_calibration_ranges_follow_the_histogram_rules():
+    from edgekit.transforms.calibration import AbsHistogram
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=200_000).astype(np.float32)
+    h = AbsHistogram()
+    for chunk in np.array_split(values, 7):  # later chunks extend the bins at the same width
+        h.add(chunk)
+    assert h.counts.sum() == values.size
+    assert h.threshold("minmax", 99.0) == pytest.approx(np.abs(values).max())
+    exact = np.percentile(np.abs(values), 99.0)
+    assert abs(h.threshold("percentile", 99.0) - exact) <= 2 * h.width
+    assert 0 < h.threshold("entropy", 99.0) <= np.abs(values).max()
+
+
+def test_random_init_weights_skip_the_budget_search(digits, tmp_path):
+    path, x_train, _, _, _ = digits
+    options = QuantizeOptions(method="minmax", budget=Budget(min_agreement=100.0, max_kl=0.0), max_fallback_nodes=2)
+    report = quantize_onnx(path, tmp_path / "q.onnx", x_train[:32], None, options, random_weights=True)
+    assert report.random_weights and not report.fallback and report.sensitivity_all_int8_kl is None
+    assert any("random-init" in n for n in report.notes)
+    assert all(s.kl_if_float is None for s in report.sensitivity)
+
+
+def test_module_paths_map_onnx_node_names_to_pytorch_modules():
+    from edgekit.transforms.sensitivity import module_path
+
+    assert module_path("/blocks/blocks.0/blocks.0.0/conv_dw/Conv") == "blocks.0.0.conv_dw"
+    assert module_path("/features/features.3/conv/conv.0/conv.0.0/Conv") == "features.3.conv.0.0"
+    assert module_path("/classifier/Gemm") == "classifier"
+    assert module_path("Conv_3") is None

@@ -25,7 +25,7 @@ from .lineage import calibration_identity, child_manifest, child_variant, requir
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
-QUANTIZER_VERSION = 3
+QUANTIZER_VERSION = 4  # 4: batched calibration, analytic bias correction, bypass fallback, AdaRound
 ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
 QAT_VERSION = 1  # bump when QAT's output changes for the same settings
 
@@ -42,6 +42,7 @@ def quantize_options(settings: Settings) -> QuantizeOptions:
         fallback=settings["max_fallback"] > 0,
         max_fallback_nodes=settings["max_fallback"],
         budget=budget,
+        rounding=settings["rounding"],
     )
 
 
@@ -80,18 +81,20 @@ def quantize_artifact(
         payload["qat"] = {**dataclasses.asdict(qat), "version": QAT_VERSION}
     key = stable_hash(payload)
 
+    random_weights = (parent.manifest.get("model", {}).get("weights_source") or {}).get("kind") == "random-init"
+
     def populate(staging: Path) -> dict[str, Any]:
         progress(f"loading {len(calibration)} calibration images", None, None)
         x, labels = load_all(calibration, parent.preprocessing)
         if qat is None:
-            report = quantize_onnx(parent.onnx_path, staging / ONNX_NAME, x, labels, options, progress)
+            report = quantize_onnx(parent.onnx_path, staging / ONNX_NAME, x, labels, options, progress, random_weights)
             qat_report = None
         else:
             from ..transforms.qat import qat_onnx
 
             with tempfile.TemporaryDirectory(prefix="edgekit-ptq-") as tmp:  # the PTQ graph is not kept
                 ptq_path = Path(tmp) / ONNX_NAME
-                report = quantize_onnx(parent.onnx_path, ptq_path, x, labels, options, progress)
+                report = quantize_onnx(parent.onnx_path, ptq_path, x, labels, options, progress, random_weights)
                 qat_report = qat_onnx(parent.onnx_path, ptq_path, staging / ONNX_NAME, x, labels, qat, progress)
         manifest = child_manifest(
             parent,

@@ -1,0 +1,136 @@
+"""Which layers the INT8 error comes from, which stay in float, and why.
+
+* ``output_errors``: each quantized layer's relative output error vs FP32 (one pass).
+* ``rank_layers``: the model's KL vs FP32 when one layer alone reads float, per layer, on a
+  few images (a proxy: the exact graph then confirms each fallback step on every image).
+  The all-INT8 KL on the same images is returned with it, so the two compare.
+* ``float_nodes``: one list of every node that computes in float in the final graph, with
+  the reason (fell back, no INT8 kernel, input arrives in float), and the PyTorch module it
+  came from where the exporter's node name says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..evaluation import compare_to_baseline
+from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
+
+Progress = Callable[[str, Optional[int], Optional[int]], None]
+_SHAPE_OPS = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze", "Concat", "Constant"}
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    node: str
+    module: Optional[str]  # the PyTorch module the node came from, when its name says so
+    op_type: str
+    output_rel_error: float  # ||y_int8 - y_fp32|| / ||y_fp32|| at this node, all nodes quantized
+    kl_if_float: Optional[float]  # model KL when only this node reads float (None: not measured)
+
+
+@dataclass(frozen=True)
+class FloatNode:
+    node: str
+    module: Optional[str]
+    op_type: str
+    reason: str
+
+
+def module_path(node_name: str) -> Optional[str]:
+    """'/blocks/blocks.0/blocks.0.0/conv_dw/Conv' -> 'blocks.0.0.conv_dw' (torch.onnx's scope
+    names: each level is an attribute name, or the previous level's name extended by an index)."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2:
+        return None
+    qualified = last = ""
+    for part in parts[:-1]:
+        if last and part.startswith(last + "."):  # the same chain, one level deeper
+            qualified = qualified[: len(qualified) - len(last)] + part
+        else:
+            qualified = f"{qualified}.{part}" if qualified else part
+        last = part
+    return qualified or None
+
+
+def output_errors(model, fp32_model, x: np.ndarray) -> dict[str, float]:
+    """Relative L2 error of every quantized compute node's output vs FP32."""
+    q_nodes = {node_label(n): n.output[0] for n in compute_nodes(model)}
+    f_nodes = {node_label(n): n.output[0] for n in compute_nodes(fp32_model)}
+    labels = [k for k in q_nodes if k in f_nodes and k in quantized_node_labels(model)]
+    q_sess = session(with_outputs(model, [q_nodes[k] for k in labels]))
+    f_sess = session(with_outputs(fp32_model, [f_nodes[k] for k in labels]), optimize=True)
+    input_name = q_sess.get_inputs()[0].name
+    err2 = dict.fromkeys(labels, 0.0)
+    ref2 = dict.fromkeys(labels, 0.0)
+    for i in range(0, len(x), 8):
+        batch = {input_name: x[i : i + 8]}
+        for k, q, f in zip(labels, q_sess.run([q_nodes[k] for k in labels], batch), f_sess.run([f_nodes[k] for k in labels], batch)):
+            err2[k] += float(((q - f).astype(np.float64) ** 2).sum())
+            ref2[k] += float((f.astype(np.float64) ** 2).sum())
+    return {k: float(np.sqrt(err2[k] / max(ref2[k], 1e-30))) for k in labels}
+
+
+def describe_layers(model, errors: dict[str, float], kl_if_float: Optional[dict[str, float]] = None) -> list[NodeSensitivity]:
+    types = {node_label(n): n.op_type for n in compute_nodes(model)}
+    rows = [NodeSensitivity(k, module_path(k), types[k], v, (kl_if_float or {}).get(k)) for k, v in errors.items()]
+    if kl_if_float:
+        return sorted(rows, key=lambda r: (r.kl_if_float if r.kl_if_float is not None else float("inf"), -r.output_rel_error))
+    return sorted(rows, key=lambda r: -r.output_rel_error)
+
+
+def rank_layers(model, fp32_model, x: np.ndarray, reference: np.ndarray, progress: Progress) -> tuple[list[NodeSensitivity], float]:
+    """Per quantized layer, the model's KL vs FP32 on ``x`` when that layer alone reads float;
+    with the all-INT8 KL on the same images. Most helpful first."""
+    errors = output_errors(model, fp32_model, x)
+    baseline = compare_to_baseline(run_logits(model, x), reference, [None] * len(x)).mean_kl
+    labels = [k for k in (node_label(n) for n in compute_nodes(model)) if k in errors]
+    kl: dict[str, float] = {}
+    for i, label in enumerate(labels):
+        progress("sensitivity", i, len(labels))
+        logits = run_logits(bypass_quantization(model, fp32_model, [label]), x)
+        kl[label] = compare_to_baseline(logits, reference, [None] * len(x)).mean_kl
+    progress("sensitivity", len(labels), len(labels))
+    return describe_layers(model, errors, kl), baseline
+
+
+def float_nodes(model, fell_back: dict[str, str]) -> list[FloatNode]:
+    """Every node of the final graph that computes in float, with why. An activation
+    (Relu/Clip) right after an INT8 Conv/Gemm/MatMul/Add is fused into it by every backend
+    and is not listed; neither are Q/DQ and shape-only nodes."""
+    from .quantize import QUANTIZABLE_OP_TYPES
+
+    made_by = producers(model)
+    in_float: set[str] = set()
+    found = []
+    for node in model.graph.node:
+        if node.op_type in _SHAPE_OPS:
+            continue
+        label = node_label(node)
+        source = made_by.get(node.input[0]) if node.input else None
+        dequantized_input = getattr(source, "op_type", None) == "DequantizeLinear"
+        fused = (
+            node.op_type in CLAMPING_ACTIVATIONS and source is not None and source.op_type in FUSING_PRODUCERS
+            and node_label(source) not in in_float
+        )
+        if label in fell_back:
+            reason = fell_back[label]
+        elif node.op_type not in QUANTIZABLE_OP_TYPES:
+            reason = f"{node.op_type} has no INT8 kernel on every backend"
+        elif dequantized_input or fused:
+            continue
+        else:
+            reason = "its input arrives in float (after a float node)" if source is not None else "reads a graph input or constant"
+        in_float.add(label)
+        found.append(FloatNode(label, module_path(label), node.op_type, reason))
+    return found
+
+
+def count_by_type(nodes: list[FloatNode]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
