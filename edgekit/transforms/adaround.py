@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 
 from .layer_inputs import InputStats, QuantizedLayer
+from .progress import Progress, quiet
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound's values)
 
 
 @dataclass(frozen=True)
 class AdaRoundOptions:
-    iterations: int = 300
+    iterations: int = 100
     lr: float = 0.05
     reg: float = 0.01  # weight of the rounding regulariser (the reconstruction loss is relative)
     warmup: float = 0.2  # share of iterations without the regulariser
@@ -112,7 +111,7 @@ def _round_layer(layer: QuantizedLayer, grams: InputStats, options: AdaRoundOpti
     return ints.numpy().astype(np.int8), record
 
 
-def adaround(layers: list[QuantizedLayer], stats: list[InputStats], options: AdaRoundOptions = AdaRoundOptions(), progress: Progress = lambda *a: None) -> list[LayerRounding]:
+def adaround(layers: list[QuantizedLayer], stats: list[InputStats], options: AdaRoundOptions = AdaRoundOptions(), progress: Progress = quiet) -> list[LayerRounding]:
     """Learn every layer's rounding from its input statistics (gathered with second
     moments) and write the integers into the graph's initializers, in place."""
     records = []

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .entropy import kl_threshold
 from .qdq_graph import session, with_outputs
+from .progress import Progress, quiet
 
 NUM_BINS = 2048
 BATCH = 8
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
-
-def _quiet(stage: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
-    pass
 
 
 @dataclass
@@ -109,7 +106,7 @@ def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
     return names
 
 
-def float_pass(fp32_model, x: np.ndarray, op_types: Sequence[str], method: str, percentile: float, progress: Progress = _quiet) -> FloatPass:
+def float_pass(fp32_model, x: np.ndarray, op_types: Sequence[str], method: str, percentile: float, progress: Progress = quiet) -> FloatPass:
     """Ranges of every tensor to calibrate, and the reference logits."""
     tensors = tensors_to_calibrate(fp32_model, op_types)
     logits_name = fp32_model.graph.output[0].name

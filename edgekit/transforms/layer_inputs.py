@@ -13,13 +13,13 @@ inputs over-corrects: each layer cancels an upstream error its upstream layer ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
 from .qdq_graph import compute_nodes, node_label, producers, session, with_outputs
+from .progress import Progress
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 BATCH = 8
 
 

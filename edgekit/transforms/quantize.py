@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from .adaround import AdaRoundOptions, LayerRounding, adaround
 from .bias_correction import correct_biases
 from .calibration import FloatPass, float_pass, write_calibration_cache
 from .layer_inputs import gather_input_stats, quantized_layers
+from .progress import Progress, quiet
 from .qdq_graph import bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
 
@@ -62,12 +63,9 @@ ROUNDINGS = ("nearest", "adaround")
 SENSITIVITY_IMAGES = 16  # the hardest images rank layers for fallback; each step is then judged on all
 STATISTICS_IMAGES = 64  # images for the layer statistics (bias correction, AdaRound)
 
-# (stage, done, total) -> None
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
-def _quiet(stage: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
-    pass
+_quiet = quiet  # other transforms import it from here
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..evaluation import compare_to_baseline
 from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
+from .progress import Progress
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 _SHAPE_OPS = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze", "Concat", "Constant"}
 
 
