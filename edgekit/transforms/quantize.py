@@ -274,6 +274,7 @@ def quantize_onnx(
         quantize_qdq(fp32_path, tmp_dir / "all_int8.onnx", calibration, options, (), cache)
         model = onnx.load(str(tmp_dir / "all_int8.onnx"))
         initial = final = judge(model)
+        final_logits = last_logits[0]
         stage(f"all INT8 ({options.method} ranges, nearest rounding)", initial)
 
         rounding: list[LayerRounding] = []
@@ -284,13 +285,14 @@ def quantize_onnx(
             if options.rounding == "adaround":
                 rounding = adaround(layers, stats, AdaRoundOptions(), progress)
                 final = judge(model)
+                final_logits = last_logits[0]
                 stage("AdaRound", final)
             if options.bias_correction:
                 before = copy.deepcopy(model.graph.initializer)
                 correct_biases(model, layers, stats)
                 stats_bc = judge(model)
                 if stats_bc.mean_kl < final.mean_kl:
-                    corrected, final = True, stats_bc
+                    corrected, final, final_logits = True, stats_bc, last_logits[0]
                     stage("bias correction", final)
                 else:
                     notes.append(f"bias correction did not lower KL ({stats_bc.mean_kl:.4f} vs {final.mean_kl:.4f}); not applied")
@@ -298,8 +300,7 @@ def quantize_onnx(
                     model.graph.initializer.extend(before)
 
         fallback: list[FallbackStep] = []
-        judge(model)
-        hardest = _hardest_images(last_logits[0], reference, SENSITIVITY_IMAGES)  # where the error is
+        hardest = _hardest_images(final_logits, reference, SENSITIVITY_IMAGES)  # where the error is
         sample = calibration[hardest]
         baseline_kl: Optional[float] = None
         search = options.fallback and not options.budget.met(final) and not random_weights
