@@ -306,11 +306,17 @@ def quantize_onnx(
         search = options.fallback and not options.budget.met(final) and not random_weights
         if search:
             report_nodes, baseline_kl = rank_layers(model, fp32_model, sample, reference[hardest], progress)
-            model, final, fallback = _fall_back(model, fp32_model, report_nodes, baseline_kl, final, options, judge, progress)
+            model, final, fallback, tried = _fall_back(model, fp32_model, report_nodes, baseline_kl, final, options, judge, progress)
             if fallback:
                 stage(f"fallback to float ({len(fallback)} layers)", final)
+            elif tried:
+                best = min(tried, key=lambda t: t.after.mean_kl)
+                notes.append(
+                    f"the budget was not reached with up to {len(tried)} layers in float (best: KL {best.after.mean_kl:.4f}, "
+                    f"agreement {best.after.agreement:.1f}%); layers in float cost speed, so all stay INT8"
+                )
             else:
-                notes.append("no layer read in float improved on the all-INT8 model; none fell back")
+                notes.append("no layer read in float alone lowered the KL; all stay INT8")
         else:
             report_nodes = describe_layers(model, output_errors(model, fp32_model, sample))
             if random_weights:
@@ -356,10 +362,11 @@ def _hardest_images(logits: np.ndarray, reference: np.ndarray, k: int) -> np.nda
 def _fall_back(model, fp32_model, ranked: list[NodeSensitivity], baseline_kl: float, current: AccuracyStats, options: QuantizeOptions, judge, progress):
     """Greedy and cumulative: the layers that helped most alone go back to float one at a
     time (nodes interact: two neighbours may only help together, so a layer that does not
-    help yet stays in the set); the best prefix is kept. Each step is the exact graph judged
-    on every calibration image."""
+    help yet stays in the set), each step the exact graph judged on every calibration image,
+    until the budget is met. Layers in float cost speed on every backend, so they are kept
+    only when they meet the budget; otherwise every layer stays INT8 and the steps tried are
+    returned for the report. Returns (model, stats, kept steps, tried steps)."""
     candidates = [r for r in ranked if r.kl_if_float is not None and r.kl_if_float < baseline_kl][: options.max_fallback_nodes]
-    best_model, best, kept = model, current, 0
     tried: list[FallbackStep] = []
     for step, entry in enumerate(candidates, 1):
         progress("fallback to float", step - 1, len(candidates))
@@ -367,9 +374,8 @@ def _fall_back(model, fp32_model, ranked: list[NodeSensitivity], baseline_kl: fl
         stats = judge(trial)
         reason = f"read in float alone, it takes KL from {baseline_kl:.4f} to {entry.kl_if_float:.4f}"
         tried.append(FallbackStep(entry.node, reason, stats))
-        if options.budget.met(stats) or stats.mean_kl < best.mean_kl:
-            best_model, best, kept = trial, stats, step
         if options.budget.met(stats):
-            break
+            progress("fallback to float", len(candidates), len(candidates))
+            return trial, stats, tried, tried
     progress("fallback to float", len(candidates), len(candidates))
-    return best_model, best, tried[:kept]
+    return model, current, [], tried
