@@ -87,3 +87,28 @@ def test_foreign_onnx_file_is_imported(tmp_path, tiny_artifact):
     assert artifact.manifest["model"]["weights_source"] is None
     assert artifact.preprocessing.input_size == 64
     assert json.loads((artifact.path / "manifest.json").read_text())["sha256"]["model.onnx"]
+
+
+def test_a_slimmed_graph_that_changes_the_logits_is_not_kept(tmp_path, monkeypatch):
+    """onnxslim turned EfficientNet-Lite1 into a graph that agreed with PyTorch on 64% of
+    images; export now checks the slimmed graph and keeps the exporter's when it differs."""
+    from onnx import numpy_helper
+
+    def breaking_slim(path):  # shifts the first logit by 10
+        model = onnx.load(str(path))
+        out = model.graph.output[0].name
+        made_by = next(n for n in model.graph.node if out in n.output)
+        made_by.output[list(made_by.output).index(out)] = "unshifted"
+        shift = numpy_helper.from_array(__import__("numpy").eye(1, artifact_classes, dtype="float32")[0] * 10, "shift")
+        model.graph.initializer.append(shift)
+        model.graph.node.append(onnx.helper.make_node("Add", ["unshifted", "shift"], [out]))
+        onnx.save(model, str(path))
+
+    artifact_classes = 1000
+
+    monkeypatch.setattr(export_module, "_slim", breaking_slim)
+    artifact, _ = build_artifact(ModelRequest("mobilenet_v3_small", random_init=True, input_size=64), root=tmp_path)
+    parity = artifact.manifest["parity"]
+    assert parity["slim"].startswith("reverted") and parity["top1_agreement"] == 100.0
+    assert export_module.parity_holds(parity)
+    assert sorted(p.name for p in artifact.path.iterdir()) == ["manifest.json", "model.onnx"]
