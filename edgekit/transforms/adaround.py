@@ -44,7 +44,6 @@ class AdaRoundOptions:
     reg: float = 0.01  # weight of the rounding regulariser (the reconstruction loss is relative)
     warmup: float = 0.2  # share of iterations without the regulariser
     beta: tuple[float, float] = (20.0, 2.0)
-    images: int = 64
 
 
 @dataclass(frozen=True)

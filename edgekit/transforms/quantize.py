@@ -61,7 +61,8 @@ QUANTIZABLE_OP_TYPES = (
 MIN_CALIBRATION_IMAGES = 8
 ROUNDINGS = ("nearest", "adaround")
 SENSITIVITY_IMAGES = 16  # the hardest images rank layers for fallback; each step is then judged on all
-STATISTICS_IMAGES = 64  # images for the layer statistics (bias correction, AdaRound)
+STATISTICS_IMAGES = 32  # images for the layer statistics of bias correction (mean input patches)
+ADAROUND_IMAGES = 64  # AdaRound's second moments need more positions per weight
 
 
 
@@ -283,7 +284,8 @@ def quantize_onnx(
         corrected = False
         if options.rounding == "adaround" or options.bias_correction:
             layers = quantized_layers(model, fp32_model)
-            stats = gather_input_stats(layers, fp32_model, calibration[:STATISTICS_IMAGES], progress, second_moments=options.rounding == "adaround")
+            images = ADAROUND_IMAGES if options.rounding == "adaround" else STATISTICS_IMAGES if not random_weights else SENSITIVITY_IMAGES
+            stats = gather_input_stats(layers, fp32_model, calibration[:images], progress, second_moments=options.rounding == "adaround")
             if options.rounding == "adaround":
                 rounding = adaround(layers, stats, AdaRoundOptions(), progress)
                 final = judge(model)
