@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .entropy import kl_threshold
-from .qdq_graph import session, with_outputs
+from .qdq_graph import shape_arithmetic, session, with_outputs
 from .progress import Progress, quiet
 
 NUM_BINS = 2048
@@ -91,7 +91,7 @@ def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
 
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    initializers = {i.name for i in model.graph.initializer}
+    initializers = {i.name for i in model.graph.initializer} | shape_arithmetic(model)[1]
     wanted = set(op_types)
     names: list[str] = []
     for node in model.graph.node:

@@ -180,3 +180,19 @@ def fold_activation_qdq(model) -> int:
         removed += 1
     drop_unused_initializers(model)
     return removed
+
+
+def shape_arithmetic(model) -> tuple[set[str], set[str]]:
+    """(node names, tensor names) of the subgraph that computes shapes: Shape nodes and every
+    node whose inputs are all shapes or constants (TF-style "same" padding computes its pads
+    in float from the input's size). Quantizing it rounds pad sizes: never quantize it."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    tensors: set[str] = set()
+    nodes: set[str] = set()
+    for node in model.graph.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Shape" or (inputs and all(i in tensors or i in constants for i in inputs) and any(i in tensors for i in inputs)):
+            tensors.update(node.output)
+            nodes.add(node_label(node))
+    return nodes, tensors

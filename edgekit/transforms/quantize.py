@@ -46,7 +46,7 @@ from .bias_correction import correct_biases
 from .calibration import FloatPass, float_pass, write_calibration_cache
 from .layer_inputs import gather_input_stats, quantized_layers
 from .progress import Progress, quiet
-from .qdq_graph import bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
+from .qdq_graph import shape_arithmetic, bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -208,7 +208,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
             weight_type=QuantType.QInt8,
             calibrate_method=_calibration_method(options.method),  # must match the cache's
             op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=[*exclude, *sorted(shape_arithmetic(onnx.load(str(fp32_path), load_external_data=False))[0])],
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibration_cache_path=str(cache),
         )
