@@ -230,3 +230,50 @@ def test_module_paths_map_onnx_node_names_to_pytorch_modules():
     assert module_path("/features/features.3/conv/conv.0/conv.0.0/Conv") == "features.3.conv.0.0"
     assert module_path("/classifier/Gemm") == "classifier"
     assert module_path("Conv_3") is None
+
+
+def test_shape_arithmetic_is_never_quantized(tmp_path):
+    """Pads computed in float from the input's Shape (TF-style 'same' padding) must keep
+    their exact values: quantized, they rounded 60x60 feature maps to 59x59."""
+    from edgekit.transforms.qdq_graph import shape_arithmetic
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    consts = [
+        numpy_helper.from_array(np.array([3], dtype=np.int64), "h_axis"),
+        numpy_helper.from_array(np.array(7.0, dtype=np.float32), "seven"),
+        numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0], dtype=np.int64), "zeros6"),
+        numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 0, 1], dtype=np.int64), "mask"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["input"], ["shape"], name="shape"),
+            helper.make_node("Gather", ["shape", "h_axis"], ["width"], name="width"),
+            helper.make_node("Cast", ["width"], ["width_f"], name="cast", to=TensorProto.FLOAT),
+            helper.make_node("Div", ["width_f", "seven"], ["ratio"], name="div"),  # 8 / 7: rounds badly in INT8
+            helper.make_node("Ceil", ["ratio"], ["pad_f"], name="ceil"),
+            helper.make_node("Cast", ["pad_f"], ["pad"], name="cast_pad", to=TensorProto.INT64),
+            helper.make_node("Mul", ["mask", "pad"], ["pads"], name="pads"),
+            helper.make_node("Pad", ["input", "pads"], ["padded"], name="pad"),
+            helper.make_node("Conv", ["padded", "w"], ["c"], name="conv"),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["logits"], name="flatten"),
+        ],
+        "padded",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [w, *consts],
+    )
+    path = tmp_path / "padded.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    nodes, tensors = shape_arithmetic(model)
+    assert {"shape", "width", "cast", "div", "ceil", "cast_pad", "pads"} <= nodes and "pad" not in nodes and "conv" not in nodes
+    assert {"width_f", "ratio", "pad_f"} <= tensors
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    report = quantize_onnx(path, tmp_path / "q.onnx", x, options=QuantizeOptions(method="minmax", max_fallback_nodes=0))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    quantized_inputs = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized_inputs & tensors
+    assert report.quantized_nodes == 1
+    assert np.allclose(run_logits(q, x), run_logits(path, x), atol=0.2)
