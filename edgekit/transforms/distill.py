@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from ..core import DataError, UsageError
-from .quantize import Progress, _quiet
+from .progress import Progress
+from .progress import quiet as _quiet
 
 if TYPE_CHECKING:
     import torch

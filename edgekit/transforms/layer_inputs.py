@@ -38,7 +38,6 @@ class QuantizedLayer:
     q_shape: tuple
     input_quantizer: tuple  # (scale, zero point, qmin, qmax) of the activation input
     float_input: str
-    quant_input: str
 
     def integers(self) -> np.ndarray:
         from onnx import numpy_helper
@@ -152,7 +151,7 @@ def quantized_layers(model, fp32_model) -> list[QuantizedLayer]:
         info = np.iinfo(zp.dtype)
         quantizer = (float(act_scale), float(zp), float(info.min), float(info.max))
         found.append(QuantizedLayer(label, node.op_type, *layer, q_init=q_init, q_shape=q.shape, input_quantizer=quantizer,
-                            float_input=source.input[0], quant_input=node.input[0]))
+                            float_input=source.input[0]))
     return found
 
 

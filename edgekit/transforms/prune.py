@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ..core import CheckpointMismatchError, DataError, EdgekitError, UsageError
-from .quantize import Progress, _quiet
+from .progress import Progress
+from .progress import quiet as _quiet
 
 if TYPE_CHECKING:
     import torch

@@ -60,7 +60,8 @@ from ..core import AccuracyStats, DataError, UsageError
 from ..evaluation import compare_to_baseline, mean_kl
 from .distill import check_training_options
 from .qdq_graph import COMPUTE_OP_TYPES, node_label, producers, quantized_node_labels, run_logits
-from .quantize import Progress, _quiet
+from .progress import Progress
+from .progress import quiet as _quiet
 
 if TYPE_CHECKING:
     import torch

@@ -66,7 +66,6 @@ ADAROUND_IMAGES = 64  # AdaRound's second moments need more positions per weight
 
 
 
-_quiet = quiet  # other transforms import it from here
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def _calibration_method(name: str):
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[name]
 
 
-def calibrate(fp32_model, x: np.ndarray, options: QuantizeOptions, cache: Path, progress: Progress = _quiet) -> FloatPass:
+def calibrate(fp32_model, x: np.ndarray, options: QuantizeOptions, cache: Path, progress: Progress = quiet) -> FloatPass:
     """Activation ranges into ``cache`` (ONNX Runtime's calibration-cache format), with the
     FP32 logits of ``x`` from the same pass."""
     result = float_pass(fp32_model, x, QUANTIZABLE_OP_TYPES, options.method, options.percentile, progress)
@@ -229,7 +228,7 @@ def quantize_onnx(
     calibration: np.ndarray,
     labels: Optional[Sequence[Optional[tuple[int, ...]]]] = None,
     options: QuantizeOptions = QuantizeOptions(),
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     random_weights: bool = False,
 ) -> QuantizationReport:
     """Quantize ``fp32_path`` to ``out_path``, within ``options.budget`` where possible.
