@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,openvino]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,openvino,ray]'
 	touch $(STAMP)
 
 # EfficientNet-Lite0 (real ImageNet weights) -> ONNX -> ONNX Runtime vs PyTorch, bundled photos.

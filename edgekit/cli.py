@@ -566,13 +566,18 @@ def bundle_command(target, bundle_dir, **values) -> None:
 @main.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: the recipe's 'output', else <recipe>.results.json).")
-def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[auto|ADDRESS]",
+              help="Run the cells as Ray tasks: on the cluster at ADDRESS (host:port, or auto for the one this machine joined), or, with no value, on a Ray instance started here. Device kinds: the recipe's [ray] kinds.")
+@click.option("--resume", is_flag=True, help="With --ray: keep the cells the results file already holds as done, run the rest.")
+def run_command(recipe_path: Path, json_path: Optional[Path], ray_address: Optional[str], resume: bool) -> None:
     """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
     from .plan import bench_cell, launcher_for, recipe_cells, results_for
     from .recipe import load_recipe
     from .results.document import describe_images, results_document, write_results
     from .session import bench_request
 
+    if resume and ray_address is None:
+        raise UsageError("--resume applies to --ray runs (their results file records every cell as it finishes)")
     recipe = load_recipe(recipe_path)
     cells = recipe_cells(recipe)
     console = _console()
@@ -580,6 +585,10 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
         f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
         f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
     )
+    if ray_address is not None:
+        return _run_on_ray(recipe, cells, ray_address, resume, json_path, console)
+    if any(c.settings["device_kinds"] for c in cells):
+        console.print("note: [ray] kinds apply to --ray runs; every cell runs here")
     launcher = launcher_for(cells[0].settings)
     launcher.check(recipe.backends)
     for cell in cells:
@@ -602,6 +611,40 @@ def run_command(recipe_path: Path, json_path: Optional[Path]) -> None:
     console.print(f"results: {path}")
     _exit_if_failed([r for r in results if r.error], path)
     budget = [n for n in notes if "budget not met" in n]
+    if budget and cells[0].settings["strict"]:
+        raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
+
+
+def _run_on_ray(recipe, cells, address: str, resume: bool, json_path: Optional[Path], console) -> None:
+    from .cluster.launcher import run_on_ray
+    from .session import bench_request
+
+    if any(c.settings["remote"] for c in cells):
+        raise UsageError("--ray and [bench] remote are two ways to reach devices; with --ray, a device is a node of the cluster")
+    for cell in cells:
+        bench_request(cell.settings).images.resolve()  # every cell's images, before any work
+    output = json_path or recipe.output or recipe.path.with_suffix(".results.json")
+    extra = {"recipe": str(recipe.path), "reference": recipe.reference}
+    try:
+        with _progress(console) as report:
+            outcome = run_on_ray(cells, address=address, output=output, resume=resume, command=_command_line(), extra=extra, progress=report)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the results file {output} holds every cell finished so far (edgekit run ... --ray --resume goes on)")
+        sys.exit(130)
+    ledger = outcome.ledger
+    for unit in ledger.units:
+        rows = [r for r in ledger.results() if r.environment.get("unit") == unit.id]
+        entry = ledger.entries[unit.id]
+        where = entry.get("node") or "-"
+        if rows and entry["state"] == "done":
+            _print_results(rows, [], f"{unit.label}: {where}" + (" (from the previous run)" if entry.get("resumed") else ""), 0)
+    for note in outcome.notes:
+        console.print(f"note: {note}")
+    counts = ledger.counts()
+    console.print(f"{len(ledger.units)} cells in {outcome.seconds:.0f} s: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    console.print(f"results: {ledger.path}")
+    _exit_if_failed([r for r in ledger.results() if r.error], ledger.path)
+    budget = [n for n in outcome.notes if "budget not met" in n]
     if budget and cells[0].settings["strict"]:
         raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
 

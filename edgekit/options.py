@@ -33,6 +33,7 @@ GROUPS = {
     "bench": "Benchmark",
     "backend": "Backend settings",
     "remote": "Remote device (ssh)",
+    "cluster": "Ray cluster (edgekit run --ray)",
 }
 POWER_SOURCES = ("auto", "tegrastats", "nvml", "rapl", "off")
 PRECISIONS = ("f32", "bf16", "f16")
@@ -369,6 +370,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH),
     Option("remote_dir", "--remote-dir", "text", "remote", "Where bundles go on the remote machine (relative: under its home).", "edgekit-bundles", recipe="bench", commands=_BENCH),
     Option("ssh_options", "--ssh-option", "list", "remote", "Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several (recipes: an allow-list). EDGEKIT_SSH_OPTS adds raw ssh arguments.", (), recipe="bench", commands=_BENCH),
+    # Ray cluster (recipe-only: `edgekit run RECIPE --ray`)
+    Option("device_kinds", None, "list", "cluster", "Which nodes time the cells: a device kind (a Ray custom resource the nodes offer, e.g. jetson_orin_nano) for every backend, or BACKEND=KIND for one; a backend named under several kinds is timed on each. Default: nodes offering 'host'.", (), recipe="ray.kinds"),
+    Option("retries", None, "int", "cluster", "Times a cell whose node died is run again elsewhere before it is marked failed.", 2, recipe="ray", minimum=0),
+    Option("shared", None, "path", "cluster", "A folder every node can read (NFS, a mounted bucket): bundles travel through it instead of Ray's object store.", recipe="ray"),
 )
 
 # Runner arguments whose default is "what the bundle was made with" rather than a value.
@@ -405,6 +410,15 @@ def recipe_options() -> dict[str, dict[str, Option]]:
             section, key = option.recipe_path
             found.setdefault(section, {})[key] = option
     return found
+
+
+PER_MODEL_SECTIONS = ("export", "ray")  # what a recipe's [model.<name>] table may override
+
+
+def per_model_options() -> dict[str, Option]:
+    """key -> option for a recipe's [model.<name>] tables: export settings and device kinds."""
+    sections = recipe_options()
+    return {key: option for section in PER_MODEL_SECTIONS for key, option in sections.get(section, {}).items()}
 
 
 def runner_argv(settings: Mapping[str, Any]) -> list[str]:
@@ -462,7 +476,7 @@ def _normalise(option: Option, value: Any) -> Any:
 
 def settings_from_recipe(tables: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Settings:
     """Settings from a recipe's parsed tables ({'': top-level, 'int8': {...}, ...}), with
-    per-model ``overrides`` of the [export] keys on top."""
+    per-model ``overrides`` (PER_MODEL_SECTIONS' keys) on top."""
     values: dict[str, Any] = {}
     for section, keys in recipe_options().items():
         table = tables.get(section, {})
@@ -470,14 +484,14 @@ def settings_from_recipe(tables: Mapping[str, Any], overrides: Optional[Mapping[
             if key in table:
                 values[option.key] = table[key]
     for key, value in (overrides or {}).items():
-        values[recipe_options()["export"][key].key] = value
+        values[per_model_options()[key].key] = value
     return Settings(values)
 
 
 def check_recipe_value(section: str, key: str, value: Any) -> Optional[str]:
     """Why ``value`` cannot be recipe key ``section.key``, or None (None too for keys the
     schema does not know: the caller reports those)."""
-    option = recipe_options().get(section, {}).get(key)
+    option = (per_model_options() if section == "model" else recipe_options().get(section, {})).get(key)
     if option is None or option.check(value):
         return None
     return f"'{key}' must be {option.describe()}, got {value!r}"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .core import UsageError
-from .options import BY_KEY, Settings, check_recipe_value, recipe_options, settings_from_recipe
+from .options import BY_KEY, Settings, check_recipe_value, per_model_options, recipe_options, settings_from_recipe
 from .remote import RECIPE_SSH_OPTIONS, RemoteHost, recipe_safe_ssh_option, remote_dir_problem, remote_python_problem
 
 # top-level keys that are not options: what a recipe runs, and how its results are named
@@ -49,7 +49,7 @@ RECIPE_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "output": ("a string", lambda v: isinstance(v, str) and v != ""),
     "name": ("a string", lambda v: isinstance(v, str) and v != ""),
 }
-PER_MODEL = "export"  # the section a [model.<name>] table overrides
+PER_MODEL = "model"  # [model.<name>] tables override export settings and device kinds
 RELATIVE_TO_RECIPE = frozenset(o.key for o in BY_KEY.values() if o.kind == "path" and o.key != "artifacts")
 
 
@@ -186,7 +186,7 @@ _MOVED = {("prune", "distill_steps"): "[distill] steps", ("prune", "distill_data
 
 
 def _validate(values: dict[str, Any], section: str, locate: "_Locator", shown: Optional[str] = None) -> None:
-    known = recipe_options().get(section, {})
+    known = per_model_options() if section == PER_MODEL else recipe_options().get(section, {})
     where = f"[{shown or section}]" if section else "the top level"
     for key, value in values.items():
         if (section, key) in _MOVED:

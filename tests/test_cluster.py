@@ -1,0 +1,270 @@
+"""`edgekit run RECIPE --ray`: placement, the streamed results file, and real Ray clusters
+(a local instance; a head and two worker nodes on loopback, one killed mid-run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, assert_one_line_error, run_cli
+from edgekit.cluster.ledger import Ledger
+from edgekit.cluster.placement import BUILD_RESOURCE, Node, cluster_problems, parse_kinds, plan_units, timing_resources
+from edgekit.core import UsageError
+from edgekit.plan import recipe_cells
+from edgekit.recipe import RecipeError, load_recipe
+from ray_cluster import Cluster, processes_running
+
+TINY = """\
+name = "lab"
+models = ["mobilenet_v3_small", "squeezenet1_1"]
+variants = ["fp32"]
+backends = ["pytorch", "onnxruntime"]
+batch = [1]
+output = "out/results.json"
+
+[export]
+random_init = true
+input_size = 64
+artifacts = "exported"
+
+[bench]
+iterations = 20
+warmup = 2
+views = 1
+"""
+
+
+def _recipe(folder: Path, text: str = TINY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- placement, no cluster
+
+
+def test_kinds_per_backend_and_for_every_backend():
+    kinds = parse_kinds(["x86", "tensorrt=h100", "tensorrt=jetson_orin_nano"], ("pytorch", "onnxruntime", "tensorrt"))
+    assert kinds == {"pytorch": ("x86",), "onnxruntime": ("x86",), "tensorrt": ("h100", "jetson_orin_nano")}
+    assert parse_kinds([], ("onnxruntime",)) == {"onnxruntime": ("host",)}
+    with pytest.raises(UsageError, match="names backend 'tensort'"):
+        parse_kinds(["tensort=h100"], ("tensorrt",))
+    with pytest.raises(UsageError, match="cannot name a device kind"):
+        parse_kinds(["CPU"], ("onnxruntime",))
+    with pytest.raises(UsageError, match="which the recipe does not run"):
+        parse_kinds(["openvino=x86"], ("onnxruntime",))
+
+
+def test_units_group_backends_per_kind_with_ids_stable_across_runs(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path, TINY + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\n[model.squeezenet1_1]\nkinds = ["cpu_box"]\n'))
+    units = plan_units(recipe_cells(recipe))
+    assert [(u.model, u.kind, u.backends) for u in units] == [
+        ("mobilenet_v3_small", "cpu_box", ("pytorch",)),
+        ("mobilenet_v3_small", "edge", ("onnxruntime",)),
+        ("squeezenet1_1", "cpu_box", ("pytorch", "onnxruntime")),  # [model.X] kinds: per cell
+    ]
+    assert [u.id for u in units] == [u.id for u in plan_units(recipe_cells(load_recipe(recipe.path)))]
+    changed = load_recipe(_recipe(tmp_path / "other", recipe.path.read_text().replace("iterations = 20", "iterations = 21")))
+    assert not {u.id for u in units} & {u.id for u in plan_units(recipe_cells(changed))}  # other settings: other cells
+
+
+def test_recipe_refuses_a_bad_ray_table(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe.toml:\d+: unknown key 'kind' in \[ray\] \(did you mean 'kinds'\?\)"):
+        load_recipe(_recipe(tmp_path, TINY + '\n[ray]\nkind = ["edge"]\n'))
+    with pytest.raises(RecipeError, match="'retries' must be an integer >= 0"):
+        load_recipe(_recipe(tmp_path, TINY + "\n[ray]\nretries = -1\n"))
+
+
+def _node(name: str, **resources: float) -> Node:
+    return Node(name * 8, "10.0.0.1", resources)
+
+
+def test_cluster_problems_name_what_to_change(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path, TINY + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\n'))
+    units = plan_units(recipe_cells(recipe))
+    good = [_node("a", **{BUILD_RESOURCE: 1, "cpu_box": 1}), _node("b", edge=1), _node("c", edge=1)]
+    assert cluster_problems(good, units, "head:6379") == []
+    assert timing_resources("cpu_box", good) == {"cpu_box": 1, BUILD_RESOURCE: 1}  # builds wait while it times
+    assert timing_resources("edge", good) == {"edge": 1}
+
+    def problem(nodes):
+        found = cluster_problems(nodes, units, "head:6379")
+        assert found
+        return " | ".join(found)
+
+    assert "no node offers device kind 'edge'" in problem(good[:1])
+    assert "ray start --address head:6379 --resources '{\"edge\": 1}'" in problem(good[:1])
+    assert "no node offers 'edgekit_build'" in problem([_node("a", cpu_box=1), *good[1:]])
+    assert "one unit of one device kind" in problem([*good[:2], _node("c", edge=2)])
+    assert "one unit of one device kind" in problem([*good[:2], _node("c", edge=1, cpu_box=1)])
+    assert "pytorch is timed on 'edge'" in cluster_problems(good, plan_units(recipe_cells(load_recipe(_recipe(tmp_path / "p", TINY + '\n[ray]\nkinds = ["edge"]\n')))), "h:1")[0]
+    assert "must all offer 'edgekit_build': 1 or none" in problem([*good, _node("d", **{BUILD_RESOURCE: 1, "edge": 1})])
+
+
+# --------------------------------------------------------------------------- the results file, no cluster
+
+
+def _row(model, backend, **environment):
+    return {"model": model, "backend": backend, "variant": "fp32", "artifact_key": "abc", "precision": "fp32", "providers": [], "threads": None,
+            "latency": [], "peak_rss_mb": None, "size_mb": None, "accuracy": None, "environment": environment}
+
+
+def test_ledger_accounts_for_every_unit_and_resumes_the_done_ones(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path, TINY + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\n'))
+    units = plan_units(recipe_cells(recipe))
+    path = tmp_path / "results.json"
+    node = {"ray_node": "n" * 56, "name": "box (10.0.0.2, node nnnnnn)", "ip": "10.0.0.2"}
+    ledger = Ledger(path, units, "edgekit run", {"recipe": "r"})
+    ledger.write()
+    document = json.loads(path.read_text())
+    assert [u["state"] for u in document["cluster"]["units"]] == ["waiting"] * 4 and document["results"] == []
+    ledger.record(units[0], {"results": [_row(units[0].model, "pytorch")], "parity": []}, node, 1.5)
+    ledger.fail(units[1], "lost after 3 tries (NodeDiedError: ...)")
+    ledger.running(units[2], node)
+    ledger.interrupt()
+    ledger.write()
+    document = json.loads(path.read_text())
+    assert [u["state"] for u in document["cluster"]["units"]] == ["done", "failed", "interrupted", "interrupted"]
+    assert document["results"][0]["environment"]["node"] == node["name"] and document["results"][0]["environment"]["unit"] == units[0].id
+    assert document["results"][1]["error"].startswith("lost after 3 tries")
+
+    resumed = Ledger(path, units, "edgekit run --resume", {"recipe": "r"}, resume=True)
+    assert [u.id for u in resumed.to_run] == [u.id for u in units[1:]]  # failed and interrupted ones run again
+    resumed.write()
+    document = json.loads(path.read_text())
+    assert [r["backend"] for r in document["results"]] == ["pytorch"] and document["cluster"]["units"][0]["resumed"]
+
+
+def test_resume_refuses_a_damaged_results_file(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path))
+    path = tmp_path / "results.json"
+    path.write_text("{not json")
+    with pytest.raises(Exception, match="--resume: .*not valid JSON"):
+        Ledger(path, plan_units(recipe_cells(recipe)), None, {}, resume=True)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    path = _recipe(tmp_path)
+    assert_one_line_error(run_cli("run", str(path), "--resume", cwd=tmp_path), "--resume applies to --ray runs")
+    assert_one_line_error(run_cli("run", str(path), "--ray", "127.0.0.1:1", cwd=tmp_path), "cannot reach the Ray cluster at 127.0.0.1:1")
+    assert_one_line_error(run_cli("run", str(path), "--ray", "nowhere", cwd=tmp_path), "expected auto, HOST:PORT")
+
+
+# --------------------------------------------------------------------------- a Ray instance here
+
+
+def _process(args, cwd, env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def local_and_ray(tmp_path_factory):
+    """The same recipe run here and through `--ray` (a Ray instance started by edgekit)."""
+    folder = tmp_path_factory.mktemp("ray-local")
+    path = _recipe(folder)
+    local = run_cli("run", str(path), "--json", "out/local.json", cwd=folder)
+    assert local.returncode == 0, local.stderr
+    ray = _process(["run", str(path), "--ray"], folder)
+    out, err = ray.communicate(timeout=600)
+    assert ray.returncode == 0, err
+    return folder, json.loads((folder / "out" / "local.json").read_text()), json.loads((folder / "out" / "results.json").read_text()), err
+
+
+def test_ray_run_records_what_a_local_run_records(local_and_ray):
+    _, local, ray, progress = local_and_ray
+    key = lambda r: (r["model"], r["variant"], r["backend"])  # noqa: E731
+    assert sorted(map(key, local["results"])) == sorted(map(key, ray["results"]))
+    here = {key(r): r for r in local["results"]}
+    for row in ray["results"]:
+        mine, theirs = row["accuracy"], here[key(row)]["accuracy"]
+        for figure in ("images", "agreement", "kl_mean", "top1"):
+            assert mine.get(figure) == pytest.approx(theirs.get(figure), abs=1e-9), (key(row), figure)
+        assert row["environment"]["node"] and row["environment"]["kind"] == "host" and row["environment"]["unit"]
+    assert all(u["state"] == "done" for u in ray["cluster"]["units"])
+    assert "done (2 on this node)" in progress  # progress names the node and counts its cells
+
+
+def test_resume_keeps_the_done_cells(local_and_ray):
+    folder, _, first, _ = local_and_ray
+    proc = _process(["run", "recipe.toml", "--ray", "--resume"], folder)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    again = json.loads((folder / "out" / "results.json").read_text())
+    assert all(u.get("resumed") for u in again["cluster"]["units"])
+    assert again["results"] == first["results"]
+
+
+def test_ctrl_c_leaves_a_valid_results_file_that_resume_completes(tmp_path):
+    path = _recipe(tmp_path, TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 4"))
+    proc = _process(["run", str(path), "--ray"], tmp_path, start_new_session=True)
+    results = tmp_path / "out" / "results.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the first cell is being timed
+        if results.exists() and any(u["state"] == "running" for u in json.loads(results.read_text())["cluster"]["units"]):
+            break
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    states = [u["state"] for u in json.loads(results.read_text())["cluster"]["units"]]
+    assert "interrupted" in states and set(states) <= {"done", "interrupted"}
+    proc = _process(["run", str(path), "--ray", "--resume"], tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    document = json.loads(results.read_text())
+    assert [u["state"] for u in document["cluster"]["units"]] == ["done"] * len(states)
+    assert len(document["results"]) == 4 and not any(r.get("error") for r in document["results"])
+
+
+# --------------------------------------------------------------------------- a real cluster
+
+
+def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
+    """Head (builds, times PyTorch as 'cpu_box') and two 'edge' workers that time ONNX
+    Runtime from bundles; the first worker seen timing is killed outright."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start("head", f'{{"{BUILD_RESOURCE}": 1, "cpu_box": 1}}', head=True)
+        cluster.start("a", '{"edge": 1}', ip="127.0.0.2")
+        cluster.wait_for_nodes(2)  # one at a time: two raylets starting at once on 2 cores can time out
+        cluster.start("b", '{"edge": 1}', ip="127.0.0.3")
+        cluster.wait_for_nodes(3)
+        text = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 3") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
+        path = _recipe(tmp_path / "run", text)
+        proc = _process(["run", str(path), "--ray", cluster.address], path.parent, env=cluster.env)
+        victim, deadline = None, time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            victim = next((n for n in map(cluster.node_of, processes_running("edgekit.device_runner bench")) if n in ("a", "b")), None)
+            time.sleep(0.1)
+        assert victim is not None, "no worker started timing"
+        cluster.kill(victim)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    finally:
+        cluster.stop()
+    document = json.loads((path.parent / "out" / "results.json").read_text())
+    units = document["cluster"]["units"]
+    assert len(units) == 4 and all(u["state"] == "done" for u in units), units
+    dead_ip = {"a": "127.0.0.2", "b": "127.0.0.3"}[victim]
+    retried = [u for u in units if u.get("attempts", 1) > 1]
+    assert retried and all(u["kind"] == "edge" and dead_ip not in u["node"] for u in retried), units
+    rows = document["results"]
+    assert len(rows) == 4 and not any(r.get("error") for r in rows)
+    for row in rows:
+        edge = row["environment"]["node_ip"] in ("127.0.0.2", "127.0.0.3")
+        assert edge == (row["backend"] == "onnxruntime")  # pytorch on the head, onnxruntime on the workers
+        assert row["environment"]["kind"] == ("cpu_box" if row["backend"] == "pytorch" else "edge")
+        assert row["accuracy"]["images"] == 7
+    assert all(r["accuracy"]["agreement"] == 100.0 for r in rows if r["backend"] == "onnxruntime")  # vs the bundled PyTorch logits
