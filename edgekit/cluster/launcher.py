@@ -166,16 +166,23 @@ def run_on_ray(
     units = plan_units(cells)
     shown = "a local Ray instance" if address == LOCAL else address
     ledger = Ledger(output, units, command, {**extra, "cluster": {"address": shown, "ray": ray.__version__}}, resume)
+    started = time.monotonic()
     connect(address)
+    timing = ledger.extra["cluster"]["seconds"] = {"connect": round(time.monotonic() - started, 2)}
     try:
         nodes = alive_nodes()
         problems = cluster_problems(nodes, ledger.to_run, "HEAD:PORT" if address in (LOCAL, "auto") else address)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UsageError(f"the Ray cluster cannot run this recipe: {problems[0]}{more}")
-        return _Run(ray, cells, ledger, progress, nodes).run()
+        outcome = _Run(ray, cells, ledger, progress, nodes).run()
     finally:
+        stopping = time.monotonic()
         ray.shutdown()  # a local instance stops; from a cluster, this driver leaves (its unfinished tasks go with it)
+        timing["disconnect"] = round(time.monotonic() - stopping, 2)
+    timing["cells"] = round(outcome.seconds, 2)
+    ledger.write()  # with the time Ray itself took, for the overhead benchmark
+    return outcome
 
 
 @dataclass

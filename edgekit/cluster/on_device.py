@@ -35,6 +35,19 @@ def node_identity() -> dict[str, Any]:
             "machine": platform.machine(), "python": platform.python_version()}
 
 
+def release_thread_limit() -> None:
+    """Ray sets OMP_NUM_THREADS to a task's CPU count (1 here) where the node's environment
+    did not set it; PyTorch and OpenMP runtimes would then time on one thread where a local
+    run uses every core. edgekit's own --threads ([bench] threads) says how many to use."""
+    import math
+
+    import ray
+
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if os.environ.get("OMP_NUM_THREADS") == str(max(math.floor(assigned or 1), 1)):
+        del os.environ["OMP_NUM_THREADS"]
+
+
 class Reporter:
     """Progress to the driver's board actor, at most one message per REPORT_INTERVAL_S
     (a stage change always goes)."""
@@ -99,6 +112,7 @@ def time_bundle(meta: dict[str, Any], payload: Optional[bytes], backends: Sequen
     """Run the bundle's runner for ``backends`` here; returns its results document and
     where it ran."""
     node = node_identity()
+    release_thread_limit()
     report = Reporter(board, unit, node)
     report(STARTED)
     report("receiving the bundle")

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from ..core import EdgekitError
 from ..files import work_folder
-from .on_device import STARTED, Reporter, extract_archive, node_identity, read_payload, sha256_bytes
+from .on_device import STARTED, Reporter, extract_archive, node_identity, read_payload, release_thread_limit, sha256_bytes
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -90,6 +90,7 @@ def build_cell(cell: Any, bundle_for: Sequence[str], ship_artifact: bool, shared
 
     node = node_identity()
     _check_code(expected_code, node)
+    release_thread_limit()
     report = Reporter(board, unit, node)
     report(STARTED)
     started = time.monotonic()
@@ -151,6 +152,7 @@ def time_artifact(meta: dict[str, Any], payload: Optional[bytes], cell: Any, bac
 
     node = node_identity()
     _check_code(expected_code, node)
+    release_thread_limit()
     report = Reporter(board, unit, node)
     report(STARTED)
     started = time.monotonic()
