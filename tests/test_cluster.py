@@ -158,6 +158,35 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert_one_line_error(run_cli("run", str(path), "--ray", "nowhere", cwd=tmp_path), "expected auto, HOST:PORT")
 
 
+def test_without_ray_the_error_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    assert_one_line_error(run_cli("run", str(_recipe(tmp_path)), "--ray", cwd=tmp_path), "pip install 'edgekit[ray]'")
+
+
+def test_the_bundle_timing_task_travels_without_edgekit_or_torch():
+    """A Jetson node has Ray, numpy, Pillow and its runtime: the task that times a bundle
+    is shipped by value and unpickles where edgekit and torch cannot be imported."""
+    import ray.cloudpickle as cloudpickle
+
+    from edgekit.cluster import on_device
+
+    cloudpickle.register_pickle_by_value(on_device)
+    try:
+        data = cloudpickle.dumps(on_device.time_bundle)
+    finally:
+        cloudpickle.unregister_pickle_by_value(on_device)
+    check = (
+        "import sys, pickle\n"
+        "for name in ('edgekit', 'torch', 'onnx', 'click'): sys.modules[name] = None\n"
+        "task = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert callable(task) and task.__name__ == 'time_bundle'\n"
+        "print(sorted(k for k in sys.modules if k.startswith('edgekit') and sys.modules[k] is not None))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], input=data, capture_output=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "[]"
+
+
 # --------------------------------------------------------------------------- a Ray instance here
 
 
@@ -241,6 +270,7 @@ def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
         cluster.start("b", '{"edge": 1}', ip="127.0.0.3")
         cluster.wait_for_nodes(3)
         text = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 3") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
+        text += '\n[model.squeezenet1_1]\nshared = "shared"\n'  # its bundle travels through a shared folder, the other's through Ray
         path = _recipe(tmp_path / "run", text)
         proc = _process(["run", str(path), "--ray", cluster.address], path.parent, env=cluster.env)
         victim, deadline = None, time.monotonic() + 300
@@ -268,3 +298,26 @@ def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
         assert row["environment"]["kind"] == ("cpu_box" if row["backend"] == "pytorch" else "edge")
         assert row["accuracy"]["images"] == 7
     assert all(r["accuracy"]["agreement"] == 100.0 for r in rows if r["backend"] == "onnxruntime")  # vs the bundled PyTorch logits
+    shared = sorted(p.name for p in (path.parent / "shared").iterdir())
+    assert [name.split("-")[0] for name in shared] == ["artifact", "bundle"]  # for the head's PyTorch cell, for the workers'
+    assert all(name.endswith(".tar") for name in shared)
+
+
+def test_shipped_files_are_checked_against_their_builders_hash(tiny_artifact, tmp_path):
+    from edgekit.cluster.on_device import read_payload, sha256_bytes
+    from edgekit.cluster.on_node import _received_artifact, _tar, _to_shared
+
+    data = _tar(tiny_artifact.path)
+    meta = {"artifact_key": tiny_artifact.key, "artifact_path": str(tmp_path / "elsewhere" / tiny_artifact.path.name), "artifact_sha256": sha256_bytes(data)}
+    (tmp_path / "in").mkdir()
+    received = _received_artifact(meta, data, tmp_path / "in")  # not where its builder left it: unpacked, verified
+    assert received.key == tiny_artifact.key and received.path.parent == tmp_path / "in"
+    middle = len(data) // 2
+    damaged = data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:]  # one bit
+    with pytest.raises(RuntimeError, match="arrived damaged"):
+        _received_artifact(meta, damaged, tmp_path / "in")
+    shared = _to_shared(data, meta["artifact_sha256"], tmp_path / "shared", "artifact")
+    assert read_payload("x", meta["artifact_sha256"], str(shared), None) == data
+    shared.write_bytes(damaged)
+    with pytest.raises(RuntimeError, match="x arrived damaged"):
+        read_payload("x", meta["artifact_sha256"], str(shared), None)

@@ -202,7 +202,6 @@ class _Run:
         self.code = code_digest()
         self.notes: list[str] = []
         self.pending: dict[Any, tuple[str, Any]] = {}  # ref -> ("build", cell index) | ("unit", Unit)
-        self.started_at: dict[str, float] = {}
         self.attempts: dict[str, int] = {}  # unit id -> task starts seen (retries after a node died)
         self.kind_gone: dict[str, float] = {}
         self.done_per_node: dict[str, int] = {}
@@ -281,9 +280,8 @@ class _Run:
         for unit_id, node_id, node_name, stage, done, total in self.board.drain():
             unit = next((u for u in self.ledger.units if u.id == unit_id), None)
             if unit is not None:
-                if stage == on_device.STARTED:
+                if stage == on_device.STARTED:  # a first attempt, or a retry on another node
                     self.attempts[unit_id] = self.attempts.get(unit_id, 0) + 1
-                if self.ledger.entries[unit_id]["state"] == "waiting":
                     self.ledger.running(unit, {"name": node_name, "ray_node": node_id})
                     self.ledger.write()
                 label = unit.label
