@@ -234,22 +234,32 @@ class _Run:
                 self.pending[ref] = ("unit", unit)
 
     def run(self) -> RayRun:
+        """Submit everything, then collect as units finish. Ctrl-C and SIGTERM only set a
+        flag the loop reads (Ray's blocking calls may swallow an interrupt raised inside
+        them); the loop then cancels what runs, records it and raises KeyboardInterrupt."""
+        import signal
+
         started = time.monotonic()
         self.ledger.write()  # the file accounts for every unit from the start
+        stop: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.submit()
-            while self.pending:
+            while self.pending and not stop:
                 ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL_S)
                 self.show_progress()
                 for ref in ready:
                     self.finish(ref)
                 self.fail_orphans()
-        except KeyboardInterrupt:
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if stop:
             for ref in self.pending:
                 self.ray.cancel(ref, force=True)
             self.ledger.interrupt()
             self.ledger.write()
-            raise
+            raise KeyboardInterrupt
         return RayRun(self.ledger, self.notes, time.monotonic() - started)
 
     def finish(self, ref) -> None:
