@@ -373,6 +373,7 @@ OPTIONS: tuple[Option, ...] = (
     # Ray cluster (recipe-only: `edgekit run RECIPE --ray`)
     Option("device_kinds", None, "list", "cluster", "Which nodes time the cells: a device kind (a Ray custom resource the nodes offer, e.g. jetson_orin_nano) for every backend, or BACKEND=KIND for one; a backend named under several kinds is timed on each. Default: nodes offering 'host'.", (), recipe="ray.kinds"),
     Option("retries", None, "int", "cluster", "Times a cell whose node died is run again elsewhere before it is marked failed.", 2, recipe="ray", minimum=0),
+    Option("wait_for_kind", None, "float", "cluster", "Seconds a cell waits for a node of its kind to come back after the last one left the cluster, before it is marked failed.", 30.0, recipe="ray", minimum=0.0),
     Option("shared", None, "path", "cluster", "A folder every node can read (NFS, a mounted bucket): bundles travel through it instead of Ray's object store.", recipe="ray"),
 )
 

@@ -259,35 +259,42 @@ def test_ctrl_c_leaves_a_valid_results_file_that_resume_completes(tmp_path):
 # --------------------------------------------------------------------------- a real cluster
 
 
-def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
-    """Head (builds, times PyTorch as 'cpu_box') and two 'edge' workers that time ONNX
-    Runtime from bundles; the first worker seen timing is killed outright."""
+LAB = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 3") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
+
+
+def _run_and_kill_a_worker(tmp_path, workers: dict[str, str], text: str):
+    """A head that builds and times PyTorch ('cpu_box') and ``workers`` (name -> loopback
+    address) offering 'edge'; the recipe runs there, and the first worker seen running the
+    bundle runner is killed outright. Returns (the finished edgekit process's exit code and
+    stderr, the victim's address, the results document)."""
     cluster = Cluster(tmp_path)
     try:
         cluster.start("head", f'{{"{BUILD_RESOURCE}": 1, "cpu_box": 1}}', head=True)
-        cluster.start("a", '{"edge": 1}', ip="127.0.0.2")
-        cluster.wait_for_nodes(2)  # one at a time: two raylets starting at once on 2 cores can time out
-        cluster.start("b", '{"edge": 1}', ip="127.0.0.3")
-        cluster.wait_for_nodes(3)
-        text = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 3") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
-        text += '\n[model.squeezenet1_1]\nshared = "shared"\n'  # its bundle travels through a shared folder, the other's through Ray
+        for count, (name, ip) in enumerate(workers.items(), 2):
+            cluster.start(name, '{"edge": 1}', ip=ip)
+            cluster.wait_for_nodes(count)  # one at a time: two raylets starting at once on 2 cores can time out
         path = _recipe(tmp_path / "run", text)
         proc = _process(["run", str(path), "--ray", cluster.address], path.parent, env=cluster.env)
         victim, deadline = None, time.monotonic() + 300
         while victim is None and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()[1]
-            victim = next((n for n in map(cluster.node_of, processes_running("edgekit.device_runner bench")) if n in ("a", "b")), None)
+            victim = next((n for n in map(cluster.node_of, processes_running("edgekit.device_runner bench")) if n in workers), None)
             time.sleep(0.1)
         assert victim is not None, "no worker started timing"
         cluster.kill(victim)
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
+        _, err = proc.communicate(timeout=600)
     finally:
         cluster.stop()
-    document = json.loads((path.parent / "out" / "results.json").read_text())
+    return proc.returncode, err, workers[victim], json.loads((path.parent / "out" / "results.json").read_text())
+
+
+def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
+    """Two 'edge' workers time ONNX Runtime from bundles; one dies, the other takes its cell."""
+    text = LAB + '\n[model.squeezenet1_1]\nshared = "shared"\n'  # its bundle travels through a shared folder, the other's through Ray
+    code, err, dead_ip, document = _run_and_kill_a_worker(tmp_path, {"a": "127.0.0.2", "b": "127.0.0.3"}, text)
+    assert code == 0, err
     units = document["cluster"]["units"]
     assert len(units) == 4 and all(u["state"] == "done" for u in units), units
-    dead_ip = {"a": "127.0.0.2", "b": "127.0.0.3"}[victim]
     retried = [u for u in units if u.get("attempts", 1) > 1]
     assert retried and all(u["kind"] == "edge" and dead_ip not in u["node"] for u in retried), units
     rows = document["results"]
@@ -298,9 +305,25 @@ def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
         assert row["environment"]["kind"] == ("cpu_box" if row["backend"] == "pytorch" else "edge")
         assert row["accuracy"]["images"] == 7
     assert all(r["accuracy"]["agreement"] == 100.0 for r in rows if r["backend"] == "onnxruntime")  # vs the bundled PyTorch logits
-    shared = sorted(p.name for p in (path.parent / "shared").iterdir())
+    shared = sorted(p.name for p in (tmp_path / "run" / "shared").iterdir())
     assert [name.split("-")[0] for name in shared] == ["artifact", "bundle"]  # for the head's PyTorch cell, for the workers'
     assert all(name.endswith(".tar") for name in shared)
+
+
+def test_the_only_worker_of_a_kind_dies_and_its_cells_fail_with_the_reason(tmp_path):
+    """A head and one 'edge' worker: when the worker dies there is nowhere to retry, so its
+    cells become failed rows saying why, the head's cells finish, and the run exits 1."""
+    code, err, _, document = _run_and_kill_a_worker(tmp_path, {"a": "127.0.0.2"}, LAB + "wait_for_kind = 3\n")
+    assert code == 1 and "onnxruntime failed" in err and "results.json" in err, err
+    units = {(u["model"], u["kind"]): u for u in document["cluster"]["units"]}
+    assert len(units) == 4
+    for (model, kind), unit in units.items():
+        if kind == "cpu_box":
+            assert unit["state"] == "done"
+        else:
+            assert unit["state"] == "failed" and "no node in the cluster offers 'edge' any more" in unit["error"], unit
+    failed = [r for r in document["results"] if r.get("error")]
+    assert sorted(r["model"] for r in failed) == ["mobilenet_v3_small", "squeezenet1_1"] and all(r["backend"] == "onnxruntime" for r in failed)
 
 
 def test_shipped_files_are_checked_against_their_builders_hash(tiny_artifact, tmp_path):

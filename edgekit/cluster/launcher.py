@@ -9,7 +9,7 @@ Ray places, retries and moves the work; edgekit only says what each piece needs:
   with the full edgekit; a bundle for the others, see placement.py);
 - a task whose node dies is retried elsewhere (``[ray] retries``), then its unit is a
   failed row with the reason. A unit whose kind no node offers any more fails after
-  KIND_GONE_S instead of waiting forever.
+  ``[ray] wait_for_kind`` seconds instead of waiting forever.
 
 Results go into the one results file as units finish (ledger.py); progress shows what
 each node is doing.
@@ -30,8 +30,8 @@ from .ledger import Ledger
 from .placement import BUILD_RESOURCE, DEFAULT_KIND, Node, Unit, cluster_problems, full_edgekit, plan_units, timing_resources
 
 LOCAL = "local"  # `--ray` alone: a Ray instance on this machine, for trying it out
-KIND_GONE_S = 30.0  # how long a unit waits for a node of its kind to come back
 POLL_S = 0.5
+ORPHAN_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
 _DATA_SELECTION = ("data", "labels", "val_split")  # the bundle carries the images it was built with
 
 # (label, stage, done, total) -> None, as the CLI's progress display takes it
@@ -302,11 +302,11 @@ class _Run:
 
     def fail_orphans(self) -> None:
         """Units whose device kind (or any build node) has left the cluster, for longer
-        than KIND_GONE_S, fail rather than wait for ever."""
+        than their ``wait_for_kind``, fail rather than wait for ever."""
         if not self.pending:
             return
         now = time.monotonic()
-        if now - getattr(self, "_checked", 0.0) < 5.0:
+        if now - getattr(self, "_checked", 0.0) < ORPHAN_CHECK_S:
             return
         self._checked = now
         nodes = alive_nodes()
@@ -321,8 +321,10 @@ class _Run:
                 self.kind_gone.pop(unit.id, None)
                 continue
             since = self.kind_gone.setdefault(unit.id, now)
-            if now - since >= KIND_GONE_S:
+            wait = self.cells[unit.cell].settings["wait_for_kind"]
+            if now - since >= wait:
                 self.ray.cancel(ref, force=True)
                 del self.pending[ref]
-                self.ledger.fail(unit, f"no node in the cluster offers {', '.join(repr(m) for m in missing)} any more (waited {KIND_GONE_S:.0f} s)")
+                self.ledger.fail(unit, f"no node in the cluster offers {', '.join(repr(m) for m in missing)} any more (waited {wait:g} s)")
+                self.progress(f"unit {unit.id[:6]}", f"{unit.label}: failed: {self.ledger.entries[unit.id]['error']}", None, None)
                 self.ledger.write()
