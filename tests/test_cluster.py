@@ -109,6 +109,13 @@ def test_cluster_problems_name_what_to_change(tmp_path):
     assert "must all offer 'edgekit_build': 1 or none" in problem([*good, _node("d", **{BUILD_RESOURCE: 1, "edge": 1})])
 
 
+def test_the_instance_started_here_passes_the_checks_on_any_machine(tmp_path):
+    from edgekit.cluster.launcher import LOCAL_RESOURCES
+
+    units = plan_units(recipe_cells(load_recipe(_recipe(tmp_path))))
+    assert cluster_problems([_node("a", CPU=64, **LOCAL_RESOURCES)], units, "here") == []
+
+
 # --------------------------------------------------------------------------- the results file, no cluster
 
 

@@ -31,6 +31,9 @@ from .placement import BUILD_RESOURCE, DEFAULT_KIND, Node, Unit, cluster_problem
 
 LOCAL = "local"  # `--ray` alone: a Ray instance on this machine, for trying it out
 POLL_S = 0.5
+# The instance `--ray` starts here builds and times: one build slot, which each timed cell
+# takes too (placement.py), so nothing builds beside a timing.
+LOCAL_RESOURCES = {BUILD_RESOURCE: 1, DEFAULT_KIND: 1}
 ORPHAN_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
 _DATA_SELECTION = ("data", "labels", "val_split")  # the bundle carries the images it was built with
 
@@ -54,8 +57,7 @@ def connect(address: str) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings would interleave with progress
     if address == LOCAL:
-        cpus = os.cpu_count() or 1
-        ray.init(num_cpus=cpus, resources={BUILD_RESOURCE: max(1, cpus // 4), DEFAULT_KIND: 1}, **quiet)
+        ray.init(num_cpus=os.cpu_count() or 1, resources=LOCAL_RESOURCES, **quiet)
         return True
     _check_reachable(address)
     try:
