@@ -574,7 +574,6 @@ def run_command(recipe_path: Path, json_path: Optional[Path], ray_address: Optio
     from .plan import bench_cell, launcher_for, recipe_cells, results_for
     from .recipe import load_recipe
     from .results.document import describe_images, results_document, write_results
-    from .session import bench_request
 
     if resume and ray_address is None:
         raise UsageError("--resume applies to --ray runs (their results file records every cell as it finishes)")
@@ -591,8 +590,7 @@ def run_command(recipe_path: Path, json_path: Optional[Path], ray_address: Optio
         console.print("note: [ray] kinds apply to --ray runs; every cell runs here")
     launcher = launcher_for(cells[0].settings)
     launcher.check(recipe.backends)
-    for cell in cells:
-        bench_request(cell.settings).images.resolve()  # every cell's images, before any work
+    _check_images(cells)
     runs = []
     with _progress(console) as report:
         for cell in cells:
@@ -610,19 +608,29 @@ def run_command(recipe_path: Path, json_path: Optional[Path], ray_address: Optio
     path = write_results(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
     console.print(f"results: {path}")
     _exit_if_failed([r for r in results if r.error], path)
+    _exit_if_strict_budget_missed(notes, cells[0].settings)
+
+
+def _check_images(cells) -> None:
+    """Every cell's images, before any work."""
+    from .session import bench_request
+
+    for cell in cells:
+        bench_request(cell.settings).images.resolve()
+
+
+def _exit_if_strict_budget_missed(notes, settings) -> None:
     budget = [n for n in notes if "budget not met" in n]
-    if budget and cells[0].settings["strict"]:
+    if budget and settings["strict"]:
         raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
 
 
 def _run_on_ray(recipe, cells, address: str, resume: bool, json_path: Optional[Path], console) -> None:
     from .cluster.launcher import run_on_ray
-    from .session import bench_request
 
     if any(c.settings["remote"] for c in cells):
         raise UsageError("--ray and [bench] remote are two ways to reach devices; with --ray, a device is a node of the cluster")
-    for cell in cells:
-        bench_request(cell.settings).images.resolve()  # every cell's images, before any work
+    _check_images(cells)
     output = json_path or recipe.output or recipe.path.with_suffix(".results.json")
     extra = {"recipe": str(recipe.path), "reference": recipe.reference}
     try:
@@ -632,8 +640,9 @@ def _run_on_ray(recipe, cells, address: str, resume: bool, json_path: Optional[P
         console.print(f"interrupted: the results file {output} holds every cell finished so far (edgekit run ... --ray --resume goes on)")
         sys.exit(130)
     ledger = outcome.ledger
+    results = ledger.results()
     for unit in ledger.units:
-        rows = [r for r in ledger.results() if r.environment.get("unit") == unit.id]
+        rows = [r for r in results if r.environment.get("unit") == unit.id]
         entry = ledger.entries[unit.id]
         where = entry.get("node") or "-"
         if rows and entry["state"] == "done":
@@ -643,10 +652,8 @@ def _run_on_ray(recipe, cells, address: str, resume: bool, json_path: Optional[P
     counts = ledger.counts()
     console.print(f"{len(ledger.units)} cells in {outcome.seconds:.0f} s: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     console.print(f"results: {ledger.path}")
-    _exit_if_failed([r for r in ledger.results() if r.error], ledger.path)
-    budget = [n for n in outcome.notes if "budget not met" in n]
-    if budget and cells[0].settings["strict"]:
-        raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
+    _exit_if_failed([r for r in results if r.error], ledger.path)
+    _exit_if_strict_budget_missed(outcome.notes, cells[0].settings)
 
 
 def _load_results(paths) -> list[dict]:

@@ -171,16 +171,25 @@ class CellRun:
     reused: bool = True  # the artifact was already built
 
 
-def bench_cell(cell: Cell, launcher: Launcher, progress: Progress = _no_progress, announce=lambda artifact, reused: None) -> CellRun:
-    """Build the cell's artifact and bench it where ``launcher`` says."""
-    artifact, reused = build(cell, lambda stage, done, total: progress(cell.label, stage, done, total), announce)
+def budget_note(cell: Cell, artifact: Artifact) -> Optional[str]:
+    quantization = artifact.manifest.get("quantization")
+    return f"{cell.label}: INT8 budget not met on the calibration images" if quantization and not quantization["budget_met"] else None
+
+
+def bench_artifact(cell: Cell, artifact: Artifact, launcher: Launcher, progress: Callable[[str, str, Optional[int], Optional[int]], None]) -> tuple[BenchRun, Optional[str]]:
+    """Bench ``cell``'s built artifact where ``launcher`` says; progress is (backend, stage,
+    done, total). Returns the run and a note (an INT8 budget not met, no PyTorch original)."""
     backends, note = runnable_backends(artifact, cell.backends)
     request = bench_request(cell.settings, backends)
     images = evaluation_set(artifact, request.images)
-    run = launcher.bench(artifact, request, images, lambda backend, stage, done, total: progress(f"{cell.label} {backend}", stage, done, total))
-    quantization = artifact.manifest.get("quantization")
-    budget_note = f"{cell.label}: INT8 budget not met on the calibration images" if quantization and not quantization["budget_met"] else None
-    return CellRun(cell, artifact, run, budget_note or note, reused)
+    return launcher.bench(artifact, request, images, progress), budget_note(cell, artifact) or note
+
+
+def bench_cell(cell: Cell, launcher: Launcher, progress: Progress = _no_progress, announce=lambda artifact, reused: None) -> CellRun:
+    """Build the cell's artifact and bench it where ``launcher`` says."""
+    artifact, reused = build(cell, lambda stage, done, total: progress(cell.label, stage, done, total), announce)
+    run, note = bench_artifact(cell, artifact, launcher, lambda backend, stage, done, total: progress(f"{cell.label} {backend}", stage, done, total))
+    return CellRun(cell, artifact, run, note, reused)
 
 
 def results_for(runs: Sequence[CellRun]) -> tuple[list[BenchResult], list[dict]]:

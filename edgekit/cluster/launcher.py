@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -49,16 +49,16 @@ def _ray():
     return ray
 
 
-def connect(address: str) -> bool:
+def connect(address: str) -> None:
     """Join the cluster at ``address`` ('auto', host:port, ray://host:port), or start a
-    Ray instance here for LOCAL. Returns whether this process started it."""
+    Ray instance here for LOCAL."""
     ray = _ray()
     quiet = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings would interleave with progress
     if address == LOCAL:
         ray.init(num_cpus=os.cpu_count() or 1, resources=LOCAL_RESOURCES, **quiet)
-        return True
+        return
     _check_reachable(address)
     try:
         ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
@@ -70,7 +70,6 @@ def connect(address: str) -> bool:
             f"cannot join the Ray cluster at {address}: {message} (a cluster started with Ray's token authentication, "
             "the default of `ray start --head`, needs RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token)"
         ) from None
-    return False
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -109,8 +108,9 @@ def failure_reason(error: BaseException, retries: int) -> str:
     ray = _ray()
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = getattr(error, "cause", None)
-        text = str(cause) if cause is not None else str(error)
-        return (text.strip().splitlines() or [type(error).__name__])[-1 if cause is None else 0]
+        if cause is not None:  # the task's own exception: its message
+            return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return (str(error).strip().splitlines() or [type(error).__name__])[-1]  # a traceback: its last line
     lost = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
     first = (str(error).strip().splitlines() or [""])[0]
     if isinstance(error, lost):
@@ -125,7 +125,6 @@ class _Board:
     """Progress from the tasks: an actor on this node that they report to, drained here."""
 
     actor: Any
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # ray node id -> name, current, done
 
     @classmethod
     def start(cls) -> "_Board":
@@ -206,6 +205,8 @@ class _Run:
         self.pending: dict[Any, tuple[str, Any]] = {}  # ref -> ("build", cell index) | ("unit", Unit)
         self.attempts: dict[str, int] = {}  # unit id -> task starts seen (retries after a node died)
         self.kind_gone: dict[str, float] = {}
+        self.checked = 0.0  # when the driver last asked Ray which nodes are alive
+        self.by_id = {u.id: u for u in ledger.units}
         self.done_per_node: dict[str, int] = {}
 
     def submit(self) -> None:
@@ -290,7 +291,7 @@ class _Run:
 
     def show_progress(self) -> None:
         for unit_id, node_id, node_name, stage, done, total in self.board.drain():
-            unit = next((u for u in self.ledger.units if u.id == unit_id), None)
+            unit = self.by_id.get(unit_id)
             if unit is not None:
                 if stage == on_device.STARTED:  # a first attempt, or a retry on another node
                     self.attempts[unit_id] = self.attempts.get(unit_id, 0) + 1
@@ -308,9 +309,9 @@ class _Run:
         if not self.pending:
             return
         now = time.monotonic()
-        if now - getattr(self, "_checked", 0.0) < ORPHAN_CHECK_S:
+        if now - self.checked < ORPHAN_CHECK_S:
             return
-        self._checked = now
+        self.checked = now
         nodes = alive_nodes()
         for ref, (what, item) in list(self.pending.items()):
             if what != "unit":

@@ -43,6 +43,17 @@ def _check_code(expected: str, node: dict[str, Any]) -> None:
         )
 
 
+def _begin(expected_code: str, board: Any, unit: str) -> tuple[dict[str, Any], Reporter]:
+    """What every task on a full-edgekit node does first: say where it runs, refuse another
+    edgekit, lift Ray's one-thread limit, tell the driver it started."""
+    node = node_identity()
+    _check_code(expected_code, node)
+    release_thread_limit()
+    report = Reporter(board, unit, node)
+    report(STARTED)
+    return node, report
+
+
 def _tar(folder: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:") as tar:
@@ -85,20 +96,13 @@ def build_cell(cell: Any, bundle_for: Sequence[str], ship_artifact: bool, shared
     images and the PyTorch reference logits (for nodes without). Returns (what the driver
     needs to know, the artifact's tar or None, the bundle's tar or None)."""
     from ..bundle import bundle_name, make_bundle
-    from ..plan import build, runnable_backends
+    from ..plan import budget_note, build, runnable_backends
     from ..session import bench_request, evaluation_set
 
-    node = node_identity()
-    _check_code(expected_code, node)
-    release_thread_limit()
-    report = Reporter(board, unit, node)
-    report(STARTED)
+    node, report = _begin(expected_code, board, unit)
     started = time.monotonic()
     artifact, reused = build(cell, lambda stage, done, total: report(f"build: {stage}", done, total))
-    meta: dict[str, Any] = {"artifact_key": artifact.key, "artifact_path": str(artifact.path), "reused": reused, "builder": node, "note": None}
-    quantization = artifact.manifest.get("quantization")
-    if quantization and not quantization["budget_met"]:
-        meta["note"] = f"{cell.label}: INT8 budget not met on the calibration images"
+    meta: dict[str, Any] = {"artifact_key": artifact.key, "artifact_path": str(artifact.path), "reused": reused, "builder": node, "note": budget_note(cell, artifact)}
     artifact_payload = bundle_payload = None
     if ship_artifact:
         artifact.verified()
@@ -146,21 +150,14 @@ def time_artifact(meta: dict[str, Any], payload: Optional[bytes], cell: Any, bac
     `edgekit run` on one machine (the PyTorch original runs here as the baseline)."""
     import dataclasses
 
-    from ..plan import LocalLauncher, runnable_backends
+    from ..plan import LocalLauncher, bench_artifact
     from ..results.document import results_document
-    from ..session import bench_request, evaluation_set
 
-    node = node_identity()
-    _check_code(expected_code, node)
-    release_thread_limit()
-    report = Reporter(board, unit, node)
-    report(STARTED)
+    node, report = _begin(expected_code, board, unit)
     started = time.monotonic()
     with work_folder("cluster-artifact") as tmp:
         artifact = _received_artifact(meta, payload, Path(tmp))
-        runnable, _ = runnable_backends(artifact, backends)
-        request = bench_request(cell.settings, runnable)
-        images = evaluation_set(artifact, request.images)
-        run = LocalLauncher().bench(artifact, request, images, lambda backend, stage, done, total: report(f"{backend}: {stage}", done, total))
+        only = dataclasses.replace(cell, backends=tuple(backends))
+        run, _ = bench_artifact(only, artifact, LocalLauncher(), lambda backend, stage, done, total: report(f"{backend}: {stage}", done, total))
     document = results_document(list(run.results), images=run.image_summary, parity=[dataclasses.asdict(p) for p in run.parity])
     return {"document": document, "node": node, "seconds": time.monotonic() - started}

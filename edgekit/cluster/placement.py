@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..core import UsageError, stable_hash
 
@@ -169,7 +169,3 @@ def cluster_problems(nodes: Sequence[Node], units: Sequence[Unit], address: str)
                 "so that no two timed cells share it (restart it with one kind, 1)"
             )
     return problems
-
-
-def unit_for(units: Sequence[Unit], unit_id: str) -> Optional[Unit]:
-    return next((u for u in units if u.id == unit_id), None)
