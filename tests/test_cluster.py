@@ -163,6 +163,19 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert_one_line_error(run_cli("run", str(path), "--resume", cwd=tmp_path), "--resume applies to --ray runs")
     assert_one_line_error(run_cli("run", str(path), "--ray", "127.0.0.1:1", cwd=tmp_path), "cannot reach the Ray cluster at 127.0.0.1:1")
     assert_one_line_error(run_cli("run", str(path), "--ray", "nowhere", cwd=tmp_path), "expected auto, HOST:PORT")
+    remote = _recipe(tmp_path / "remote", TINY.replace("[bench]", '[bench]\nremote = "pi@device"'))
+    assert_one_line_error(run_cli("run", str(remote), "--ray", cwd=tmp_path), "--ray and [bench] remote are two ways")
+    typo = _recipe(tmp_path / "typo", TINY + '\n[ray]\nkinds = ["tensort=h100"]\n')
+    assert_one_line_error(run_cli("run", str(typo), "--ray", cwd=tmp_path), "names backend 'tensort'")
+
+
+def test_a_cluster_that_cannot_run_the_recipe_is_one_line_before_any_work(tmp_path):
+    path = _recipe(tmp_path, TINY + '\n[ray]\nkinds = ["onnxruntime=jetson_orin_nano", "pytorch=host"]\n')
+    proc = _process(["run", str(path), "--ray"], tmp_path)  # the instance started here offers 'host' only
+    _, err = proc.communicate(timeout=300)
+    completed = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    assert_one_line_error(completed, "no node offers device kind 'jetson_orin_nano'", "--resources '{\"jetson_orin_nano\": 1}'", code=2)
+    assert not (tmp_path / "exported").exists()  # nothing was built
 
 
 def test_without_ray_the_error_names_the_extra(tmp_path, monkeypatch):
