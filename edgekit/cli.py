@@ -502,6 +502,39 @@ def bench_command(target, json_path, **values) -> None:
     _exit_if_budget_missed(artifact, settings)
 
 
+@main.command("profile", cls=grouped_command())
+@click.argument("target", default=DEFAULT_MODEL)
+@click_options("profile")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1), help="Modules shown per backend (the JSON has all).")
+@click.option("--no-accuracy", is_flag=True, help="INT8: skip each module's KL when it alone is INT8.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the profile (default: profile.json beside the artifact).")
+def profile_command(target, top, no_accuracy, json_path, **values) -> None:
+    """Where the milliseconds go in TARGET: each backend's own profiler (ONNX Runtime's
+    session profiler, OpenVINO's performance counters, the PyTorch profiler, TensorRT's
+    layer profiler), per PyTorch module, beside the end-to-end p50. For an INT8 artifact,
+    each module's time in the FP32 parent and its accuracy cost (KL vs FP32 when it alone
+    is INT8, on the calibration images): a price list of every layer.
+    """
+    from . import api
+    from .results.document import results_document, write_results
+    from .results.profile_view import screen_tables
+    from .timing import machine_info
+
+    console = _console()
+    with _progress(console) as report:
+        found = api.profile(target, accuracy=not no_accuracy, progress=lambda stage, done, total: report("profile", stage, done, total),
+                            announce=lambda built, reused: _announce(built, reused, console), **values)
+    section = found.to_dict()
+    out = _console(stderr=False)
+    for item in screen_tables(section, top):
+        out.print(item)
+    if not found.profiles:
+        raise EdgekitError("no backend could be profiled: " + "; ".join(f"{k}: {v}" for k, v in found.unavailable.items()))
+    document = results_document([], command=_command_line(), machine=machine_info(), extra={"profile": section})
+    path = write_results(document, json_path or (found.path / "profile.json"))
+    console.print(f"profile: {path}")
+
+
 def _exit_if_failed(failed, path) -> None:
     if failed:
         names = ", ".join(r.backend for r in failed)

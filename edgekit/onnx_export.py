@@ -22,6 +22,7 @@ from .artifacts import ARTIFACT_FORMAT, build_artifact_folder
 from .core import ONNX_NAME, Artifact, ClassSet, ExportError, InvalidModelFileError, Preprocessing, sha256_file, stable_hash
 from .data import ImageSet, load_all
 from .models import LoadedModel, measure_complexity
+from .static_shapes import FOLD_VERSION
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -56,6 +57,7 @@ def export_key(loaded: LoadedModel, options: ExportOptions) -> str:
         what["classes"] = loaded.classes.identity
     if options.slim:  # slimmed graphs are now checked against PyTorch; earlier ones are not reused
         what["slim_checked"] = 1
+    what["static_shapes"] = FOLD_VERSION  # size arithmetic folded at export; earlier graphs are not reused
     return stable_hash(what)
 
 
@@ -243,6 +245,18 @@ def _export_module(module: Any, size: int, path: Path, options: ExportOptions, n
         except Exception as e:  # the exporter raises many types; all mean "cannot export"
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"{name} cannot be exported to ONNX opset {options.opset}: {message}") from None
+    _fold_sizes(path, size)
+
+
+def _fold_sizes(path: Path, size: int) -> None:
+    """What the fixed input size decides, folded into constants (see static_shapes)."""
+    import onnx
+
+    from .static_shapes import fold_static_shapes
+
+    model = onnx.load(str(path))
+    if fold_static_shapes(model, size):
+        onnx.save(model, str(path))
 
 
 def _slim(path: Path) -> None:

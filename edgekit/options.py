@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from .core import UsageError
 
-COMMANDS = ("export", "bench", "bundle", "finetune")
+COMMANDS = ("export", "bench", "bundle", "finetune", "profile")
 # Help sections, in the order `--help` prints them.
 GROUPS = {
     "model": "Model and export",
@@ -281,10 +281,11 @@ def grouped_command():
 
 # --------------------------------------------------------------------------- the declarations
 
-_MODEL = ("export", "bench", "bundle")
+_MODEL = ("export", "bench", "bundle", "profile")
 _BENCH = ("bench",)
+_TIMED = ("bench", "profile")
 _ANY_MODEL = (*_MODEL, "finetune")
-_DATA = ("bench", "bundle", "export", "finetune")
+_DATA = ("bench", "bundle", "export", "finetune", "profile")
 
 OPTIONS: tuple[Option, ...] = (
     # model and export ([export] in recipes, or [model.<name>] for one model)
@@ -347,24 +348,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("data", "--data", "path", "data", "Labelled images: class folders (your class names, or ImageNet synsets), a flat folder with --labels, or a tree with train/ and val/ (evaluation: val/ or the --val-split part; fine-tuning and calibration: the rest). Default: the bundled photos' held-out views.", recipe="bench", commands=_DATA, on_device=True),
     Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file> <class>' lines or CSV (class: a name of --classes, an index, or a synset), LOC_val_solution.csv, or the devkit's ground truth with meta.mat beside it.", recipe="bench", commands=_DATA, on_device=True),
     Option("val_split", "--val-split", "float", "data", "For a --data tree without train/ and val/: this fraction of each class (seeded by --seed) is the validation split, the rest trains and calibrates.", recipe="bench", commands=_DATA, on_device=True, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
-    Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle"), minimum=1),
-    Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle"), minimum=1),
+    Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
+    Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     # benchmark
-    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle"), on_device=True, required_in=("bundle",)),
-    Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle"), on_device=True, item="int", minimum=1),
-    Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
-    Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_BENCH, on_device=True, minimum=0),
+    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle", "profile"), on_device=True, required_in=("bundle",)),
+    Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle", "profile"), on_device=True, item="int", minimum=1),
+    Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_TIMED, on_device=True, minimum=1),
+    Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_TIMED, on_device=True, minimum=0),
     Option("max_seconds", "--max-seconds", "float", "bench", "Time budget per batch size (at least 10 iterations run).", 15.0, recipe="bench", commands=_BENCH, on_device=True, minimum=0.1),
     Option("repeats", "--repeats", "int", "bench", "Rounds of --iterations; the spread of their p50s shows the noise.", 1, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
     Option("throughput", "--throughput", "float", "bench", "Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.", recipe="bench", commands=_BENCH, on_device=True, minimum=0.5),
     Option("power", "--power", "choice", "bench", "Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what the machine has.", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
     # backend settings
-    Option("device", "--device", "text", "backend", "cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.", "cpu", recipe="bench", commands=("bench", "bundle"), on_device=True),
-    Option("threads", "--threads", "int", "backend", "Intra-op threads for every backend (default: the runtime's choice).", recipe="bench", commands=_BENCH, on_device=True, minimum=1),
-    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact (and FP16 ones in ONNX Runtime's TensorRT provider).", recipe="bench", commands=_BENCH, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
-    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_BENCH, on_device=True, applies_to=("openvino",)),
-    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_BENCH, on_device=True, applies_to=("tensorrt",)),
-    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_BENCH, on_device=True, applies_to=("tensorrt",)),
+    Option("device", "--device", "text", "backend", "cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.", "cpu", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
+    Option("threads", "--threads", "int", "backend", "Intra-op threads for every backend (default: the runtime's choice).", recipe="bench", commands=_TIMED, on_device=True, minimum=1),
+    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact (and FP16 ones in ONNX Runtime's TensorRT provider).", recipe="bench", commands=_TIMED, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
+    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("openvino",)),
+    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
+    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
     # remote device
     Option("remote", "--remote", "text", "remote", "Run on another machine over ssh: user@host[:port]. A bundle is copied there and run by its Python; PyTorch runs here, once, for the reference logits.", recipe="bench", commands=_BENCH),
     Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH),

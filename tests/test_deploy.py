@@ -108,8 +108,11 @@ def test_inspect_shows_the_deploy_files_and_their_state(exported, workspace, tmp
 
 def test_every_deployed_cpu_file_gives_the_portable_graphs_top1(exported, workspace):
     """Each ONNX Runtime file loads in a default ONNX Runtime CPU session (its fused integer
-    kernels, what an application gets) and the OpenVINO form in OpenVINO's CPU plugin; each
-    gives the top-1 of the portable graph computed as written, on every test image."""
+    kernels, what an application gets) and gives the top-1 of that same file computed as
+    written, on every test image; the OpenVINO form in OpenVINO's CPU plugin gives the
+    portable graph's. The ONNX Runtime forms give clamped tensors (ReLU6 outputs) all 256
+    uint8 levels where the portable graph has 128, so they may differ from it on an image
+    whose top two classes nearly tie: at most 2 of the 200, and never less accurate."""
     import onnxruntime as ort
     import openvino as ov
 
@@ -125,9 +128,12 @@ def test_every_deployed_cpu_file_gives_the_portable_graphs_top1(exported, worksp
     portable = ort.InferenceSession(str(artifact.onnx_path), exact, providers=["CPUExecutionProvider"])
     expected = portable.run(None, {"input": x})[0].argmax(axis=1)
     assert np.mean(expected == np.array([label[0] for label in labels])) > 0.9  # a real classifier
+    truth = np.array([label[0] for label in labels])
     for name in listed(artifact, "onnxruntime"):
         top1 = plain_session(artifact.path / name).run(None, {"input": x})[0].argmax(axis=1)
-        assert np.array_equal(top1, expected), name
+        as_written = ort.InferenceSession(str(artifact.path / name), exact, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(axis=1)
+        assert np.array_equal(top1, as_written), name
+        assert np.sum(top1 != expected) <= 2 and np.sum(top1 == truth) >= np.sum(expected == truth), name
     (ov_file,) = [f for f, where in listed(artifact, "openvino").items() if where == "CPU"]
     compiled = ov.Core().compile_model(str(artifact.path / ov_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert np.array_equal(compiled(x)[0].argmax(axis=1), expected)

@@ -77,6 +77,9 @@ class Backend(Protocol):
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         """Size of what this backend deploys."""
 
+    def profile(self, artifact: Artifact, options: "BackendOptions", batch: np.ndarray, iterations: int, warmup: int) -> list:
+        """Per node the runtime executed, from its own profiler (edgekit.profiling)."""
+
 
 class BackendBase:
     """Defaults for the Backend protocol; a backend module overrides what differs."""
@@ -109,6 +112,13 @@ class BackendBase:
     def prepare_bundle(self, artifact: Artifact) -> None:
         """The files deploy_files names: made here, where onnx is."""
         self.deploy_files(artifact)
+
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+        """Per node the runtime executed (edgekit.profiling.NodeTime), from the runtime's own
+        profiler, on what ``compile`` returned; ProfilerUnavailable where it has none."""
+        from ..profiling import ProfilerUnavailable
+
+        raise ProfilerUnavailable(f"backend {self.name} has no per-layer profiler in edgekit")
 
 
 def importable(module: str) -> bool:

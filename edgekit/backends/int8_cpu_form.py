@@ -65,6 +65,8 @@ def weight_form() -> str:
 
 
 def _clip_min(node, inits) -> float | None:
+    """The lower bound of a Relu or Clip, read from an initializer or a Constant node
+    (``inits`` maps both kinds of name to a TensorProto)."""
     from onnx import numpy_helper
 
     if node.op_type == "Relu":
@@ -72,6 +74,15 @@ def _clip_min(node, inits) -> float | None:
     if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] in inits:
         return float(numpy_helper.to_array(inits[node.input[1]]))
     return None
+
+
+def _constant_tensors(model) -> dict:
+    """Name -> TensorProto of every initializer and tensor-valued Constant node."""
+    found = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            found.setdefault(node.output[0], node.attribute[0].t)
+    return found
 
 
 def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True) -> int:
@@ -94,8 +105,10 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
     fresh = _name_maker(model)
     added_after: dict[str, list] = {}  # output of a node -> new nodes to insert right after it
 
+    constants = _constant_tensors(model)
+
     def clamped_at_zero(node) -> bool:
-        m = _clip_min(node, inits) if node is not None else None
+        m = _clip_min(node, constants) if node is not None else None
         return m is not None and m >= 0.0
 
     def read_elsewhere(tensor: str, reader) -> bool:

@@ -11,7 +11,7 @@ from ..core import Artifact, UsageError, numeric_format
 from .base import BackendBase, BackendOptions, DeployFile, file_size_mb, require_module
 
 
-CPU_LOWERING_VERSION = 3  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
+CPU_LOWERING_VERSION = 4  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
 # the INT8 CPU forms' files, named for the CPUs they are for (int8_cpu_form.FORM_CPUS)
 CPU_FORM_FILES = {"u8s8": "model.ort-cpu-vnni-arm.onnx", "u8u8": "model.ort-cpu-avx2.onnx"}
 
@@ -94,6 +94,91 @@ def write_cpu_form(artifact: Artifact, form: str) -> Path:
     return lowered
 
 
+def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int, fp16: bool = False) -> list:
+    """ONNX Runtime's own session profiler on ``path`` (the session bench loads, profiling
+    on): per node the runtime executed, its mean kernel time over ``iterations`` runs after
+    ``warmup``, what it computes in (its integer kernels are named so) and the ONNX nodes
+    of the file it computes (from the graph ONNX Runtime optimized, saved beside)."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from ..profiling import NodeTime, OnnxNames, covered_by_walk, precision_of_onnx_op
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-profile-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        providers = _providers(options.device, ort.get_available_providers(), None, fp16)
+        session = ort.InferenceSession(str(path), so, providers=providers)
+        feed = {session.get_inputs()[0].name: batch}
+        for _ in range(warmup):
+            session.run(None, feed)
+        for _ in range(iterations):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False) if (Path(tmp) / "optimized.onnx").is_file() else None
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-iterations:]
+    if not runs:
+        return []
+    start = runs[0]["ts"]
+    totals: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        entry = totals.setdefault(name, [0.0, e.get("args", {}).get("op_name", "")])
+        entry[0] += e["dur"]
+    original = onnx.load(str(path), load_external_data=False)
+    names = OnnxNames.of(path)
+    runtime_nodes = {n.name: n for n in optimized.graph.node} if optimized is not None else {}
+    present = {o for n in (optimized.graph.node if optimized is not None else ()) for o in n.output}
+    nodes = []
+    for name, (micros, op_type) in totals.items():
+        node = runtime_nodes.get(name)
+        covers = covered_by_walk(original, list(node.input), list(node.output), present) if node is not None else ()
+        if not covers:  # outputs renamed (the NHWC and NCHWc layout passes): the node its name comes from, with its fusion group
+            found = names.resolve(name)
+            covers = _fusion_group(original, found[0]) if found else (name,)
+        nodes.append(NodeTime(name, op_type, micros / 1000.0 / len(runs), precision_of_onnx_op(op_type), covers))
+    return nodes
+
+
+def _fusion_group(model, name: str) -> tuple[str, ...]:
+    """What ONNX Runtime fuses into one kernel around node ``name`` (or around the compute
+    node that feeds it, when it names an activation's output): the DequantizeLinear nodes
+    the compute node reads, the node, a Relu/Clip it alone feeds and the QuantizeLinear after."""
+    from ..profiling import COMPUTE_OPS
+
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    node = next((n for n in model.graph.node if n.name == name), None)
+    if node is None:
+        return (name,)
+    if node.op_type not in COMPUTE_OPS and node.input and getattr(made_by.get(node.input[0]), "op_type", None) in COMPUTE_OPS:
+        node = made_by[node.input[0]]
+    if node.op_type not in COMPUTE_OPS:
+        return (name,)
+    group = [made_by[i].name for i in node.input if i in made_by and made_by[i].op_type == "DequantizeLinear"] + [node.name]
+    tail = node
+    for wanted in (("Relu", "Clip"), ("QuantizeLinear",)):
+        after = readers.get(tail.output[0], [])
+        if len(after) == 1 and after[0].op_type in wanted:
+            tail = after[0]
+            group.append(tail.name)
+    return tuple(group)
+
+
 class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
     pip_extra = None  # a core dependency
@@ -129,6 +214,12 @@ class OnnxRuntimeBackend(BackendBase):
         weights = "int8 weights" if form == "u8s8" else "uint8 weights: no VNNI"
         manifest["variant_detail"] = f"int8 (CPU form: uint8 activations, {weights})"
         return Artifact(path=artifact.path, manifest=manifest)
+
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+        """Per node: ONNX Runtime's session profiler (see profile_session) on what ``compile`` chose."""
+        self.check_available()
+        fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"
+        return profile_session(artifact.onnx_path, options, batch, iterations, warmup, fp16)
 
     def load(self, artifact: Artifact, options: BackendOptions) -> OnnxRuntimeSession:
         self.check_available()

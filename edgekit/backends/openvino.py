@@ -24,7 +24,7 @@ from .base import BackendBase, BackendOptions, DeployFile, require_module
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
-CPU_FORM_VERSION = 1  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
+CPU_FORM_VERSION = 2  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
 CPU_FORM_FILE = "model.ov-cpu.onnx"
 
 
@@ -182,6 +182,37 @@ class OpenVinoSession:
         request.infer()
         return request.get_output_tensor(0).data.copy()
 
+    def profile(self, batch: np.ndarray, iterations: int, warmup: int) -> list:
+        """OpenVINO's own performance counters (PERF_COUNT) on a model compiled as ``run``'s
+        is: per executed node of the runtime graph, its mean real time, the precision it ran
+        at (the runtime graph's runtimePrecision, and the kernel's name, e.g. brgconv_avx512_I8)
+        and the ONNX layers it computes (its originalLayersNames)."""
+        from ..profiling import NodeTime
+
+        model = self._model.clone()
+        model.reshape({model.inputs[0]: list(batch.shape)})
+        compiled = self._core.compile_model(model, self._device, {**self._config("LATENCY"), "PERF_COUNT": True})
+        runtime = {op.get_friendly_name(): op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()}
+        request = compiled.create_infer_request()
+        data = np.ascontiguousarray(batch, dtype=np.float32)
+        for _ in range(warmup):
+            request.infer({0: data})
+        totals: dict[str, list] = {}
+        for _ in range(iterations):
+            request.infer({0: data})
+            for info in request.get_profiling_info():
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
+                    entry = totals.setdefault(info.node_name, [0.0, info.node_type, info.exec_type])
+                    entry[0] += info.real_time.total_seconds() * 1000.0
+        nodes = []
+        for name, (ms, node_type, exec_type) in totals.items():
+            info = runtime.get(name, {})
+            originals = str(info["originalLayersNames"].astype(str)) if "originalLayersNames" in info else ""
+            precision = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else ""
+            covers = tuple(n for n in originals.split(",") if n)
+            nodes.append(NodeTime(name, node_type, ms / iterations, f"{precision} ({exec_type})" if exec_type else precision, covers or (name,)))
+        return nodes
+
     def throughput(self, batch: np.ndarray, seconds: float, on_step=lambda done, total: None) -> dict:
         """Asynchronous requests, as many as the device asks for, for about ``seconds``."""
         import time
@@ -246,7 +277,8 @@ class OpenVinoBackend(BackendBase):
         if numeric_format(artifact.manifest) == "int8" and ov_device(options.device).startswith("CPU"):
             source = cpu_form(artifact)
         xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
-        manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "openvino_xml": str(xml.relative_to(artifact.path))}}
+        files = {**artifact.manifest["files"], "onnx": source.name, "openvino_xml": str(xml.relative_to(artifact.path))}  # onnx: what the IR was made from
+        manifest = {**artifact.manifest, "files": files}
         return Artifact(path=artifact.path, manifest=manifest)
 
     def load(self, artifact: Artifact, options: BackendOptions) -> OpenVinoSession:
@@ -256,6 +288,10 @@ class OpenVinoBackend(BackendBase):
             artifact = self.compile(artifact, options)
             xml = artifact.path / artifact.manifest["files"]["openvino_xml"]
         return OpenVinoSession(xml, artifact, options)
+
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+        """Per node of the runtime graph: OpenVINO's performance counters (OpenVinoSession.profile)."""
+        return self.load(artifact, options).profile(batch, iterations, warmup)
 
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         xml = artifact.path / artifact.manifest["files"].get("openvino_xml", "")

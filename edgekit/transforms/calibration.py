@@ -28,18 +28,26 @@ from .qdq_graph import shape_arithmetic, session, with_outputs
 from .progress import Progress, quiet
 
 NUM_BINS = 2048
+MAX_BINS = 8 * NUM_BINS  # beyond this, neighbouring bins are merged (AbsHistogram)
 BATCH = 8
-
-
 
 
 @dataclass
 class AbsHistogram:
-    """Histogram of |x| over bins of one fixed width, extended as larger values arrive."""
+    """Histogram of |x| over bins of one width, extended as larger values arrive.
+
+    The first batch with a non-zero value sets the width (its max / NUM_BINS); a later
+    batch reaching further adds bins of the same width, as ONNX Runtime's collector does.
+    A tensor whose first batches are tiny and later ones large (random-init RegNet's
+    squeeze-excite gates) would need billions of such bins: past MAX_BINS the width is
+    multiplied by a whole factor and neighbouring bins merged, so every edge stays an
+    edge of the finer histogram and memory stays bounded.
+    """
 
     counts: Optional[np.ndarray] = None
     width: float = 0.0
     max_abs: float = 0.0
+    zeros: int = 0  # values seen before any non-zero one (they go to the first bin)
 
     def add(self, values: np.ndarray) -> None:
         a = np.abs(values.reshape(-1), dtype=np.float32)
@@ -49,16 +57,32 @@ class AbsHistogram:
         if not np.isfinite(top):
             a = a[np.isfinite(a)]
             top = float(a.max()) if a.size else 0.0
+        if a.size == 0:
+            return
         self.max_abs = max(self.max_abs, top)
         if self.counts is None:
-            self.width = top / NUM_BINS if top > 0 else 1e-12
+            if top == 0.0:
+                self.zeros += a.size
+                return
+            self.width = top / NUM_BINS
             self.counts = np.zeros(NUM_BINS, dtype=np.int64)
+            self.counts[0] += self.zeros
         bins = int(np.floor(top / self.width)) + 1
+        if bins > MAX_BINS:
+            self._coarsen(-(-bins // MAX_BINS))
+            bins = int(np.floor(top / self.width)) + 1
         if bins > len(self.counts):
             self.counts = np.concatenate([self.counts, np.zeros(bins - len(self.counts), dtype=np.int64)])
         np.multiply(a, np.float32(1.0 / self.width), out=a)
         np.minimum(a, np.float32(len(self.counts) - 1), out=a)
         self.counts += np.bincount(a.astype(np.intp), minlength=len(self.counts))
+
+    def _coarsen(self, factor: int) -> None:
+        """Bins ``factor`` times wider, each the sum of ``factor`` old ones."""
+        padded = np.zeros(-(-len(self.counts) // factor) * factor, dtype=np.int64)
+        padded[: len(self.counts)] = self.counts
+        self.counts = padded.reshape(-1, factor).sum(axis=1)
+        self.width *= factor
 
     @property
     def edges(self) -> np.ndarray:
@@ -84,18 +108,25 @@ class FloatPass:
     logits: np.ndarray
 
 
-def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
+def tensors_to_calibrate(model, op_types: Sequence[str], nodes: Optional[set[str]] = None) -> list[str]:
     """Float inputs and outputs of the nodes to quantize (the tensors ONNX Runtime's
-    quantizer looks up in a calibration cache), initializers excluded."""
+    quantizer looks up in a calibration cache), initializers excluded.
+
+    Nodes of the shape subgraph are never quantized, but a tensor it computes can feed one
+    that is (a class token broadcast by Expand to the batch size, an attention scale computed
+    as Sqrt of a dimension): such a tensor needs a range like any other."""
     import onnx
+
+    from .qdq_graph import node_label
 
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    initializers = {i.name for i in model.graph.initializer} | shape_arithmetic(model)[1]
+    initializers = {i.name for i in model.graph.initializer}
+    shape_nodes = shape_arithmetic(model)[0]
     wanted = set(op_types)
     names: list[str] = []
     for node in model.graph.node:
-        if node.op_type not in wanted:
+        if node.op_type not in wanted or node_label(node) in shape_nodes or (nodes is not None and node_label(node) not in nodes):
             continue
         for name in [*node.input, *node.output]:
             info = infos.get(name)
@@ -106,9 +137,10 @@ def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
     return names
 
 
-def float_pass(fp32_model, x: np.ndarray, op_types: Sequence[str], method: str, percentile: float, progress: Progress = quiet) -> FloatPass:
-    """Ranges of every tensor to calibrate, and the reference logits."""
-    tensors = tensors_to_calibrate(fp32_model, op_types)
+def float_pass(fp32_model, x: np.ndarray, op_types: Sequence[str], method: str, percentile: float, progress: Progress = quiet,
+               nodes: Optional[set[str]] = None) -> FloatPass:
+    """Ranges of every tensor to calibrate (of ``nodes`` only, where given), and the reference logits."""
+    tensors = tensors_to_calibrate(fp32_model, op_types, nodes)
     logits_name = fp32_model.graph.output[0].name
     fetch = list(dict.fromkeys([logits_name, *tensors]))
     sess = session(with_outputs(fp32_model, fetch), optimize=True)  # FP32: fusing changes no value fetched

@@ -45,6 +45,7 @@ from .adaround import AdaRoundOptions, LayerRounding, adaround
 from .bias_correction import correct_biases
 from .calibration import FloatPass, float_pass, write_calibration_cache
 from .layer_inputs import gather_input_stats, quantized_layers
+from .placement import nodes_to_quantize
 from .progress import Progress, quiet
 from .qdq_graph import shape_arithmetic, bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
@@ -171,7 +172,7 @@ def _calibration_method(name: str):
 def calibrate(fp32_model, x: np.ndarray, options: QuantizeOptions, cache: Path, progress: Progress = quiet) -> FloatPass:
     """Activation ranges into ``cache`` (ONNX Runtime's calibration-cache format), with the
     FP32 logits of ``x`` from the same pass."""
-    result = float_pass(fp32_model, x, QUANTIZABLE_OP_TYPES, options.method, options.percentile, progress)
+    result = float_pass(fp32_model, x, QUANTIZABLE_OP_TYPES, options.method, options.percentile, progress, placement(fp32_model))
     write_calibration_cache(result.thresholds, options.method, cache)
     return result
 
@@ -194,8 +195,10 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    fp32_model = onnx.load(str(fp32_path), load_external_data=False)
     if not cache.is_file():
-        calibrate(onnx.load(str(fp32_path)), x, options, cache)
+        calibrate(fp32_model, x, options, cache)
+    shape_nodes = shape_arithmetic(fp32_model)[0]
     with _quiet_quantizer():
         quantize_static(
             str(fp32_path),
@@ -207,14 +210,22 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
             weight_type=QuantType.QInt8,
             calibrate_method=_calibration_method(options.method),  # must match the cache's
             op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
-            nodes_to_exclude=[*exclude, *sorted(shape_arithmetic(onnx.load(str(fp32_path), load_external_data=False))[0])],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            nodes_to_quantize=sorted(placement(fp32_model) - set(exclude)),
+            nodes_to_exclude=[*exclude, *sorted(shape_nodes)],
+            # a tensor gets Q/DQ where a quantized node reads it, never merely because a
+            # quantized node wrote it (a MatMul's output going into GELU or Softmax stays float)
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": list(QUANTIZABLE_OP_TYPES)},
             calibration_cache_path=str(cache),
         )
     model = onnx.load(str(out_path))
     strip_output_qdq(model)
     fold_activation_qdq(model)
     onnx.save(model, str(out_path))
+
+
+def placement(fp32_model) -> set[str]:
+    """The nodes that get Q/DQ (see placement.nodes_to_quantize)."""
+    return nodes_to_quantize(fp32_model, shape_arithmetic(fp32_model)[0])
 
 
 def float_ops(model) -> dict[str, int]:

@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from ..evaluation import compare_to_baseline
-from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
+from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, copy_model, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
+from ..module_names import module_path  # noqa: F401 (the report's module names; imported from here before)
 from .progress import Progress
 
 _SHAPE_OPS = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze", "Concat", "Constant"}
@@ -38,22 +39,6 @@ class FloatNode:
     module: Optional[str]
     op_type: str
     reason: str
-
-
-def module_path(node_name: str) -> Optional[str]:
-    """'/blocks/blocks.0/blocks.0.0/conv_dw/Conv' -> 'blocks.0.0.conv_dw' (torch.onnx's scope
-    names: each level is an attribute name, or the previous level's name extended by an index)."""
-    parts = [p for p in node_name.split("/") if p]
-    if len(parts) < 2:
-        return None
-    qualified = last = ""
-    for part in parts[:-1]:
-        if last and part.startswith(last + "."):  # the same chain, one level deeper
-            qualified = qualified[: len(qualified) - len(last)] + part
-        else:
-            qualified = f"{qualified}.{part}" if qualified else part
-        last = part
-    return qualified or None
 
 
 def output_errors(model, fp32_model, x: np.ndarray) -> dict[str, float]:
@@ -134,3 +119,102 @@ def count_by_type(nodes: list[FloatNode]) -> dict[str, int]:
     for n in nodes:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts
+
+
+def only_quantized(int8_model, fp32_model, labels):
+    """A copy of ``fp32_model`` where the compute nodes ``labels`` alone read their input
+    through the INT8 model's quantizer for it and compute with their INT8 weights and bias
+    (as dequantized values): what quantizing those layers costs, everything else in float.
+    None when none of them is quantized in ``int8_model``."""
+    from onnx import numpy_helper
+
+    made_by = producers(int8_model)
+    inits = {i.name: i for i in int8_model.graph.initializer}
+    quantized = {node_label(n): n for n in compute_nodes(int8_model)}
+    m = copy_model(fp32_model)
+    added, inserted = [], {}  # inserted: position in m's nodes -> the Q/DQ pair to put before it
+    for position, target in enumerate(m.graph.node):
+        label = node_label(target)
+        node = quantized.get(label)
+        if label not in labels or node is None or node.op_type != target.op_type:
+            continue
+        input_dq = made_by.get(node.input[0])
+        if input_dq is None or input_dq.op_type != "DequantizeLinear":
+            continue
+        for k, name in enumerate(node.input):
+            dq = made_by.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or k >= len(target.input):
+                continue
+            if k == 0:  # the activation: Q -> DQ with the INT8 model's scale and zero point
+                q = made_by.get(dq.input[0])
+                if q is None or q.op_type != "QuantizeLinear" or not all(p in inits for p in q.input[1:3]):
+                    break
+                params = [f"{p}__only_{label}" for p in q.input[1:3]]
+                for source, copy in zip(q.input[1:3], params):
+                    tensor = type(inits[source])()
+                    tensor.CopyFrom(inits[source])
+                    tensor.name = copy
+                    added.append(tensor)
+                inserted[position] = [
+                    _node("QuantizeLinear", [target.input[0], *params], f"{label}__only_q", q),
+                    _node("DequantizeLinear", [f"{label}__only_q", *params], f"{label}__only_dq", dq),
+                ]
+                target.input[0] = f"{label}__only_dq"
+            elif all(i in inits for i in dq.input if i):  # weights and bias: their INT8 values, dequantized
+                added.append(numpy_helper.from_array(_dequantize(dq, inits), f"{name}__only_{label}"))
+                target.input[k] = added[-1].name
+    if not inserted:
+        return None
+    m.graph.initializer.extend(added)
+    nodes = []
+    for position, n in enumerate(m.graph.node):  # each pair right before its node: the graph stays sorted
+        nodes += inserted.get(position, [])
+        copy = type(n)()
+        copy.CopyFrom(n)
+        nodes.append(copy)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def kl_if_only_quantized(int8_model, fp32_model, x: np.ndarray, reference: np.ndarray, progress: Optional[Progress] = None, group=None) -> dict[str, float]:
+    """The model's mean KL vs FP32 on ``x`` when one layer alone is INT8 (see only_quantized),
+    per quantized compute node, or per ``group(node)`` (e.g. its module) when given: the
+    group's nodes quantized together."""
+    groups: dict[str, list[str]] = {}
+    quantized = quantized_node_labels(int8_model)
+    for label in (node_label(n) for n in compute_nodes(int8_model)):
+        if label in quantized:
+            groups.setdefault((group(label) if group else None) or label, []).append(label)
+    found: dict[str, float] = {}
+    for i, (key, labels) in enumerate(groups.items()):
+        if progress is not None:
+            progress("accuracy per layer", i, len(groups))
+        model = only_quantized(int8_model, fp32_model, set(labels))
+        if model is not None:
+            found[key] = compare_to_baseline(run_logits(model, x, optimize=True), reference, [None] * len(x)).mean_kl
+    if progress is not None:
+        progress("accuracy per layer", len(groups), len(groups))
+    return found
+
+
+def _node(op_type: str, inputs: list[str], output: str, like):
+    from onnx import helper
+
+    node = helper.make_node(op_type, inputs, [output], name=output)
+    node.attribute.extend(a for a in like.attribute if a.name == "axis")
+    return node
+
+
+def _dequantize(dq, inits) -> np.ndarray:
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+    if scale.ndim == 1 and values.ndim > 1:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((values - zero) * scale).astype(np.float32)
