@@ -77,6 +77,23 @@ class AbsHistogram:
         np.minimum(a, np.float32(len(self.counts) - 1), out=a)
         self.counts += np.bincount(a.astype(np.intp), minlength=len(self.counts))
 
+    def mse_threshold(self, levels: int = 127) -> float:
+        """The range t minimising the expected squared error of symmetric INT8 with step
+        t / levels: rounding (step^2 / 12 per value inside) plus clipping ((|x| - t)^2 per
+        value beyond), over the histogram's bin centres."""
+        counts = self.counts.astype(np.float64)
+        centres = (np.arange(len(counts)) + 0.5) * self.width
+        cum = np.cumsum(counts)
+        cum_x = np.cumsum(counts * centres)
+        cum_x2 = np.cumsum(counts * centres**2)
+        total, total_x, total_x2 = cum[-1], cum_x[-1], cum_x2[-1]
+        candidates = np.arange(max(len(counts) // 16, 1), len(counts)) + 1  # t = the right edge of bin k - 1
+        t = candidates * self.width
+        inside = cum[candidates - 1]
+        beyond_n, beyond_x, beyond_x2 = total - inside, total_x - cum_x[candidates - 1], total_x2 - cum_x2[candidates - 1]
+        error = inside * (t / levels) ** 2 / 12.0 + beyond_x2 - 2.0 * t * beyond_x + beyond_n * t**2
+        return min(float(t[int(np.argmin(error))]), self.max_abs)
+
     def _coarsen(self, factor: int) -> None:
         """Bins ``factor`` times wider, each the sum of ``factor`` old ones."""
         padded = np.zeros(-(-len(self.counts) // factor) * factor, dtype=np.int64)
@@ -95,6 +112,8 @@ class AbsHistogram:
             return self.max_abs
         if method == "entropy":
             return min(float(kl_threshold(self.counts, self.edges)), self.max_abs)
+        if method == "mse":
+            return self.mse_threshold()
         cdf = np.cumsum(self.counts) / self.counts.sum()
         index = int(np.searchsorted(cdf, percentile / 100.0))
         return min(float(self.edges[min(index, len(self.counts) - 1)]), self.max_abs)
@@ -164,6 +183,6 @@ def write_calibration_cache(thresholds: dict[str, float], method: str, cache: Pa
     from onnxruntime.quantization import CalibrationMethod, save_tensors_data
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-    kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method]
+    kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile}[method]
     data = {name: TensorData(lowest=np.float32(-t), highest=np.float32(t)) for name, t in thresholds.items()}
     save_tensors_data(TensorsData(kind, data), cache)

@@ -50,7 +50,7 @@ from .progress import Progress, quiet
 from .qdq_graph import shape_arithmetic, bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 # Operators given Q/DQ: those with integer kernels (or free requantization) on ONNX
 # Runtime, OpenVINO and TensorRT. Anything else (Exp, Erf, Div, Sqrt...) stays in float
 # and is listed in the report.
@@ -166,7 +166,7 @@ class QuantizationReport:
 def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[name]
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile}[name]
 
 
 def calibrate(fp32_model, x: np.ndarray, options: QuantizeOptions, cache: Path, progress: Progress = quiet) -> FloatPass:
