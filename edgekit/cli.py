@@ -347,11 +347,17 @@ def _print_quantization(artifact, console) -> None:
             cells = [r.get("module") or r["node"], r["op_type"], f"{r['output_rel_error']:.3f}"]
             if measured:
                 cells.append(f"{r['kl_if_float']:.4f}" if r["kl_if_float"] is not None else "-")
-            cells.append(f"yes (KL after: {step['after']['mean_kl']:.4f})" if step else "")
+            cells.append(_fallback_cell(step) if step else "")
             table.add_row(*cells)
         console.print(table)
     for note in q.get("notes", []):
         console.print(f"note: {note}")
+
+
+def _fallback_cell(step: dict) -> str:
+    """'yes (KL after: 0.0022; costs onnxruntime +0.082 ms, openvino +0.022 ms)'."""
+    price = ", ".join(f"{backend} {ms:+.3f} ms" for backend, ms in (step.get("price_ms") or {}).items())
+    return f"yes (KL after: {step['after']['mean_kl']:.4f}" + (f"; costs {price}" if price else "") + ")"
 
 
 def _describe_artifact(artifact, reused: bool, console) -> None:

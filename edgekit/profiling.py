@@ -47,6 +47,14 @@ class NodeTime:
 
 
 @dataclass(frozen=True)
+class ProfiledRun:
+    """What a backend's profiler measured over its runs."""
+
+    nodes: tuple[NodeTime, ...]
+    run_ms: float  # wall time per inference with the profiler on (its own cost included)
+
+
+@dataclass(frozen=True)
 class ModuleTime:
     module: str  # PyTorch module path, an ONNX node name (no module map), or an OUTSIDE_* row
     ms: float
@@ -66,17 +74,29 @@ class BackendProfile:
     batch_size: int
     iterations: int
     e2e_p50_ms: float  # edgekit.timing, profiler off
-    nodes: tuple[NodeTime, ...]
-    modules: tuple[ModuleTime, ...]
+    nodes: tuple[NodeTime, ...]  # as the profiler measured them
+    modules: tuple[ModuleTime, ...]  # rescaled to the end-to-end p50 (see ``scale``)
     joined_by: str  # "module" (PyTorch module paths) or "node" (ONNX node names)
+    profiled_run_ms: float = 0.0  # p50 wall time per inference with the profiler on
     note: str = ""
+
+    @property
+    def attributed(self) -> float:
+        """Share of the profiled run's wall time the profiler's nodes account for."""
+        return sum(n.ms for n in self.nodes) / self.profiled_run_ms if self.profiled_run_ms else 0.0
+
+    @property
+    def scale(self) -> float:
+        """end-to-end p50 / profiled run: the profiler's own cost taken out of every row
+        (ONNX Runtime's and PyTorch's profilers slow a small model's run by 30-50%)."""
+        return self.e2e_p50_ms / self.profiled_run_ms if self.profiled_run_ms else 1.0
 
     @property
     def sum_ms(self) -> float:
         return sum(m.ms for m in self.modules)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "sum_ms": self.sum_ms}
+        return {**asdict(self), "sum_ms": self.sum_ms, "attributed": self.attributed, "scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,10 @@ class OnnxNames:
     def of(cls, onnx_path: Path) -> "OnnxNames":
         import onnx
 
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        return cls.of_model(onnx.load(str(onnx_path), load_external_data=False))
+
+    @classmethod
+    def of_model(cls, model) -> "OnnxNames":
         found: dict[str, tuple[str, str]] = {}
         for i, node in enumerate(model.graph.node):
             name = node.name or f"{node.op_type}_{i}"
@@ -214,6 +237,8 @@ def profile_backend(artifact, backend_name: str, options, images, batch_size: in
     to modules. ProfilerUnavailable where the backend (or device) has no profiler."""
     import dataclasses
 
+    import numpy as np
+
     from .backends import get_backend
     from .timing import TimingOptions, make_batch, time_session
 
@@ -222,18 +247,21 @@ def profile_backend(artifact, backend_name: str, options, images, batch_size: in
     options = dataclasses.replace(options, batch_sizes=(batch_size,))
     compiled = backend.compile(artifact, options)
     session = backend.load(compiled, options)
-    timing = TimingOptions(batch_sizes=(batch_size,), warmup=warmup, iterations=iterations, max_seconds=60.0)
-    e2e = time_session(session.run, images, batch_size, timing).p50_ms
+    timing = TimingOptions(batch_sizes=(batch_size,), warmup=warmup, iterations=max(iterations // 2, 5), max_seconds=60.0, repeats=2)
+    before = time_session(session.run, images, batch_size, timing)
+    run = backend.profile(compiled, options, make_batch(images, batch_size), iterations, warmup)
+    after = time_session(session.run, images, batch_size, timing)
+    e2e = float(np.median([*before.p50_rounds, *after.p50_rounds]))  # before and after: a drifting machine shows in neither alone
     del session
-    nodes = tuple(backend.profile(compiled, options, make_batch(images, batch_size), iterations, warmup))
     file = compiled.manifest.get("files", {}).get("onnx", "")
     names = OnnxNames.of(compiled.onnx_path) if file else OnnxNames()
-    modules, joined_by = attribute(nodes, names)
+    scale = e2e / run.run_ms if run.run_ms else 1.0
+    modules, joined_by = attribute(tuple(dataclasses.replace(n, ms=n.ms * scale) for n in run.nodes), names)
     note = "" if joined_by == "module" else "no PyTorch module names in this graph (an imported ONNX file?): rows are ONNX nodes"
     return BackendProfile(
         backend=backend_name, device=options.device, runtime=backend.runtime_version(), file=file,
         variant=str(artifact.manifest.get("variant", "fp32")), batch_size=batch_size, iterations=iterations,
-        e2e_p50_ms=e2e, nodes=nodes, modules=modules, joined_by=joined_by, note=note,
+        e2e_p50_ms=e2e, nodes=run.nodes, modules=modules, joined_by=joined_by, profiled_run_ms=run.run_ms, note=note,
     )
 
 
@@ -338,3 +366,105 @@ def parent_of(artifact):
         if parent.key == (artifact.manifest.get("parent") or {}).get("key"):
             return parent
     return None
+
+
+# --------------------------------------------------------------------------- what a float layer costs
+
+
+@dataclass(frozen=True)
+class FloatLayerPrices:
+    """What leaving each layer in float adds, per backend, measured by its own profiler."""
+
+    ms: dict[str, dict[str, float]]  # backend -> compute node -> milliseconds added per inference
+    totals: dict[str, float]  # backend -> the all-INT8 graph's profiled time
+    unavailable: dict[str, str] = field(default_factory=dict)  # backend -> why it was not priced
+
+    def share(self, node: str) -> float:
+        """The node's added time as a fraction of each backend's INT8 time, summed over backends."""
+        return sum(self.ms[b].get(node, 0.0) / self.totals[b] for b in self.ms if self.totals.get(b))
+
+
+def price_float_layers(int8_path: Path, float_path: Path, backends, options, images, iterations: int = 30, warmup: int = 5) -> FloatLayerPrices:
+    """Profile the all-INT8 graph and the same graph with the candidate layers in float on
+    each backend (each made into the form it loads, as bench does) and charge each compute
+    node the difference of the runtime nodes that compute it, its Q/DQ included."""
+    import dataclasses
+    import tempfile
+
+    import onnx
+
+    from .backends import get_backend
+    from .core import Artifact
+    from .timing import TimingOptions, make_batch, time_session
+
+    prices: dict[str, dict[str, float]] = {}
+    totals: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    batch = make_batch(images, 1)
+    options = dataclasses.replace(options, batch_sizes=(1,))
+    shape = [d.dim_value or "batch" for d in onnx.load(str(int8_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    for name in backends:
+        backend = get_backend(name)
+        times = []
+        try:
+            for source in (int8_path, float_path):
+                with tempfile.TemporaryDirectory(prefix="edgekit-price-") as tmp:
+                    folder = Path(tmp)
+                    (folder / "model.onnx").write_bytes(Path(source).read_bytes())
+                    scratch = Artifact(folder, {"variant": "int8", "files": {"onnx": "model.onnx"}, "input": {"shape": shape}, "model": {"name": "pricing"}})
+                    compiled = backend.compile(scratch, options)
+                    run = backend.profile(compiled, options, batch, iterations, warmup)
+                    if not times:  # the profiler's own cost: prices in milliseconds of a run without it
+                        timed = time_session(backend.load(compiled, options).run, batch, 1, TimingOptions(warmup=warmup, iterations=iterations))
+                        scale = timed.p50_ms / run.run_ms if run.run_ms else 1.0
+                    nodes = [dataclasses.replace(n, ms=n.ms * scale) for n in run.nodes]
+                    times.append(_by_compute_node(nodes, onnx.load(str(compiled.onnx_path), load_external_data=False)))
+        except ProfilerUnavailable as e:
+            unavailable[name] = str(e)
+            continue
+        int8, floated = times
+        totals[name] = sum(int8.values())
+        prices[name] = {node: floated.get(node, 0.0) - int8.get(node, 0.0) for node in set(int8) | set(floated) if node}
+    return FloatLayerPrices(prices, totals, unavailable)
+
+
+def _by_compute_node(nodes, model) -> dict[str, float]:
+    """Runtime node times charged to the compute node (Conv/Gemm/MatMul) each one computes,
+    or whose input it dequantizes or whose output (after a Relu/Clip) it quantizes; the
+    rest under ''."""
+    def node_label(n) -> str:
+        return n.name or n.output[0]
+
+    names = OnnxNames.of_model(model)
+    by_name = {node_label(n): n for n in model.graph.node}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def owner(node) -> Optional[str]:
+        if node.op_type in COMPUTE_OPS:
+            return node_label(node)
+        if node.op_type == "DequantizeLinear":
+            computes = [r for r in readers.get(node.output[0], []) if r.op_type in COMPUTE_OPS]
+            return node_label(computes[0]) if len(computes) == 1 else None
+        source = made_by.get(node.input[0]) if node.input else None
+        if node.op_type in ("QuantizeLinear", "Relu", "Clip") and source is not None:
+            if source.op_type in ("Relu", "Clip"):
+                source = made_by.get(source.input[0])
+            return node_label(source) if source is not None and source.op_type in COMPUTE_OPS else None
+        return None
+
+    found: dict[str, float] = {}
+    for time in nodes:
+        owners = []
+        for name in time.covers or (time.name,):
+            resolved = names.resolve(name)
+            node = by_name.get(resolved[0]) if resolved else None
+            label = owner(node) if node is not None else None
+            if label:
+                owners.append(label)
+        key = owners[0] if owners else ""
+        found[key] = found.get(key, 0.0) + time.ms
+    return found

@@ -17,7 +17,7 @@ checks it against those declarations and says where a mistake is (file, line, ke
     random_init = true
     [int8]
     calib_method = "percentile"
-    max_kl = 0.004
+    max_kl = 0.002
     [distill]                            # after pruning or depthwise-separable conversion
     steps = 200
     [bench]

@@ -112,7 +112,7 @@ def test_unmeetable_budget_keeps_every_layer_int8_and_says_so(digits, tmp_path):
     assert not report.fallback and any("not reached with up to 2 layers" in n for n in report.notes)
     assert report.final.mean_kl <= report.initial.mean_kl
     assert len(report.sensitivity) >= report.quantized_nodes
-    assert report.sensitivity_all_int8_kl is not None and report.sensitivity_images == 16
+    assert report.sensitivity_all_int8_kl is not None and report.sensitivity_images == 8  # the hardest images rank the layers
     assert report.stages[0].after == report.initial and report.stages[-1].after == report.final
 
 

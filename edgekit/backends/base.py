@@ -77,8 +77,9 @@ class Backend(Protocol):
     def size_mb(self, artifact: Artifact) -> Optional[float]:
         """Size of what this backend deploys."""
 
-    def profile(self, artifact: Artifact, options: "BackendOptions", batch: np.ndarray, iterations: int, warmup: int) -> list:
-        """Per node the runtime executed, from its own profiler (edgekit.profiling)."""
+    def profile(self, artifact: Artifact, options: "BackendOptions", batch: np.ndarray, iterations: int, warmup: int):
+        """The runtime's own profiler over ``iterations`` runs: an edgekit.profiling.ProfiledRun
+        (per node it executed, and the wall time per run with the profiler on)."""
 
 
 class BackendBase:
@@ -113,9 +114,10 @@ class BackendBase:
         """The files deploy_files names: made here, where onnx is."""
         self.deploy_files(artifact)
 
-    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
-        """Per node the runtime executed (edgekit.profiling.NodeTime), from the runtime's own
-        profiler, on what ``compile`` returned; ProfilerUnavailable where it has none."""
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
+        """The runtime's own profiler on what ``compile`` returned: an edgekit.profiling.ProfiledRun
+        (per node it executed, and the wall time per run with the profiler on);
+        ProfilerUnavailable where it has none."""
         from ..profiling import ProfilerUnavailable
 
         raise ProfilerUnavailable(f"backend {self.name} has no per-layer profiler in edgekit")

@@ -94,18 +94,19 @@ def write_cpu_form(artifact: Artifact, form: str) -> Path:
     return lowered
 
 
-def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int, fp16: bool = False) -> list:
+def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int, fp16: bool = False):
     """ONNX Runtime's own session profiler on ``path`` (the session bench loads, profiling
     on): per node the runtime executed, its mean kernel time over ``iterations`` runs after
     ``warmup``, what it computes in (its integer kernels are named so) and the ONNX nodes
     of the file it computes (from the graph ONNX Runtime optimized, saved beside)."""
     import json
     import tempfile
+    import time
 
     import onnx
     import onnxruntime as ort
 
-    from ..profiling import NodeTime, OnnxNames, covered_by_walk, precision_of_onnx_op
+    from ..profiling import NodeTime, OnnxNames, ProfiledRun, covered_by_walk, precision_of_onnx_op
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-profile-") as tmp:
         so = ort.SessionOptions()
@@ -121,13 +122,16 @@ def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iter
         feed = {session.get_inputs()[0].name: batch}
         for _ in range(warmup):
             session.run(None, feed)
+        walls = []
         for _ in range(iterations):
+            started = time.perf_counter()
             session.run(None, feed)
+            walls.append((time.perf_counter() - started) * 1000.0)
         events = json.loads(Path(session.end_profiling()).read_text())
         optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False) if (Path(tmp) / "optimized.onnx").is_file() else None
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-iterations:]
     if not runs:
-        return []
+        return ProfiledRun((), float(np.median(walls)))
     start = runs[0]["ts"]
     totals: dict[str, list] = {}
     for e in events:
@@ -148,7 +152,7 @@ def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iter
             found = names.resolve(name)
             covers = _fusion_group(original, found[0]) if found else (name,)
         nodes.append(NodeTime(name, op_type, micros / 1000.0 / len(runs), precision_of_onnx_op(op_type), covers))
-    return nodes
+    return ProfiledRun(tuple(nodes), float(np.median(walls)))
 
 
 def _fusion_group(model, name: str) -> tuple[str, ...]:
@@ -215,7 +219,7 @@ class OnnxRuntimeBackend(BackendBase):
         manifest["variant_detail"] = f"int8 (CPU form: uint8 activations, {weights})"
         return Artifact(path=artifact.path, manifest=manifest)
 
-    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per node: ONNX Runtime's session profiler (see profile_session) on what ``compile`` chose."""
         self.check_available()
         fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"

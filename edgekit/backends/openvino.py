@@ -182,12 +182,16 @@ class OpenVinoSession:
         request.infer()
         return request.get_output_tensor(0).data.copy()
 
-    def profile(self, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, batch: np.ndarray, iterations: int, warmup: int):
         """OpenVINO's own performance counters (PERF_COUNT) on a model compiled as ``run``'s
-        is: per executed node of the runtime graph, its mean real time, the precision it ran
+        is: per executed node of the runtime graph, its mean real time over the timed runs
+        (the counters are running means since compilation: read after the warm-up and at
+        the end, the difference is the timed runs' own), the precision it ran
         at (the runtime graph's runtimePrecision, and the kernel's name, e.g. brgconv_avx512_I8)
         and the ONNX layers it computes (its originalLayersNames)."""
-        from ..profiling import NodeTime
+        import time
+
+        from ..profiling import NodeTime, ProfiledRun
 
         model = self._model.clone()
         model.reshape({model.inputs[0]: list(batch.shape)})
@@ -195,23 +199,30 @@ class OpenVinoSession:
         runtime = {op.get_friendly_name(): op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()}
         request = compiled.create_infer_request()
         data = np.ascontiguousarray(batch, dtype=np.float32)
+        warmup = max(warmup, 1)
         for _ in range(warmup):
             request.infer({0: data})
-        totals: dict[str, list] = {}
+        before = _counters(request)
+        walls = []
         for _ in range(iterations):
+            started = time.perf_counter()
             request.infer({0: data})
-            for info in request.get_profiling_info():
-                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
-                    entry = totals.setdefault(info.node_name, [0.0, info.node_type, info.exec_type])
-                    entry[0] += info.real_time.total_seconds() * 1000.0
+            walls.append((time.perf_counter() - started) * 1000.0)
+        after = _counters(request)
+        # the CPU plugin's counters are running means over every inference since the model
+        # was compiled: the timed runs' own mean is what the total grew by, over their count
+        totals = {
+            name: [(mean * (warmup + iterations) - before.get(name, [0.0])[0] * warmup) / iterations, kind, kernel]
+            for name, (mean, kind, kernel) in after.items()
+        }
         nodes = []
         for name, (ms, node_type, exec_type) in totals.items():
             info = runtime.get(name, {})
             originals = str(info["originalLayersNames"].astype(str)) if "originalLayersNames" in info else ""
             precision = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else ""
             covers = tuple(n for n in originals.split(",") if n)
-            nodes.append(NodeTime(name, node_type, ms / iterations, f"{precision} ({exec_type})" if exec_type else precision, covers or (name,)))
-        return nodes
+            nodes.append(NodeTime(name, node_type, max(ms, 0.0), f"{precision} ({exec_type})" if exec_type else precision, covers or (name,)))
+        return ProfiledRun(tuple(nodes), float(np.median(walls)))
 
     def throughput(self, batch: np.ndarray, seconds: float, on_step=lambda done, total: None) -> dict:
         """Asynchronous requests, as many as the device asks for, for about ``seconds``."""
@@ -244,6 +255,15 @@ class OpenVinoSession:
             "seconds": elapsed,
             "throughput_ips": done * batch.shape[0] / elapsed,
         }
+
+
+def _counters(request) -> dict[str, list]:
+    """Executed node -> [mean ms per inference so far, node type, kernel], from the request's counters."""
+    found = {}
+    for info in request.get_profiling_info():
+        if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
+            found[info.node_name] = [info.real_time.total_seconds() * 1000.0, info.node_type, info.exec_type]
+    return found
 
 
 def _type_name(element_type) -> str:
@@ -289,7 +309,7 @@ class OpenVinoBackend(BackendBase):
             xml = artifact.path / artifact.manifest["files"]["openvino_xml"]
         return OpenVinoSession(xml, artifact, options)
 
-    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per node of the runtime graph: OpenVINO's performance counters (OpenVinoSession.profile)."""
         return self.load(artifact, options).profile(batch, iterations, warmup)
 

@@ -25,14 +25,15 @@ class PyTorchSession:
         self.providers = (f"torch {torch.__version__} eager ({device})",)
         self.threads = torch.get_num_threads()
 
-    def profile(self, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, batch: np.ndarray, iterations: int, warmup: int):
         """The PyTorch profiler over ``iterations`` forward passes: every operator's own CPU
         time goes to the innermost module running it (each module's forward is a
         record_function range named after its path, whose own time is the Python around its
         operators); what the top-level forward runs itself is outside any module."""
         import os
+        import time
 
-        from ..profiling import OUTSIDE_OTHER, NodeTime
+        from ..profiling import OUTSIDE_OTHER, NodeTime, ProfiledRun
 
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop lines on stderr
         torch = self._torch
@@ -52,24 +53,38 @@ class PyTorchSession:
             with torch.inference_mode():
                 for _ in range(warmup):
                     self._module(x)
+                walls = []
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                     for _ in range(iterations):
+                        started = time.perf_counter()
                         self._module(x)
+                        walls.append((time.perf_counter() - started) * 1000.0)
         finally:
             for handle in handles:
                 handle.remove()
+        # each module's own time: its range's duration less the ranges of the modules it
+        # calls (ranges nest strictly), so every microsecond of a forward counts once
+        ranges = sorted(
+            ((e.time_range.start, e.time_range.end, e.name[len(label):]) for e in prof.events() if e.name.startswith(label)),
+            key=lambda r: (r[0], -r[1]),
+        )
         totals: dict[str, float] = {}
-        for event in prof.events():  # self times: each microsecond counted once
-            owner = event
-            while owner is not None and not owner.name.startswith(label):
-                owner = owner.cpu_parent
-            module = owner.name[len(label):] if owner is not None else ""
-            totals[module] = totals.get(module, 0.0) + event.self_cpu_time_total / 1000.0
+        open_ranges: list[list] = []  # [start, end, module, time spent in nested ranges]
+        for start, end, module in [*ranges, (float("inf"), float("inf"), None)]:
+            while open_ranges and open_ranges[-1][1] <= start:
+                done = open_ranges.pop()
+                own = (done[1] - done[0]) - done[3]
+                totals[done[2]] = totals.get(done[2], 0.0) + own / 1000.0
+                if open_ranges:
+                    open_ranges[-1][3] += done[1] - done[0]
+            if module is not None:
+                open_ranges.append([start, end, module, 0.0])
         modules = dict(self._module.named_modules())
-        return [
+        nodes = tuple(
             NodeTime(module or "(top-level forward)", type(modules.get(module, self._module)).__name__, ms / iterations, "f32", (), module=module or OUTSIDE_OTHER)
             for module, ms in totals.items()
-        ]
+        )
+        return ProfiledRun(nodes, float(np.median(walls)))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -104,7 +119,7 @@ class PyTorchBackend(BackendBase):
         loaded = load_from_manifest(artifact.manifest)
         return PyTorchSession(loaded.module, options.threads, options.device)
 
-    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per module: the PyTorch profiler (PyTorchSession.profile)."""
         return self.load(artifact, options).profile(batch, iterations, warmup)
 

@@ -274,16 +274,17 @@ class TensorRTSession:
         self.last_compute_ms = start.elapsed_time(end)
         return out.numpy()
 
-    def profile(self, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, batch: np.ndarray, iterations: int, warmup: int):
         """TensorRT's layer profiler (IProfiler, one report per enqueue; CUDA graphs off) with
         the engine inspector's layer facts: per engine layer, its mean time, the ONNX nodes it
         fuses (TensorRT names a fused layer 'A + B', and DETAILED engines list each
         '[ONNX Layer: ...]' in its metadata) and its output format."""
         import json
+        import time
 
         import tensorrt as trt
 
-        from ..profiling import NodeTime
+        from ..profiling import NodeTime, ProfiledRun
 
         class Collector(trt.IProfiler):
             def __init__(self) -> None:
@@ -299,8 +300,11 @@ class TensorRTSession:
                 self.run(batch)
             collector = Collector()
             self._context.profiler = collector
+            walls = []
             for _ in range(iterations):
+                started = time.perf_counter()
                 self.run(batch)
+                walls.append((time.perf_counter() - started) * 1000.0)
         finally:
             self._use_cuda_graph = graphs
         layers = {}
@@ -318,7 +322,7 @@ class TensorRTSession:
             outputs = facts.get("Outputs") or [{}]
             precision = str(outputs[0].get("Format/Datatype", "")) if isinstance(outputs[0], dict) else ""
             nodes.append(NodeTime(name, str(facts.get("LayerType", "")), ms / iterations, precision, covers))
-        return nodes
+        return ProfiledRun(tuple(nodes), float(np.median(walls)))
 
     def _graph_for(self, shape: tuple[int, ...]):
         torch = self._torch
@@ -441,7 +445,7 @@ class TensorRTBackend(BackendBase):
         session = TensorRTSession if torch_cuda() else CudaPythonTensorRTSession
         return session(artifact.path / engine, artifact.manifest.get("variant_detail", "fp32"), options.cuda_graph)
 
-    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int) -> list:
+    def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per engine layer: TensorRT's layer profiler (TensorRTSession.profile). GPU only."""
         return self.load(artifact, options).profile(batch, iterations, warmup)
 

@@ -246,6 +246,48 @@ FAILED_ROW_OPTIONAL = ("artifact_key", "precision", "latency", "peak_rss_mb")
 
 MACHINE_FIELDS = {k: _opt(SCALAR) for k in ("cpu", "logical_cores", "platform", "os", "machine", "python")}
 
+# `edgekit profile`'s section (edgekit.profiling.ArtifactProfile.to_dict): what the report
+# reads (results/profile_view.py and its plot); the per-node lists are not read, not checked
+NUMBER = _Check("a number", _is_number)
+STRINGS = _Field(required=True, nullable=False, kind="list", items=STRING)
+
+PROFILE_PRICE_FIELDS = {
+    "module": _req(NON_EMPTY_STRING),
+    "ms": _req(NON_NEGATIVE_NUMBER),
+    "float_ms": _Field(NON_NEGATIVE_NUMBER, required=True),  # null: not in the FP32 parent
+    "precisions": STRINGS,
+    "ops": STRINGS,
+    "fused_with": STRINGS,
+    "kl_if_only_int8": _Field(NUMBER, required=True),
+    "saved_ms": _opt(NUMBER),
+}
+
+PROFILE_BACKEND_FIELDS = {
+    "backend": _req(NON_EMPTY_STRING),
+    "device": _req(STRING),
+    "runtime": _req(STRING),
+    "file": _req(STRING),
+    "variant": _opt(STRING),
+    "batch_size": _req(POSITIVE_INT),
+    "iterations": _req(POSITIVE_INT),
+    "e2e_p50_ms": _req(NON_NEGATIVE_NUMBER),
+    "sum_ms": _req(NON_NEGATIVE_NUMBER),
+    "note": _opt(STRING),
+    "prices": _Field(required=True, nullable=False, kind="list", spec=PROFILE_PRICE_FIELDS),
+    "float": _Field(kind="object"),  # the FP32 parent's profile on the same backend, or null
+}
+
+PROFILE_FIELDS = {
+    "artifact": _req(STRING),
+    "model": _req(STRING),
+    "variant": _req(STRING),
+    "backends": _Field(required=True, nullable=False, kind="list", spec=PROFILE_BACKEND_FIELDS),
+    "kl_by_module": _Field(kind="object"),
+    "kl_images": _opt(NON_NEGATIVE_INT),
+    "kl_note": _opt(STRING),
+    "unavailable": _Field(kind="object"),
+}
+
 DOCUMENT_FIELDS = {
     "created": _opt(STRING),
     "command": _opt(STRING),
@@ -255,6 +297,7 @@ DOCUMENT_FIELDS = {
     "artifact": _Field(kind="object"),
     "images": _Field(kind="object"),
     "results": _Field(required=True, nullable=False, kind="list", spec=ROW_FIELDS),
+    "profile": _Field(kind="object", spec=PROFILE_FIELDS),
 }
 
 

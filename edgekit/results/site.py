@@ -1,7 +1,9 @@
 """A report folder people would rather look at than read: Markdown, CSV, HTML and plots.
 
-Input is one or more parsed results documents (``edgekit-results/1``, see ``report.py``).
-matplotlib is imported only inside the plotting functions, so importing this module stays cheap.
+Input is one or more parsed results documents (``edgekit-results/1``, see ``document.py``):
+bench rows, and `edgekit profile`'s per-layer ``profile`` sections (a document may hold
+either or both). matplotlib is imported only inside the plotting functions, so importing
+this module stays cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Optional, Sequence
 from ..core import BenchResult, DataError, LatencyStats
 from ..backends.base import BASELINE_BACKEND
 from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
+from . import profile_view
 from .document import RESULTS_FORMAT
 from .tables import markdown_table, result_rows, table_columns, table_notes
 
@@ -67,6 +70,7 @@ PER_CLASS_ROWS = 50  # classes a page lists per row, worst first (all of them in
 NAMED_AXES_CLASSES = 30  # a confusion picture names its classes on the axes up to this many
 COUNTED_CELLS_CLASSES = 15  # ...and writes each cell's count up to this many
 PER_CLASS_FIELDS = ("model", "variant", "backend", "host", "run", "class", "name", "images", "correct", "top1")
+PROFILE_TOP = 15  # modules a per-layer profile's tables and plots show per backend (the results file has all)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -269,23 +273,28 @@ def _markdown(
     entries: Sequence[_Entry],
     figures: Sequence[_Figure],
     sections: Sequence["_ClassSection"] = (),
+    profiles: Sequence["_ProfileSection"] = (),
 ) -> str:
     lines = [f"# {title}", ""]
     if warning:
         lines += [f"> **Warning:** {warning}.", ""]
     lines += ["## Machines", ""] + [f"- {_machine_label(m)}" for m in machines] + [""]
     lines += ["## Runs", ""] + [f"- {run}" for run in _runs(documents)] + [""]
-    lines += ["## Results", ""]
-    for name, results in _table_groups(entries):
-        lines += [f"### {name}", "", markdown_table(results)]
+    if entries:
+        lines += ["## Results", ""]
+        for name, results in _table_groups(entries):
+            lines += [f"### {name}", "", markdown_table(results)]
     if sections:
         lines += ["## Per-class accuracy", "", PER_CLASS_INTRO, ""]
         for section in sections:
             lines += _markdown_section(section)
+    for profile in profiles:
+        lines += _markdown_profile(profile)
     if figures:
         lines += ["## Plots", ""]
         lines += [line for fig in figures for line in (f"![{fig.caption}]({fig.path.name})", "")]
-    lines += ["All numbers, one row per batch size, with the speed-up over PyTorch FP32: [report.csv](report.csv)", ""]
+    if entries:
+        lines += ["All numbers, one row per batch size, with the speed-up over PyTorch FP32: [report.csv](report.csv)", ""]
     return "\n".join(lines)
 
 
@@ -303,6 +312,8 @@ figure { margin: 1rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; }
 .note { color: #555; font-size: .85rem; margin: -1rem 0 1.5rem; }
+.profile-heading { font-weight: 600; margin-bottom: .2rem; }
+table.profile td:last-child { text-align: left; }
 """
 
 
@@ -332,6 +343,7 @@ def _html(
     entries: Sequence[_Entry],
     figures: Sequence[_Figure],
     sections: Sequence["_ClassSection"] = (),
+    profiles: Sequence["_ProfileSection"] = (),
 ) -> str:
     parts = [
         "<!DOCTYPE html>",
@@ -344,16 +356,19 @@ def _html(
         parts.append(f'<p class="warning">Warning: {html.escape(warning)}.</p>')
     parts += ["<h2>Machines</h2>", _html_list([_machine_label(m) for m in machines])]
     parts += ["<h2>Runs</h2>", _html_list(_runs(documents))]
-    parts.append("<h2>Results</h2>")
-    for name, results in _table_groups(entries):
-        parts += [f"<h3>{html.escape(name)}</h3>", _html_table(results)]
+    if entries:
+        parts.append("<h2>Results</h2>")
+        for name, results in _table_groups(entries):
+            parts += [f"<h3>{html.escape(name)}</h3>", _html_table(results)]
     if sections:
         parts += ["<h2>Per-class accuracy</h2>", f"<p>{html.escape(PER_CLASS_INTRO)}</p>"]
         parts += [part for section in sections for part in _html_section(section)]
+    parts += [part for profile in profiles for part in _html_profile(profile)]
     if figures:
         parts += ["<h2>Plots</h2>"] + [_html_figure(fig) for fig in figures]
+    if entries:
+        parts.append('<p>All numbers, one row per batch size, with the speed-up over PyTorch FP32: <a href="report.csv">report.csv</a></p>')
     parts += [
-        '<p>All numbers, one row per batch size, with the speed-up over PyTorch FP32: <a href="report.csv">report.csv</a></p>',
         "</body>",
         "</html>",
         "",
@@ -501,6 +516,138 @@ def _plot_confusion(acc, title: str, path: Path) -> _Figure:
     ax.set_title(f"{title}: confusion matrix")
     caption = f"{title}: confusion matrix of {len(shown)} classes (rows: true class, shaded by the share of its images)"
     return _save(fig, path, caption)
+
+
+# --------------------------------------------------------------------------- per-layer profiles
+
+
+@dataclass(frozen=True)
+class _ProfileSection:
+    """One `edgekit profile` section (edgekit.profiling.ArtifactProfile.to_dict) and its
+    plots, one per backend."""
+
+    profile: dict[str, Any]
+    figures: tuple[_Figure, ...]
+
+
+def _profile_title(profile: dict[str, Any]) -> str:
+    return f"Per-layer profile: {profile['model']} {profile['variant']} [{profile['artifact']}]"  # as profile_view.markdown
+
+
+def _markdown_profile(section: _ProfileSection) -> list[str]:
+    lines = [profile_view.markdown(section.profile, PROFILE_TOP)]
+    notes = [f"- note: {b['backend']}: {b['note']}" for b in section.profile["backends"] if b.get("note")]
+    if notes:
+        lines += notes + [""]
+    lines += [line for fig in section.figures for line in (f"![{fig.caption}]({fig.path.name})", "")]
+    return lines
+
+
+def _html_profile(section: _ProfileSection) -> list[str]:
+    """The tables profile_view.markdown writes, as HTML: one per backend, the same columns and rows."""
+    profile = section.profile
+    with_kl = bool(profile.get("kl_by_module"))
+    parts = [f"<h2>{html.escape(_profile_title(profile))}</h2>"]
+    for backend in profile["backends"]:
+        head = "".join(f"<th>{html.escape(name)}</th>" for name in profile_view.columns(backend, with_kl))
+        body = "\n".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in profile_view.cells(row, backend, with_kl)) + "</tr>"
+            for row in profile_view.rows(backend, PROFILE_TOP)
+        )
+        parts += [
+            f'<p class="profile-heading">{html.escape(profile_view.heading(backend, profile["variant"]))}</p>',
+            f'<table class="profile">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>',
+        ]
+        if backend.get("note"):
+            parts.append(f'<p class="note">note: {html.escape(backend["note"])}</p>')
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in profile_view.notes(profile)]
+    parts += [_html_figure(fig) for fig in section.figures]
+    return parts
+
+
+def _is_outside(row: dict[str, Any]) -> bool:
+    return row["module"].startswith(profile_view.OUTSIDE_PREFIX)
+
+
+def _profile_bars(backend: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a backend's table shows: its PROFILE_TOP slowest modules, then every row
+    outside any module (they say where the rest of the time goes)."""
+    modules = sorted((p for p in backend["prices"] if not _is_outside(p)), key=lambda p: -p["ms"])
+    return modules[:PROFILE_TOP] + [p for p in backend["prices"] if _is_outside(p)]
+
+
+def _plot_profile(profile: dict[str, Any], backend: dict[str, Any], path: Path) -> Optional[_Figure]:
+    """Milliseconds per module on one backend, largest first; for an INT8 artifact the FP32
+    parent's time for the same module on the same backend beside each bar."""
+    from matplotlib.patches import Patch
+
+    bars = _profile_bars(backend)
+    if not bars:
+        return None
+    name, variant = backend["backend"], profile["variant"]
+    paired = backend.get("float") is not None
+    original = name == BASELINE_BACKEND  # PyTorch runs the FP32 original, whatever the artifact
+    what = "FP32 original (PyTorch)" if original else f"{variant} ({backend['file']})" if backend.get("file") else variant
+    colour, float_colour = _palette(["profiled", "fp32 parent"], "tab10").values()
+    height = 0.4 if paired else 0.7
+    shift = height / 2 if paired else 0.0
+    fig, ax = _new_axes()
+    fig.set_figheight(max(FIGSIZE[1], 1.5 + (0.45 if paired else 0.3) * len(bars)))
+    drawn = ax.barh([i - shift for i in range(len(bars))], [b["ms"] for b in bars], height, color=colour, zorder=3)
+    ax.bar_label(drawn, labels=[f"{b['ms']:.3f}" for b in bars], padding=2, fontsize=7)
+    handles = [Patch(color=colour, label=what)]
+    hatched = [bar for bar, b in zip(drawn, bars) if _is_outside(b)]
+    if paired:
+        placed = [(i, b["float_ms"]) for i, b in enumerate(bars) if b["float_ms"] is not None]
+        if placed:
+            parent = ax.barh([i + shift for i, _ in placed], [ms for _, ms in placed], height, color=float_colour, zorder=3)
+            ax.bar_label(parent, labels=[f"{ms:.3f}" for _, ms in placed], padding=2, fontsize=7)
+            hatched += [bar for (i, _), bar in zip(placed, parent) if _is_outside(bars[i])]
+        handles.append(Patch(color=float_colour, label="FP32 parent, same module"))
+    for bar in hatched:
+        bar.set_hatch("//")
+    outside = [i for i, b in enumerate(bars) if _is_outside(b)]
+    if outside:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="outside any module"))
+        if outside[0] > 0:
+            ax.axhline(outside[0] - 0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(bars)), [b["module"] for b in bars], fontsize=8)
+    ax.invert_yaxis()  # slowest module at the top, as in the table
+    longest = max([b["ms"] for b in bars] + [b["float_ms"] for b in bars if paired and b["float_ms"] is not None])
+    ax.set_xlim(0, (longest or 1.0) * 1.2)  # room for the value labels
+    ax.set_xlabel(f"ms per inference in {backend['runtime']}'s profiler (batch {backend['batch_size']}, mean of {backend['iterations']} runs)")
+    ax.set_title(f"{name}: ms per module, {profile['model']} {'FP32 original' if original else variant}" + (" vs its FP32 parent" if paired else ""))
+    ax.grid(True, axis="x", alpha=0.3, zorder=0)
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    modules = len(bars) - len(outside)
+    caption = (
+        f"{name}: milliseconds per module of {profile['model']} {'(the FP32 original)' if original else variant} [{profile['artifact']}], "
+        f"the {modules} slowest module{'s' if modules != 1 else ''}" + (" and the time outside any module" if outside else "")
+        + (", each beside the FP32 parent's time for the same module on the same backend" if paired else "")
+        + f"; all rows sum to {backend['sum_ms']:.3f} ms, end-to-end p50 {backend['e2e_p50_ms']:.3f} ms"
+    )
+    return _save(fig, path, caption)
+
+
+def _profile_sections(documents: Sequence[dict[str, Any]], out_dir: Path) -> list[_ProfileSection]:
+    """A section for every document with a ``profile``, with a plot per profiled backend."""
+    sections, used = [], set()
+    for document in documents:
+        profile = document.get("profile")
+        if not profile:
+            continue
+        figures = []
+        for backend in profile["backends"]:
+            slug = _file_slug(f"{profile['model']}_{profile['variant']}_{profile['artifact']}_{backend['backend']}")
+            name, n = f"profile_{slug}.png", 2
+            while name in used:
+                name, n = f"profile_{slug}_{n}.png", n + 1
+            used.add(name)
+            figure = _plot_profile(profile, backend, out_dir / name)
+            if figure is not None:
+                figures.append(figure)
+        sections.append(_ProfileSection(profile, tuple(figures)))
+    return sections
 
 
 # --------------------------------------------------------------------------- plots
@@ -747,21 +894,26 @@ def _write_plots(entries: Sequence[_Entry], out_dir: Path) -> list[_Figure]:
 
 
 def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit report") -> list[Path]:
-    """Write report.md, report.csv, report.html and PNG plots into out_dir; return the paths written."""
-    machines = _distinct_machines([d for d in documents if d.get("results")])
+    """Write report.md, report.csv, report.html and PNG plots into out_dir; return the paths written.
+
+    A document may hold bench rows, a per-layer ``profile`` section (`edgekit profile`), or
+    both; report.csv holds the bench rows and is not written when there are none."""
+    machines = _distinct_machines([d for d in documents if d.get("results") or d.get("profile")])
     warning = _mixed_machine_warning(machines)
     entries = _collect_entries(documents, mixed_machines=warning is not None)
-    if not entries:
+    if not entries and not any(d.get("profile") for d in documents):
         raise DataError(f"no results to report in {len(documents)} document(s)")
     if warning:
         warnings.warn(warning, stacklevel=2)
     out_dir = ensure_dir(Path(out_dir))
     figures = _write_plots(entries, out_dir)
     sections = _class_sections(entries, out_dir)
+    profiles = _profile_sections(documents, out_dir)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures, sections))
-    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures, sections))
-    csv_path = _write_csv(entries, out_dir / "report.csv")
+    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures, sections, profiles))
+    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures, sections, profiles))
+    csv_path = [_write_csv(entries, out_dir / "report.csv")] if entries else []  # bench rows only; a profile's numbers are in its results file
     per_class = [_write_per_class_csv(sections, out_dir / "per_class.csv")] if sections else []
     pictures = [section.figure.path for section in sections if section.figure is not None]
-    return [md_path, csv_path, html_path, *(f.path for f in figures), *per_class, *pictures]
+    profile_plots = [fig.path for section in profiles for fig in section.figures]
+    return [md_path, *csv_path, html_path, *(f.path for f in figures), *per_class, *pictures, *profile_plots]

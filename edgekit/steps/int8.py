@@ -25,14 +25,14 @@ from .lineage import calibration_identity, child_manifest, child_variant, requir
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
-QUANTIZER_VERSION = 4  # 4: batched calibration, analytic bias correction, bypass fallback, AdaRound
+QUANTIZER_VERSION = 5  # 5: Q/DQ only where integer regions stay whole, fallback priced on the target backends
 ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
 QAT_VERSION = 1  # bump when QAT's output changes for the same settings
 
 
 def quantize_options(settings: Settings) -> QuantizeOptions:
     if all(settings[k] is None for k in ("max_drop", "min_agreement", "max_kl")):
-        budget = Budget()  # agreement >= 98% and KL <= 0.004 vs FP32
+        budget = Budget()  # mean KL <= 0.002 vs FP32
     else:
         budget = Budget(max_top1_drop=settings["max_drop"], min_agreement=settings["min_agreement"], max_kl=settings["max_kl"])
     return QuantizeOptions(
@@ -57,8 +57,39 @@ def calibration_images(settings: Settings) -> ImageRequest:
     return calibration_request(settings)
 
 
+def pricing_backends(settings: Settings) -> tuple[str, ...]:
+    """The backends whose speed the fallback search weighs: the ones benched or bundled,
+    else every backend a deployment would load this artifact on that runs here (the ones
+    missing here, or without a device, are left out with a note when priced)."""
+    from ..backends.base import deployable_backends
+
+    chosen = settings["backends"] if settings.given("backends") else deployable_backends()
+    return tuple(b for b in chosen if b in deployable_backends())
+
+
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
-    return quantize_artifact(parent, calibration_images(settings).resolve(parent.classes), quantize_options(settings), root, progress, qat_options(settings))
+    return quantize_artifact(
+        parent, calibration_images(settings).resolve(parent.classes), quantize_options(settings), root, progress, qat_options(settings),
+        pricing_backends(settings),
+    )
+
+
+def _pricer(backends: tuple[str, ...], x, notes: list[str]):
+    """price(all_int8, candidates_float) on the backends that can run here (see profiling)."""
+    from ..backends import BackendOptions, get_backend
+    from ..core import EdgekitError
+    from ..profiling import price_float_layers
+
+    usable = []
+    for name in backends:
+        try:
+            get_backend(name).check_available()
+            usable.append(name)
+        except EdgekitError as e:
+            notes.append(f"fallback not priced on {name}: {e}")
+    if not usable:
+        return None
+    return lambda int8_path, float_path: price_float_layers(int8_path, float_path, usable, BackendOptions(), x[:1])
 
 
 def quantize_artifact(
@@ -68,6 +99,7 @@ def quantize_artifact(
     root: Path = Path("exported"),
     progress: Progress = lambda stage, done, total: None,
     qat: Optional[QATOptions] = None,
+    price_on: tuple[str, ...] = (),
 ) -> tuple[Artifact, bool]:
     """The INT8 QDQ child of an FP32 artifact (reused when already built); with ``qat``,
     the post-training graph fine-tuned by quantization-aware training on the calibration
@@ -76,7 +108,7 @@ def quantize_artifact(
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
     version = QUANTIZER_VERSION if options.method != "entropy" else f"{QUANTIZER_VERSION}-{ENTROPY_SEARCH}"
-    payload = {"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": version}
+    payload = {"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": version, "priced_on": sorted(price_on)}
     if qat is not None:  # post-training-only keys stay what they were
         payload["qat"] = {**dataclasses.asdict(qat), "version": QAT_VERSION}
     key = stable_hash(payload)
@@ -86,15 +118,17 @@ def quantize_artifact(
     def populate(staging: Path) -> dict[str, Any]:
         progress(f"loading {len(calibration)} calibration images", None, None)
         x, labels = load_all(calibration, parent.preprocessing)
+        pricing_notes: list[str] = []
+        price = _pricer(price_on, x, pricing_notes) if price_on and not random_weights else None
         if qat is None:
-            report = quantize_onnx(parent.onnx_path, staging / ONNX_NAME, x, labels, options, progress, random_weights)
+            report = quantize_onnx(parent.onnx_path, staging / ONNX_NAME, x, labels, options, progress, random_weights, price)
             qat_report = None
         else:
             from ..transforms.qat import qat_onnx
 
             with tempfile.TemporaryDirectory(prefix="edgekit-ptq-") as tmp:  # the PTQ graph is not kept
                 ptq_path = Path(tmp) / ONNX_NAME
-                report = quantize_onnx(parent.onnx_path, ptq_path, x, labels, options, progress, random_weights)
+                report = quantize_onnx(parent.onnx_path, ptq_path, x, labels, options, progress, random_weights, price)
                 qat_report = qat_onnx(parent.onnx_path, ptq_path, staging / ONNX_NAME, x, labels, qat, progress)
         manifest = child_manifest(
             parent,
@@ -111,6 +145,9 @@ def quantize_artifact(
             },
         )
         manifest["quantization"] = report.to_dict()
+        if report.fallback or any("fallback" in n for n in report.notes):
+            manifest["quantization"]["notes"] = [*pricing_notes, *manifest["quantization"]["notes"]]
+        manifest["quantization"]["priced_on"] = list(price_on)
         if qat_report is not None:
             # the quantization section describes the file delivered (what --strict and
             # bench's budget note read); the post-training figures stay in manifest["qat"]["before"]

@@ -30,6 +30,7 @@ from .progress import Progress, quiet
 NUM_BINS = 2048
 MAX_BINS = 8 * NUM_BINS  # beyond this, neighbouring bins are merged (AbsHistogram)
 BATCH = 8
+MAX_SAMPLES = 1 << 20  # values per tensor and batch that enter its histogram (all enter its max)
 
 
 @dataclass
@@ -50,7 +51,15 @@ class AbsHistogram:
     zeros: int = 0  # values seen before any non-zero one (they go to the first bin)
 
     def add(self, values: np.ndarray) -> None:
-        a = np.abs(values.reshape(-1), dtype=np.float32)
+        flat = values.reshape(-1)
+        if flat.size > MAX_SAMPLES:  # the extreme value from every element, the shape of the rest from a sample
+            top = max(float(flat.max()), -float(flat.min()))  # no temporary the size of the tensor
+            if not np.isfinite(top):
+                finite = flat[np.isfinite(flat)]
+                top = float(np.abs(finite).max()) if finite.size else 0.0
+            self.max_abs = max(self.max_abs, top)
+            flat = _sample(flat)
+        a = np.abs(flat, dtype=np.float32)
         if a.size == 0:
             return
         top = float(a.max())
@@ -96,9 +105,7 @@ class AbsHistogram:
 
     def _coarsen(self, factor: int) -> None:
         """Bins ``factor`` times wider, each the sum of ``factor`` old ones."""
-        padded = np.zeros(-(-len(self.counts) // factor) * factor, dtype=np.int64)
-        padded[: len(self.counts)] = self.counts
-        self.counts = padded.reshape(-1, factor).sum(axis=1)
+        self.counts = np.add.reduceat(self.counts, np.arange(0, len(self.counts), factor))
         self.width *= factor
 
     @property
@@ -117,6 +124,14 @@ class AbsHistogram:
         cdf = np.cumsum(self.counts) / self.counts.sum()
         index = int(np.searchsorted(cdf, percentile / 100.0))
         return min(float(self.edges[min(index, len(self.counts) - 1)]), self.max_abs)
+
+
+def _sample(flat: np.ndarray) -> np.ndarray:
+    """About MAX_SAMPLES elements of ``flat`` at a fixed stride from a seeded offset (a view,
+    so runs repeat and nothing is copied): large tensors' histograms come from a sample,
+    which keeps the calibration pass in the model's time rather than the histograms'."""
+    step = -(-flat.size // MAX_SAMPLES)
+    return flat[int(np.random.default_rng(flat.size).integers(step)) :: step]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..evaluation import compare_to_baseline
-from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, copy_model, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
+from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, copy_model, dequantized, with_weights_dequantized, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
 from ..module_names import module_path  # noqa: F401 (the report's module names; imported from here before)
 from .progress import Progress
 
@@ -46,7 +46,7 @@ def output_errors(model, fp32_model, x: np.ndarray) -> dict[str, float]:
     q_nodes = {node_label(n): n.output[0] for n in compute_nodes(model)}
     f_nodes = {node_label(n): n.output[0] for n in compute_nodes(fp32_model)}
     labels = [k for k in q_nodes if k in f_nodes and k in quantized_node_labels(model)]
-    q_sess = session(with_outputs(model, [q_nodes[k] for k in labels]))
+    q_sess = session(with_outputs(with_weights_dequantized(model), [q_nodes[k] for k in labels]))
     f_sess = session(with_outputs(fp32_model, [f_nodes[k] for k in labels]), optimize=True)
     input_name = q_sess.get_inputs()[0].name
     err2 = dict.fromkeys(labels, 0.0)
@@ -70,13 +70,16 @@ def describe_layers(model, errors: dict[str, float], kl_if_float: Optional[dict[
 def rank_layers(model, fp32_model, x: np.ndarray, reference: np.ndarray, progress: Progress) -> tuple[list[NodeSensitivity], float]:
     """Per quantized layer, the model's KL vs FP32 on ``x`` when that layer alone reads float;
     with the all-INT8 KL on the same images. Most helpful first."""
+    model = with_weights_dequantized(model)  # once, not once per layer
     errors = output_errors(model, fp32_model, x)
-    baseline = compare_to_baseline(run_logits(model, x), reference, [None] * len(x)).mean_kl
+    # a ranking: float convolutions in fast layouts (session(float_layouts=True)); each
+    # fallback step is then judged on the exact graph
+    baseline = compare_to_baseline(run_logits(model, x, float_layouts=True), reference, [None] * len(x)).mean_kl
     labels = [k for k in (node_label(n) for n in compute_nodes(model)) if k in errors]
     kl: dict[str, float] = {}
     for i, label in enumerate(labels):
         progress("sensitivity", i, len(labels))
-        logits = run_logits(bypass_quantization(model, fp32_model, [label]), x)
+        logits = run_logits(bypass_quantization(model, fp32_model, [label]), x, float_layouts=True)
         kl[label] = compare_to_baseline(logits, reference, [None] * len(x)).mean_kl
     progress("sensitivity", len(labels), len(labels))
     return describe_layers(model, errors, kl), baseline
@@ -161,7 +164,7 @@ def only_quantized(int8_model, fp32_model, labels):
                 ]
                 target.input[0] = f"{label}__only_dq"
             elif all(i in inits for i in dq.input if i):  # weights and bias: their INT8 values, dequantized
-                added.append(numpy_helper.from_array(_dequantize(dq, inits), f"{name}__only_{label}"))
+                added.append(numpy_helper.from_array(dequantized(dq, inits), f"{name}__only_{label}"))
                 target.input[k] = added[-1].name
     if not inserted:
         return None
@@ -192,7 +195,7 @@ def kl_if_only_quantized(int8_model, fp32_model, x: np.ndarray, reference: np.nd
             progress("accuracy per layer", i, len(groups))
         model = only_quantized(int8_model, fp32_model, set(labels))
         if model is not None:
-            found[key] = compare_to_baseline(run_logits(model, x, optimize=True), reference, [None] * len(x)).mean_kl
+            found[key] = compare_to_baseline(run_logits(model, x), reference, [None] * len(x)).mean_kl
     if progress is not None:
         progress("accuracy per layer", len(groups), len(groups))
     return found
@@ -206,15 +209,3 @@ def _node(op_type: str, inputs: list[str], output: str, like):
     return node
 
 
-def _dequantize(dq, inits) -> np.ndarray:
-    from onnx import numpy_helper
-
-    values = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    if scale.ndim == 1 and values.ndim > 1:
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        shape = [1] * values.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return ((values - zero) * scale).astype(np.float32)
