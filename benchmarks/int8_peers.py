@@ -72,7 +72,8 @@ from edgekit.data import HELD_OUT_EVALUATION, default_calibration, evaluation_im
 from edgekit.evaluation import compare_to_baseline  # noqa: E402
 from edgekit.results.document import write_json  # noqa: E402
 from edgekit.steps.export import ModelRequest, build_artifact  # noqa: E402
-from edgekit.steps.int8 import quantize_artifact  # noqa: E402
+from edgekit.options import Settings  # noqa: E402
+from edgekit.steps.int8 import pricing_backends, quantize_artifact  # noqa: E402
 from edgekit.timing import TimingOptions, machine_info, time_session  # noqa: E402
 from edgekit.transforms.quantize import QuantizeOptions  # noqa: E402
 
@@ -262,7 +263,8 @@ def float_layers(onnx_path: Path) -> dict[str, Any]:
 def run_edgekit(case: Case, options: QuantizeOptions, work: Path) -> tuple[Artifact, dict]:
     root = Path(tempfile.mkdtemp(prefix="edgekit-root-", dir=work))  # fresh: nothing reused
     start = time.perf_counter()
-    artifact, reused = quantize_artifact(case.fp32, case.calibration, options, root, lambda *a: None)
+    # as `edgekit export --int8` runs it: the fallback priced on every CPU backend here
+    artifact, reused = quantize_artifact(case.fp32, case.calibration, options, root, lambda *a: None, None, pricing_backends(Settings()))
     wall = time.perf_counter() - start
     if reused:
         raise RuntimeError("edgekit reused an artifact from a fresh root: timing would not be real")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import tempfile
@@ -280,6 +281,11 @@ def quantize_onnx(
         last_logits[:] = [run_logits(model, calibration[judged])]
         return compare_to_baseline(last_logits[0], reference[judged], labels[judged])
 
+    def judge_quickly(model) -> AccuracyStats:
+        """Float convolutions in fast layouts (qdq_graph.session): for the search's steps;
+        what it settles on is judged again exactly."""
+        return compare_to_baseline(run_logits(model, calibration[judged], float_layouts=True), reference[judged], labels[judged])
+
     def stage(name: str, stats: AccuracyStats) -> None:
         now = time.monotonic()
         stages.append(Stage(name, stats, round(now - clock[0], 2)))
@@ -342,7 +348,13 @@ def quantize_onnx(
                 notes += [f"fallback not priced on {b}: {why}" for b, why in getattr(prices, "unavailable", {}).items()]
                 stage_seconds = round(time.monotonic() - clock[0], 2)
                 notes.append(f"float layers priced on {', '.join(prices.ms) or 'no backend'} ({stage_seconds:.1f} s with the sensitivity ranking)")
-            model, final, fallback, tried = _fall_back(model, fp32_model, candidates, baseline_kl, final, options, judge, progress, prices)
+            before_search = final
+            trial, quick, fallback, tried = _fall_back(model, fp32_model, candidates, baseline_kl, final, options, judge_quickly, progress, prices)
+            if fallback:
+                final = judge(trial)
+                if not options.budget.met(final):  # the quick judgement was too kind: search again, judging exactly
+                    trial, final, fallback, tried = _fall_back(model, fp32_model, candidates, baseline_kl, before_search, options, judge, progress, prices)
+                model = trial
             if fallback:
                 stage(f"fallback to float ({len(fallback)} layers)", final)
             elif tried:
@@ -420,12 +432,26 @@ def _fall_back(model, fp32_model, candidates: list[NodeSensitivity], baseline_kl
         return {b: round(ms.get(entry.node, 0.0), 4) for b, ms in prices.ms.items()} if prices is not None else {}
 
     ordered = sorted(candidates, key=lambda e: -gain(e) / cost(e))
+    # the first judgement takes as many layers as their gains, added up, predict it needs
+    # (gains do not add up exactly: later steps add one layer at a time, and the set is
+    # thinned out again once the budget is met)
+    first = 1
+    if options.budget.max_kl is not None and options.budget.min_agreement is None and options.budget.max_top1_drop is None and baseline_kl > 0:
+        needed, predicted = max(current.mean_kl - options.budget.max_kl, 0.0) / current.mean_kl, 0.0
+        for first, entry in enumerate(ordered, 1):
+            predicted += gain(entry) / baseline_kl
+            if predicted >= needed:
+                break
     tried: list[FallbackStep] = []
     for step, entry in enumerate(ordered, 1):
+        if step < first:  # judged together with the rest of the first group
+            tried.append(FallbackStep(entry.node, f"read in float alone, it takes KL from {baseline_kl:.4f} to {entry.kl_if_float:.4f}", current, priced(entry)))
+            continue
         progress("fallback to float", step - 1, len(ordered))
         trial = bypass_quantization(model, fp32_model, [t.node for t in tried] + [entry.node])
         stats = judge(trial)
         reason = f"read in float alone, it takes KL from {baseline_kl:.4f} to {entry.kl_if_float:.4f}"
+        tried = [dataclasses.replace(t, after=stats) if t.after is current else t for t in tried]
         tried.append(FallbackStep(entry.node, reason, stats, priced(entry)))
         if options.budget.met(stats):
             progress("fallback to float", len(ordered), len(ordered))

@@ -70,10 +70,10 @@ def describe_layers(model, errors: dict[str, float], kl_if_float: Optional[dict[
 def rank_layers(model, fp32_model, x: np.ndarray, reference: np.ndarray, progress: Progress) -> tuple[list[NodeSensitivity], float]:
     """Per quantized layer, the model's KL vs FP32 on ``x`` when that layer alone reads float;
     with the all-INT8 KL on the same images. Most helpful first."""
-    model = with_weights_dequantized(model)  # once, not once per layer
     errors = output_errors(model, fp32_model, x)
-    # a ranking: float convolutions in fast layouts (session(float_layouts=True)); each
-    # fallback step is then judged on the exact graph
+    # a ranking, so computed quickly: float convolutions in fast layouts (see
+    # qdq_graph.session); the search judges each step again
+    model = with_weights_dequantized(model)  # once, not once per layer
     baseline = compare_to_baseline(run_logits(model, x, float_layouts=True), reference, [None] * len(x)).mean_kl
     labels = [k for k in (node_label(n) for n in compute_nodes(model)) if k in errors]
     kl: dict[str, float] = {}
