@@ -4,13 +4,19 @@ with its reason instead of being dropped.
 
 Random init for every model but efficientnet_lite0 (the only real weights offline), so
 the accuracy columns only check that the backends agree with PyTorch (FP32) or stay
-close to it (INT8, quantized quickly: minmax ranges, no fallback, no bias correction).
+close to it (INT8). The INT8 artifact is built as `edgekit export MODEL --random-init --int8`
+builds it (efficientnet_lite0: without --random-init): edgekit's default quantization
+options (percentile ranges, bias correction on, fallback search within the default KL
+budget, priced on the deployable backends), the default calibration images (the bundled
+photos' odd views). With random weights edgekit skips the fallback search by itself.
+Per model the row records the quantizer's seconds and the INT8/FP32 p50 ratio per backend.
 Each model runs in a subprocess of its own with a time limit, so one crash or hang costs
 one row. Latency: batch 1, p50 of a few iterations (indicative: a sweep, not a benchmark).
 
 Writes results/zoo_sweep.{json,md}.
 
-    .venv/bin/python benchmarks/zoo_sweep.py [--only NAME ...]
+    .venv/bin/python benchmarks/zoo_sweep.py [--only NAME ...] [--resume] [--timeout S]
+    .venv/bin/python benchmarks/zoo_sweep.py --only timm/test_vit --out /tmp/zoo_smoke/zoo_sweep --artifacts /tmp/zoo_smoke/exported
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = (
@@ -37,28 +44,55 @@ FAMILIES = (
 )
 REAL_WEIGHTS = {"efficientnet_lite0"}
 BACKENDS = ("onnxruntime", "openvino")
+INT8_MODE = "edgekit defaults (edgekit export --int8)"  # rows without "int8_mode" were quantized quickly (below)
+QUICK_INT8 = "minmax ranges, no fallback, no bias correction"  # what rows written before the edgekit defaults used
 
 
-def sweep_one(name: str) -> dict:
+def export_settings(name: str, artifacts: Optional[str] = None):
+    """The Settings `edgekit export NAME --random-init --int8` builds from its flags (no
+    --random-init for the models with real weights offline)."""
+    from edgekit.options import Settings
+
+    return Settings(random_init=name not in REAL_WEIGHTS, int8=True, artifacts=artifacts)
+
+
+def sweep_one(name: str, artifacts: Optional[str] = None) -> dict:
     """Export, quantize and run one model; raises on the first failure."""
+    import dataclasses
+
     from edgekit.backends import BackendOptions
     from edgekit.timing import TimingOptions
-    from edgekit.data import ODD_VIEWS
     from edgekit.session import BenchRequest, run_bench
     from edgekit.data import ImageRequest
-    from edgekit.steps.export import ModelRequest, build_artifact
-    from edgekit.transforms.quantize import Budget, QuantizeOptions
-    from edgekit.steps.int8 import quantize_artifact
+    from edgekit.steps.export import build_artifact, export_options, model_request
+    from edgekit.steps.int8 import calibration_images, pricing_backends, quantize_artifact, quantize_options
 
-    row: dict = {"cells": {}}
+    row: dict = {"cells": {}, "int8_mode": INT8_MODE}
     stage = "export"
     try:
-        fp32, _ = build_artifact(ModelRequest(name, random_init=name not in REAL_WEIGHTS))
+        settings = export_settings(name, artifacts)
+        root = Path(settings["artifacts"])
+        fp32, _ = build_artifact(model_request(name, settings), export_options(settings), root)
         row.update(params_m=fp32.manifest["model"].get("params_m"), gmacs=fp32.manifest["model"].get("gmacs"), onnx_mb=fp32.onnx_path.stat().st_size / 1e6)
         stage = "int8"
-        quick = QuantizeOptions(method="minmax", fallback=False, bias_correction=False, budget=Budget(min_agreement=None, max_kl=None))
-        calibration = ImageRequest(views_per_image=3, view_offset=ODD_VIEWS[0], view_stride=ODD_VIEWS[1]).resolve()
-        int8, _ = quantize_artifact(fp32, calibration, quick)
+        # as `edgekit export NAME --random-init --int8` runs the int8 step (edgekit.steps.int8.run)
+        options = quantize_options(settings)
+        calibration = calibration_images(settings).resolve(fp32.classes)
+        started = time.perf_counter()
+        int8, reused = quantize_artifact(fp32, calibration, options, root, lambda *a: None, None, pricing_backends(settings))
+        q = int8.manifest["quantization"]
+        row["int8"] = {
+            "seconds": q.get("seconds"),  # the quantizer's own (from the manifest: the original build's when reused)
+            "wall_seconds": time.perf_counter() - started,  # this call (near zero when reused)
+            "reused": reused,
+            "options": dataclasses.asdict(options),
+            "calibration_images": q.get("calibration_images"),
+            "quantized_nodes": q.get("quantized_nodes"),
+            "bias_correction_applied": q.get("bias_correction_applied"),
+            "fallback": [f.get("node") for f in q.get("fallback") or []],
+            "random_weights": q.get("random_weights"),
+            "stages": [{"name": st.get("name"), "seconds": st.get("seconds")} for st in q.get("stages") or []],
+        }
         timing = TimingOptions(batch_sizes=(1,), warmup=2, iterations=10, max_seconds=10)
         images = ImageRequest(views_per_image=1)
         for variant, artifact in (("fp32", fp32), ("int8", int8)):
@@ -74,6 +108,7 @@ def sweep_one(name: str) -> dict:
                     "max_abs_diff": r.accuracy.max_abs_diff if r.accuracy else None,
                     "precision": r.precision,
                 }
+        row["int8_fp32_ratio"] = {b: _ratio(row, b) for b in BACKENDS}
         row["status"] = "ok"
     except Exception as e:  # the row records why, and the sweep goes on
         row["status"] = "failed"
@@ -82,9 +117,20 @@ def sweep_one(name: str) -> dict:
     return row
 
 
+def _ratio(row: dict, backend: str) -> Optional[float]:
+    """INT8 p50 / FP32 p50 on one backend, from the row's cells (rows of older files too)."""
+    cells = row.get("cells", {})
+    fp32, int8 = cells.get(f"fp32 {backend}"), cells.get(f"int8 {backend}")
+    if not fp32 or not int8 or not fp32.get("p50_ms") or int8.get("p50_ms") is None:
+        return None
+    return int8["p50_ms"] / fp32["p50_ms"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="model names to sweep (default: every family)")
+    parser.add_argument("--only", nargs="*", help="model names to sweep (default: every family); a name outside the families is swept as family "
+                        "'extra' (a smoke run: --only timm/test_vit)")
+    parser.add_argument("--artifacts", help="artifact root to build into and reuse from (default: edgekit's, exported/ here)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model, JSON to --child-out
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
@@ -97,13 +143,14 @@ def main() -> int:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return 0
     if args.one:
-        args.child_out.write_text(json.dumps(sweep_one(args.one)))
+        args.child_out.write_text(json.dumps(sweep_one(args.one, args.artifacts)))
         return 0
 
     from edgekit.artifacts import now_iso
     from edgekit.timing import machine_info
 
     families = [f for f in FAMILIES if not args.only or f[1] in args.only]
+    families += [("extra", name) for name in args.only or () if name not in {f[1] for f in FAMILIES}]
     created = now_iso()
     rows, runs, contended = [], [], list(args.contended)
     if args.resume and args.out.with_suffix(".json").is_file():
@@ -120,7 +167,7 @@ def main() -> int:
             out = Path(tmp) / "row.json"
             try:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--one", name, "--child-out", str(out)],
+                    [sys.executable, __file__, "--one", name, "--child-out", str(out)] + (["--artifacts", args.artifacts] if args.artifacts else []),
                     capture_output=True, text=True, timeout=args.timeout,
                 )
                 row = json.loads(out.read_text()) if out.is_file() else {
@@ -130,7 +177,10 @@ def main() -> int:
                 row = {"status": "failed", "failed_at": "time limit", "reason": f"over {args.timeout} s"}
         row.update(family=family, model=name, random_init=name not in REAL_WEIGHTS, seconds=time.perf_counter() - started)
         rows.append(row)
-        print(f"    {row['status']} in {row['seconds']:.0f} s" + (f": {row.get('reason')}" if row["status"] != "ok" else ""), file=sys.stderr, flush=True)
+        detail = f": {row.get('reason')}" if row["status"] != "ok" else "".join(
+            f", {b} INT8/FP32 {v:.2f}" for b, v in (row.get("int8_fp32_ratio") or {}).items() if v is not None
+        ) + (f", quantized in {row['int8']['seconds']} s" if row.get("int8") else "")
+        print(f"    {row['status']} in {row['seconds']:.0f} s{detail}", file=sys.stderr, flush=True)
         # written after every row, so an interrupted sweep still leaves its rows
         document = {"created": created, "runs": runs, "command": "python " + " ".join(sys.argv), "machine": machine_info(), "rows": rows, "planned": planned, "contended": contended}
         args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
@@ -147,9 +197,62 @@ def _cell(row: dict, key: str) -> str:
     return f"{cell['p50_ms']:.1f}" + (f" ({agreement:.0f}%)" if agreement is not None and not key.startswith("fp32 pytorch") else "")
 
 
+def _int8_text(doc: dict) -> list[str]:
+    """What the header says about the INT8 cells: edgekit's defaults (rows with "int8_mode"),
+    the quick options of files written before them, or both (those rows marked)."""
+    rows = doc["rows"]
+    new = [r for r in rows if r.get("int8_mode")]
+    old = [r for r in rows if not r.get("int8_mode")]
+    quick = [
+        f"INT8 cells (older sweep): quantized quickly, {QUICK_INT8}, on 21 calibration views",
+        "(3 odd views of each bundled photo); agreement is only a rough sign there, a random network's logits are nearly tied.",
+    ]
+    if not new:
+        return quick
+    options = next((r["int8"]["options"] for r in new if (r.get("int8") or {}).get("options")), None)
+    calibration = next((r["int8"]["calibration_images"] for r in new if (r.get("int8") or {}).get("calibration_images")), None)
+    if options:
+        budget = options.get("budget") or {}
+        limits = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None) or "none"
+        settings = (f"{options['method']} ranges" + (f" ({options['percentile']})" if options["method"] == "percentile" else "")
+                    + f", {options['rounding']} rounding, bias correction {'on' if options['bias_correction'] else 'off'}, "
+                    + (f"fallback search of at most {options['max_fallback_nodes']} layers within the budget ({limits})" if options["fallback"] else "no fallback"))
+    else:
+        settings = "edgekit's defaults"
+    lines = [
+        f"INT8: built as `edgekit export MODEL --random-init --int8` builds it (efficientnet_lite0 without --random-init): edgekit's",
+        f"default options: {settings}; the fallback priced on the deployable backends.",
+        "Calibration: the bundled photos' odd views" + (f" ({calibration} crops)" if calibration else "") + ". With random weights edgekit",
+        "makes no fallback search by itself (a budget means nothing for them), so only efficientnet_lite0 can fall back to",
+        "float; bias correction is on for every model. INT8 agreement is only a rough sign for random init: a random",
+        "network's logits are nearly tied. Quant. s: the quantizer's own seconds (the manifest's",
+        "report; \"reused\": an artifact already built, its original time). INT8/FP32: the INT8 p50 over the FP32 p50 on the same",
+        "backend (below 1: INT8 faster), from these 10-iteration p50s taken in separate sessions: indicative, not a benchmark.",
+    ]
+    if old:
+        lines += [
+            f"Rows marked † were recorded by an earlier version of this sweep whose INT8 was quick ({QUICK_INT8},",
+            "21 calibration views): their INT8 cells and ratios are not edgekit's defaults.",
+        ]
+    return lines
+
+
+def _quant_seconds(row: dict) -> str:
+    q = row.get("int8") or {}
+    if q.get("seconds") is None:
+        return "-"
+    return f"{q['seconds']:.1f}" + (" (reused)" if q.get("reused") else "")
+
+
+def _ratio_text(row: dict, backend: str) -> str:
+    ratio = _ratio(row, backend)
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     ok = sum(r["status"] == "ok" for r in doc["rows"])
+    mixed = any(r.get("int8_mode") for r in doc["rows"]) and any(not r.get("int8_mode") for r in doc["rows"])
     lines = [
         "# Zoo sweep: every family through ONNX Runtime and OpenVINO, FP32 and INT8",
         "",
@@ -159,8 +262,8 @@ def markdown(doc: dict) -> str:
         + (f" ({doc['planned'] - len(doc['rows'])} not reached: the sweep stopped early)" if doc.get("planned", 0) > len(doc["rows"]) else "")
         + ". Cells: batch-1 p50 ms (10 iterations, indicative) and, in",
         "brackets, top-1 agreement with PyTorch FP32 on the 7 bundled photos. Random init everywhere but",
-        "efficientnet_lite0: agreement checks that a backend computes the same function, and for INT8",
-        "(minmax, no fallback) it is only a rough sign; a random network's logits are nearly tied.",
+        "efficientnet_lite0: agreement checks that a backend computes the same function.",
+        *_int8_text(doc),
         "",
         *([
             "**Latency of the rows marked * is not comparable** with other rows or results: they ran while other",
@@ -168,21 +271,24 @@ def markdown(doc: dict) -> str:
             "Those cells say that each step ran, not how fast.",
             "",
         ] if doc.get("contended") else []),
-        "| family | model | status | params M | GMACs | PyTorch FP32 | ORT FP32 | OpenVINO FP32 | ORT INT8 | OpenVINO INT8 | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | model | status | params M | GMACs | PyTorch FP32 | ORT FP32 | OpenVINO FP32 | ORT INT8 | OpenVINO INT8 | ORT INT8/FP32 | OpenVINO INT8/FP32 | quant. s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     done = {r["model"] for r in doc["rows"]}
     not_run = [{"family": f, "model": m, "status": "not run", "random_init": m not in REAL_WEIGHTS} for f, m in FAMILIES if m not in done]
     for r in doc["rows"] + not_run:
         if r["status"] == "not run":
-            lines.append(f"| {r['family']} | {r['model']} | not run | - | - | - | - | - | - | - | the sweep was stopped before this model (session time) |")
+            lines.append(f"| {r['family']} | {r['model']} | not run | - | - | - | - | - | - | - | - | - | - | the sweep was stopped before this model (session time) |")
             continue
         note = ("real weights" if not r["random_init"] else "random init") + (" *" if r["model"] in doc.get("contended", ()) else "")
+        if mixed and not r.get("int8_mode"):
+            note += " †"
         if r["status"] != "ok":
             note = f"failed at {r.get('failed_at')}: {r.get('reason')}"
         params = f"{r['params_m']:.1f}" if r.get("params_m") else "-"
         gmacs = f"{r['gmacs']:.2f}" if r.get("gmacs") else "-"
         cells = [_cell(r, k) for k in ("fp32 pytorch", "fp32 onnxruntime", "fp32 openvino", "int8 onnxruntime", "int8 openvino")]
+        cells += [_ratio_text(r, b) for b in BACKENDS] + [_quant_seconds(r)]
         lines.append(f"| {r['family']} | {r['model']} | {r['status']} | {params} | {gmacs} | " + " | ".join(cells) + f" | {note} |")
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ GROUPS = {
 }
 POWER_SOURCES = ("auto", "tegrastats", "nvml", "rapl", "off")
 PRECISIONS = ("f32", "bf16", "f16")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("calib", "--calib", "path", "int8", "Calibration images (default: the bundled photos' odd views).", recipe="int8", commands=_MODEL),
     Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat calibration folder (enables --max-drop).", recipe="int8", commands=_MODEL),
     Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration files (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8),
-    Option("calib_method", "--calib-method", "choice", "int8", "Range estimation. entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md.", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS),
+    Option("calib_method", "--calib-method", "choice", "int8", "Range estimation. entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md. mse: the range with the least expected squared INT8 error (rounding plus clipping) over each tensor's histogram.", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS),
     Option("percentile", "--percentile", "float", "int8", "For --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True),
     Option("seed", "--seed", "int", "int8", "Seed for sampling calibration files, --limit, --val-split and fine-tuning.", 0, recipe="int8", commands=_ANY_MODEL, minimum=0),
     Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),

@@ -10,7 +10,7 @@ from edgekit.cli import main
 from edgekit.options import BY_KEY, DEVICE_DEFAULTS_FROM_BUNDLE, OPTIONS, Settings, device_options, recipe_options, runner_argv
 
 # options a command has beside the declared ones: what it writes, and help
-COMMAND_OWN = {"export": set(), "bench": {"json_path"}, "bundle": {"bundle_dir"}, "finetune": set()}
+COMMAND_OWN = {"export": set(), "bench": {"json_path"}, "bundle": {"bundle_dir"}, "finetune": set(), "profile": {"json_path", "top", "no_accuracy"}}
 
 
 def _click_params(command: str) -> dict:

@@ -81,6 +81,23 @@ def test_int8_engine_from_the_qdq_artifact_matches_pytorch(int8_artifact):
     assert session.last_compute_ms is not None and session.last_compute_ms > 0
 
 
+@needs_gpu
+@pytest.mark.gpu
+def test_tensorrt_layer_profile_maps_engine_layers_to_modules(int8_artifact):
+    """TensorRT's layer profiler with the engine inspector's facts: every engine layer timed,
+    fused layers naming the ONNX nodes they compute, rows joined to PyTorch modules."""
+    from edgekit.backends import BackendOptions
+    from edgekit.data import load_all, resolve_images
+    from edgekit.profiling import profile_backend
+
+    x, _ = load_all(resolve_images(views_per_image=1, limit=4), int8_artifact.preprocessing)
+    profile = profile_backend(int8_artifact, "tensorrt", BackendOptions(device="cuda"), x, 1, 20, 5)
+    assert profile.nodes and all(n.ms >= 0 for n in profile.nodes)
+    assert any(len(n.covers) > 1 for n in profile.nodes)  # fusions name what they cover
+    assert profile.joined_by == "module" and any(m.module.startswith("features.") for m in profile.modules)
+    assert 0.5 < profile.attributed <= 1.1
+
+
 # ------------------------------------------------- ONNX Runtime's CUDA / TensorRT providers
 
 

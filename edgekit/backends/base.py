@@ -89,6 +89,7 @@ class BackendBase:
     pip_extra: Optional[str] = None
     runtime_packages: tuple[tuple[str, str], ...] = ()
     distributions: tuple[str, ...] = ()  # pip distributions whose version names the runtime
+    runs_on_cpu = True  # what "every CPU backend" means where the user names none (INT8's fallback prices)
     device_note = ""  # what a bundle's README tells the device's owner about installing it
 
     def missing_on_device(self) -> list[str]:

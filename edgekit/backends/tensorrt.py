@@ -393,6 +393,7 @@ class CudaPythonTensorRTSession(TensorRTSession):
 
 class TensorRTBackend(BackendBase):
     name = "tensorrt"
+    runs_on_cpu = False
     pip_extra = "tensorrt"
     runtime_packages = (("tensorrt", "tensorrt"),)  # on Jetson, TensorRT's bindings come with JetPack
     distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")

@@ -59,12 +59,14 @@ def calibration_images(settings: Settings) -> ImageRequest:
 
 def pricing_backends(settings: Settings) -> tuple[str, ...]:
     """The backends whose speed the fallback search weighs: the ones benched or bundled,
-    else every backend a deployment would load this artifact on that runs here (the ones
-    missing here, or without a device, are left out with a note when priced)."""
+    else every CPU backend (the ones missing here, or without their device, are left out
+    with a note when priced)."""
+    from ..backends import get_backend
     from ..backends.base import deployable_backends
 
-    chosen = settings["backends"] if settings.given("backends") else deployable_backends()
-    return tuple(b for b in chosen if b in deployable_backends())
+    if settings.given("backends"):
+        return tuple(b for b in settings["backends"] if b in deployable_backends())
+    return tuple(b for b in deployable_backends() if get_backend(b).runs_on_cpu)
 
 
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
