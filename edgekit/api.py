@@ -69,11 +69,21 @@ def bench(
     onnxruntime) here, or on ``remote="user@host"`` over ssh. Returns the cell's run
     (``.artifact``, ``.run.results``, ``.run.parity``, ``.run.image_summary``); a backend
     that failed is a row with its ``error``, never an exception."""
-    from .plan import bench_cell, command_cell, launcher_for
+    from .plan import bench_cell, launcher_for
     from .session import bench_request
-    from .steps import parse_variant
 
+    settings, cell = _requested_cell(target, backends, variant, options)
+    launcher = launcher_for(settings)
+    launcher.check(cell.backends)  # missing runtimes, an unreachable device: before any work
+    bench_request(settings).images.resolve()  # a bad image folder too
+    return bench_cell(cell, launcher, progress, announce)
+
+
+def _requested_cell(target: PathLike, backends: Optional[Sequence[str]], variant: Optional[str], options: dict[str, Any]):
+    """(settings, the one cell) that `bench` and `profile` run, checked before any work."""
     from .options import check_applicable
+    from .plan import command_cell
+    from .steps import parse_variant
 
     if backends is not None:
         options["backends"] = tuple(backends)
@@ -83,10 +93,7 @@ def bench(
         parse_variant(variant)
         cell = dataclasses.replace(cell, variant=variant)
     check_applicable(settings, cell.backends)
-    launcher = launcher_for(settings)
-    launcher.check(cell.backends)  # missing runtimes, an unreachable device: before any work
-    bench_request(settings).images.resolve()  # a bad image folder too
-    return bench_cell(cell, launcher, progress, announce)
+    return settings, cell
 
 
 def profile(
@@ -105,24 +112,13 @@ def profile(
     ``accuracy``, its KL vs FP32 when it alone is INT8 (on the calibration images) come
     beside it. Returns an ``ArtifactProfile``; ``.to_dict()`` is the results file's
     ``profile`` section."""
-    import dataclasses as dc
-
     from .core import numeric_format
     from .data import load_all
-    from .options import check_applicable
-    from .plan import build, command_cell
+    from .plan import build
     from .profiling import parent_of, profile_artifact
     from .session import backend_options, bench_request, evaluation_set
-    from .steps import parse_variant
 
-    if backends is not None:
-        options["backends"] = tuple(backends)
-    settings = _settings(options)
-    cell = command_cell(str(target), settings)
-    if variant is not None:
-        parse_variant(variant)
-        cell = dataclasses.replace(cell, variant=variant)
-    check_applicable(settings, cell.backends)
+    settings, cell = _requested_cell(target, backends, variant, options)
     if len(settings["batch"]) != 1:
         raise UsageError("profile one batch size at a time (--batch N)")
     from .backends import get_backend
@@ -133,7 +129,7 @@ def profile(
     request.images.resolve()  # a bad image folder fails before any work
     artifact, _ = build(cell, progress, announce)
     images = evaluation_set(artifact, request.images)
-    timing_views = dc.replace(images, views=images.views[:16])  # bench times the first 16 readable views too
+    timing_views = dataclasses.replace(images, views=images.views[:16])  # bench times the first 16 readable views too
     x, _ = load_all(timing_views, artifact.preprocessing)
     kl, kl_images, kl_note = {}, 0, ""
     if numeric_format(artifact.manifest) == "int8":

@@ -44,6 +44,7 @@ class NodeTime:
     precision: str = ""  # what it computed in, as the runtime reports it (i8, u8, f32, bf16...)
     covers: tuple[str, ...] = ()  # ONNX nodes (or tensors) of the loaded file it computes
     module: Optional[str] = None  # set by backends that time modules directly (PyTorch)
+    role: str = ""  # "layout" (a reorder the runtime inserted), "qdq" (a standalone quantize/dequantize), "" otherwise
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,7 @@ def attribute(nodes: tuple[NodeTime, ...], names: OnnxNames) -> tuple[tuple[Modu
             continue
         covered = [r for r in (names.resolve(c) for c in (node.covers or (node.name,))) if r is not None]
         if not covered:
-            key = OUTSIDE_LAYOUT if _is_layout(node.op_type) else OUTSIDE_QDQ if _is_qdq(node.op_type) else OUTSIDE_OTHER
-            add(key, node, [])
+            add({"layout": OUTSIDE_LAYOUT, "qdq": OUTSIDE_QDQ}.get(node.role, OUTSIDE_OTHER), node, [])
             continue
         real = [(n, op) for n, op in covered if op not in QDQ_OPS]
         if not real:
@@ -185,23 +185,6 @@ def attribute(nodes: tuple[NodeTime, ...], names: OnnxNames) -> tuple[tuple[Modu
         for key, row in sorted(rows.items(), key=lambda kv: -kv[1]["ms"])
     )
     return modules, "module" if by_module else "node"
-
-
-def _is_qdq(op_type: str) -> bool:
-    return "quantize" in op_type.lower() or op_type in ("FakeQuantize",)
-
-
-def _is_layout(op_type: str) -> bool:
-    return op_type in LAYOUT_OPS or op_type in ("Reorder", "Transpose", "Reformat") or "reformat" in op_type.lower()
-
-
-def precision_of_onnx_op(op_type: str) -> str:
-    """What an ONNX Runtime kernel computes in, from its kind (its integer kernels are named so)."""
-    if op_type.startswith("QLinear") or op_type in ("QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"):
-        return "int8"
-    if op_type in QDQ_OPS:
-        return "f32->int8" if op_type == "QuantizeLinear" else "int8->f32"
-    return "f32"
 
 
 def covered_by_walk(original, inputs: list[str], outputs: list[str], present: set[str]) -> tuple[str, ...]:

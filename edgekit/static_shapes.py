@@ -88,7 +88,8 @@ def fold_static_shapes(model, input_size: int) -> int:
     keep = [n for n in model.graph.node if not (n.output and all(o in fixed or not o for o in n.output))]
     del model.graph.node[:]
     model.graph.node.extend(keep)
-    model.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in fixed.items())
+    # np.array, not np.ascontiguousarray: that one turns a scalar into a 1-element vector
+    model.graph.initializer.extend(numpy_helper.from_array(np.array(a), name) for name, a in fixed.items())
     _drop_dead_nodes(model)
     return len(fixed)
 

@@ -168,3 +168,27 @@ def test_float_layers_are_priced_by_each_backends_own_profiler(digits, tmp_path)
     assert set(prices.ms) == {"onnxruntime", "openvino"} and all(t > 0 for t in prices.totals.values())
     for backend, ms in prices.ms.items():
         assert set(labels) <= set(ms), (backend, sorted(ms))
+
+
+def test_folded_sizes_keep_their_rank_and_the_batch_stays_dynamic(tmp_path):
+    """A scalar computed from the input's size (torchvision's ViT multiplies the batch by one)
+    must fold to a scalar: a 1-element vector broke vit_b_16 and swin_t exports."""
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.onnx_export import ExportOptions, torch_export_module
+
+    class Reshaping(torch.nn.Module):
+        def forward(self, x):
+            n, c, h, w = x.shape
+            tokens = x.reshape(n * c, h * w // 4, 4)  # n * c: the batch times a folded scalar
+            return tokens.sum(-1).reshape(n, -1)[:, :10]
+
+    path = tmp_path / "reshaping.onnx"
+    torch_export_module(Reshaping().eval(), 16, path, ExportOptions(slim=False), "reshaping")
+    graph = onnx.load(str(path))
+    assert "Shape" in {n.op_type for n in graph.graph.node}  # the batch is still read at run time
+    x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        assert np.allclose(got, Reshaping()(torch.from_numpy(x)).numpy(), atol=1e-5)

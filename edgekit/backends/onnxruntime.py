@@ -106,7 +106,7 @@ def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iter
     import onnx
     import onnxruntime as ort
 
-    from ..profiling import NodeTime, OnnxNames, ProfiledRun, covered_by_walk, precision_of_onnx_op
+    from ..profiling import NodeTime, OnnxNames, ProfiledRun, covered_by_walk
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-profile-") as tmp:
         so = ort.SessionOptions()
@@ -151,8 +151,27 @@ def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iter
         if not covers:  # outputs renamed (the NHWC and NCHWc layout passes): the node its name comes from, with its fusion group
             found = names.resolve(name)
             covers = _fusion_group(original, found[0]) if found else (name,)
-        nodes.append(NodeTime(name, op_type, micros / 1000.0 / len(runs), precision_of_onnx_op(op_type), covers))
+        nodes.append(NodeTime(name, op_type, micros / 1000.0 / len(runs), _precision_of(op_type), covers, role=_role_of(op_type)))
     return ProfiledRun(tuple(nodes), float(np.median(walls)))
+
+
+_INTEGER_KERNELS = ("QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention")
+
+
+def _precision_of(op_type: str) -> str:
+    """What an ONNX Runtime CPU kernel computes in, from its kind (its integer kernels are named so)."""
+    if op_type.startswith("QLinear") or op_type in _INTEGER_KERNELS:
+        return "int8"
+    if op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return "f32->int8" if op_type == "QuantizeLinear" else "int8->f32"
+    return "f32"
+
+
+def _role_of(op_type: str) -> str:
+    """Layout nodes ONNX Runtime inserts (its NCHWc reorders, NHWC transposes) and standalone Q/DQ."""
+    if op_type in ("ReorderInput", "ReorderOutput", "Transpose"):
+        return "layout"
+    return "qdq" if op_type in ("QuantizeLinear", "DequantizeLinear") else ""
 
 
 def _fusion_group(model, name: str) -> tuple[str, ...]:

@@ -221,7 +221,8 @@ class OpenVinoSession:
             originals = str(info["originalLayersNames"].astype(str)) if "originalLayersNames" in info else ""
             precision = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else ""
             covers = tuple(n for n in originals.split(",") if n)
-            nodes.append(NodeTime(name, node_type, max(ms, 0.0), f"{precision} ({exec_type})" if exec_type else precision, covers or (name,)))
+            role = "layout" if node_type == "Reorder" else "qdq" if node_type == "FakeQuantize" else ""
+            nodes.append(NodeTime(name, node_type, max(ms, 0.0), f"{precision} ({exec_type})" if exec_type else precision, covers or (name,), role=role))
         return ProfiledRun(tuple(nodes), float(np.median(walls)))
 
     def throughput(self, batch: np.ndarray, seconds: float, on_step=lambda done, total: None) -> dict:

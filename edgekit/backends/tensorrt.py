@@ -321,7 +321,9 @@ class TensorRTSession:
             covers = tuple(m.split("]")[0] for m in metadata.split("[ONNX Layer: ")[1:]) or tuple(p.strip() for p in name.split(" + "))
             outputs = facts.get("Outputs") or [{}]
             precision = str(outputs[0].get("Format/Datatype", "")) if isinstance(outputs[0], dict) else ""
-            nodes.append(NodeTime(name, str(facts.get("LayerType", "")), ms / iterations, precision, covers))
+            kind = str(facts.get("LayerType", ""))
+            role = "layout" if kind == "Reformat" or name.startswith("Reformatting") else "qdq" if kind in ("Quantize", "Dequantize") else ""
+            nodes.append(NodeTime(name, kind, ms / iterations, precision, covers, role=role))
         return ProfiledRun(tuple(nodes), float(np.median(walls)))
 
     def _graph_for(self, shape: tuple[int, ...]):

@@ -110,8 +110,12 @@ def float_nodes(model, fell_back: dict[str, str]) -> list[FloatNode]:
             reason = f"{node.op_type} has no INT8 kernel on every backend"
         elif dequantized_input or fused:
             continue
+        elif source is not None and node_label(source) in fell_back:
+            reason = "its input arrives in float (after a layer that fell back)"
+        elif source is not None:
+            reason = "between float neighbours: Q/DQ here would only add a round trip (see placement)"
         else:
-            reason = "its input arrives in float (after a float node)" if source is not None else "reads a graph input or constant"
+            reason = "reads a graph input or constant"
         in_float.add(label)
         found.append(FloatNode(label, module_path(label), node.op_type, reason))
     return found
