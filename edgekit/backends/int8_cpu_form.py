@@ -46,6 +46,8 @@ import numpy as np
 from ..transforms.qdq_graph import drop_unused_initializers
 
 ZERO_CLAMPS = ("Relu", "Clip")
+# ops whose output is non-negative wherever their (first) input is
+SIGN_PRESERVING = ("MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Slice", "Gather", "Split")
 INTEGER_MATMUL_OPS = ("Conv", "Gemm", "MatMul")
 _INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # the CPUs each weight form is for (what weight_form() decides), as a deployment reads it
@@ -111,6 +113,31 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
         m = _clip_min(node, constants) if node is not None else None
         return m is not None and m >= 0.0
 
+    known: dict[str, bool] = {}
+
+    def non_negative(tensor: str) -> bool:
+        """Clamped at 0 by a Relu/Clip, or moved or pooled from such values only (ResNet's
+        MaxPool after its stem: its input and output quantizers must match for ONNX Runtime
+        to pool in INT8)."""
+        if tensor not in known:
+            known[tensor] = False  # a cycle cannot happen in a DAG; this guards the recursion
+            node = made_by.get(tensor)
+            if node is None:
+                found = False
+            elif clamped_at_zero(node):
+                found = True
+            elif node.op_type == "DequantizeLinear":
+                q = made_by.get(node.input[0])
+                found = q is not None and q.op_type == "QuantizeLinear" and non_negative(q.input[0])
+            elif node.op_type in SIGN_PRESERVING:
+                found = non_negative(node.input[0])
+            elif node.op_type == "Concat":
+                found = all(non_negative(i) for i in node.input)
+            else:
+                found = False
+            known[tensor] = found
+        return known[tensor]
+
     def read_elsewhere(tensor: str, reader) -> bool:
         """Whether a node other than ``reader`` (or the graph's outputs) reads ``tensor``."""
         return tensor in graph_outputs or any(list(c.output) != list(reader.output) for c in consumers.get(tensor, []))
@@ -125,9 +152,9 @@ def lower_qdq_for_cpu(model, form: str | None = None, widen_clamped: bool = True
         scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
         dqs = consumers.get(q.output[0], [])
         after = [c for dq in dqs for c in consumers.get(dq.output[0], [])]
-        non_negative = clamped_at_zero(made_by.get(q.input[0])) or (after and all(clamped_at_zero(c) for c in after))
-        ratio = 127.0 / 255.0 if non_negative and widen_clamped else 1.0
-        zp_value = 0 if non_negative else 128
+        unsigned = non_negative(q.input[0]) or (after and all(clamped_at_zero(c) for c in after))
+        ratio = 127.0 / 255.0 if unsigned and widen_clamped else 1.0
+        zp_value = 0 if unsigned else 128
         scale_name, zp_name = fresh(f"{q.output[0]}__cpu_scale"), fresh(f"{q.output[0]}__cpu_zp")
         model.graph.initializer.append(numpy_helper.from_array((scale * ratio).astype(np.float32), scale_name))
         model.graph.initializer.append(numpy_helper.from_array(np.full(zero_point.shape, zp_value, np.uint8), zp_name))

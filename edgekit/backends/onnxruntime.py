@@ -11,7 +11,7 @@ from ..core import Artifact, UsageError, numeric_format
 from .base import BackendBase, BackendOptions, DeployFile, file_size_mb, require_module
 
 
-CPU_LOWERING_VERSION = 4  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
+CPU_LOWERING_VERSION = 5  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
 # the INT8 CPU forms' files, named for the CPUs they are for (int8_cpu_form.FORM_CPUS)
 CPU_FORM_FILES = {"u8s8": "model.ort-cpu-vnni-arm.onnx", "u8u8": "model.ort-cpu-avx2.onnx"}
 

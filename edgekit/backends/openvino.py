@@ -24,7 +24,7 @@ from .base import BackendBase, BackendOptions, DeployFile, require_module
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
-CPU_FORM_VERSION = 2  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
+CPU_FORM_VERSION = 3  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
 CPU_FORM_FILE = "model.ov-cpu.onnx"
 
 

@@ -25,7 +25,7 @@ from .lineage import calibration_identity, child_manifest, child_variant, requir
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
-QUANTIZER_VERSION = 5  # 5: Q/DQ only where integer regions stay whole, fallback priced on the target backends
+QUANTIZER_VERSION = 6  # 6: Q/DQ only where integer regions stay whole, fallback priced on the target backends
 ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
 QAT_VERSION = 1  # bump when QAT's output changes for the same settings
 

@@ -151,6 +151,33 @@ def strip_output_qdq(model) -> int:
     return removed
 
 
+def drop_unread_qdq(model, quantized: set[str]) -> int:
+    """Drop each activation Q -> DQ pair that no node of ``quantized`` reads: ONNX Runtime's
+    quantizer also quantizes what a quantized node writes, and a MatMul's output going into
+    GELU or Softmax would be rounded for nothing. Returns the number of pairs dropped."""
+    made_by = producers(model)
+    used_by = consumers(model)
+    outputs = {o.name for o in model.graph.output}
+    dropped = 0
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        if q.input[0] not in made_by and q.input[0] not in {i.name for i in model.graph.input}:
+            continue  # a weight or constant
+        dqs = used_by.get(q.output[0], [])
+        if not dqs or any(dq.op_type != "DequantizeLinear" or dq.output[0] in outputs for dq in dqs):
+            continue
+        readers = [r for dq in dqs for r in used_by.get(dq.output[0], [])]
+        if any(node_label(r) in quantized or r.op_type in ("QuantizeLinear", "DequantizeLinear") for r in readers):
+            continue
+        for dq in dqs:
+            for reader in used_by.get(dq.output[0], []):
+                reader.input[:] = [q.input[0] if i == dq.output[0] else i for i in reader.input]
+            model.graph.node.remove(dq)
+        model.graph.node.remove(q)
+        dropped += 1
+    drop_unused_initializers(model)
+    return dropped
+
+
 def drop_unused_initializers(model) -> None:
     used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
     keep = [i for i in model.graph.initializer if i.name in used]

@@ -48,7 +48,7 @@ from .calibration import FloatPass, float_pass, write_calibration_cache
 from .layer_inputs import gather_input_stats, quantized_layers
 from .placement import nodes_to_quantize
 from .progress import Progress, quiet
-from .qdq_graph import shape_arithmetic, bypass_quantization, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
+from .qdq_graph import shape_arithmetic, bypass_quantization, drop_unread_qdq, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -221,13 +221,12 @@ def quantize_qdq(fp32_path: Path, out_path: Path, x: np.ndarray, options: Quanti
             op_types_to_quantize=list(QUANTIZABLE_OP_TYPES),
             nodes_to_quantize=sorted(placement(fp32_model) - set(exclude)),
             nodes_to_exclude=[*exclude, *sorted(shape_nodes)],
-            # a tensor gets Q/DQ where a quantized node reads it, never merely because a
-            # quantized node wrote it (a MatMul's output going into GELU or Softmax stays float)
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": list(QUANTIZABLE_OP_TYPES)},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibration_cache_path=str(cache),
         )
     model = onnx.load(str(out_path))
     strip_output_qdq(model)
+    drop_unread_qdq(model, placement(fp32_model) - set(exclude))
     fold_activation_qdq(model)
     onnx.save(model, str(out_path))
 
