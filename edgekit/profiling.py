@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 OUTSIDE_QDQ = "(outside: quantize/dequantize)"
 OUTSIDE_LAYOUT = "(outside: layout reorders)"
@@ -367,10 +367,12 @@ class FloatLayerPrices:
         return sum(self.ms[b].get(node, 0.0) / self.totals[b] for b in self.ms if self.totals.get(b))
 
 
-def price_float_layers(int8_path: Path, float_path: Path, backends, options, images, iterations: int = 30, warmup: int = 5) -> FloatLayerPrices:
-    """Profile the all-INT8 graph and the same graph with the candidate layers in float on
-    each backend (each made into the form it loads, as bench does) and charge each compute
-    node the difference of the runtime nodes that compute it, its Q/DQ included."""
+def price_float_layers(int8_path: Path, float_path: Path, backends, options, images, iterations: int = 30, warmup: int = 5,
+                       float_nodes: Sequence[str] = ()) -> FloatLayerPrices:
+    """Profile the all-INT8 graph and the same graph with the candidate layers ``float_nodes``
+    in float on each backend (each made into the form it loads, as bench does) and charge
+    each compute node the difference of the runtime nodes that compute it, its Q/DQ included;
+    what the candidates cost outside their own nodes is shared out among them."""
     import dataclasses
     import tempfile
 
@@ -407,7 +409,17 @@ def price_float_layers(int8_path: Path, float_path: Path, backends, options, ima
             continue
         int8, floated = times
         totals[name] = sum(int8.values())
-        prices[name] = {node: floated.get(node, 0.0) - int8.get(node, 0.0) for node in set(int8) | set(floated) if node}
+        charged = {node: floated.get(node, 0.0) - int8.get(node, 0.0) for node in set(int8) | set(floated) if node}
+        # what the float layers cost outside their own nodes (layout reorders around them, Q/DQ
+        # the runtime could not place): the graphs' difference left uncharged, shared out among
+        # the layers put in float in proportion to what each was charged
+        rest = (sum(floated.values()) - totals[name]) - sum(charged.values())
+        floated_nodes = [n for n in charged if n in float_nodes]
+        weights = {n: abs(charged[n]) for n in floated_nodes}
+        total_weight = sum(weights.values())
+        for n in floated_nodes:
+            charged[n] += rest * (weights[n] / total_weight if total_weight else 1.0 / len(floated_nodes))
+        prices[name] = charged
     return FloatLayerPrices(prices, totals, unavailable)
 
 

@@ -142,7 +142,7 @@ def test_the_fallback_search_buys_accuracy_where_it_is_cheapest(digits, tmp_path
     first = by_kl.fallback[0].node
     ranked = [s.node for s in by_kl.sensitivity if s.kl_if_float is not None]
 
-    def price(int8_path, float_path):
+    def price(int8_path, float_path, nodes):
         return FloatLayerPrices({"cpu": {n: (5.0 if n == first else 0.01) for n in ranked}}, {"cpu": 10.0})
 
     priced = quantize_onnx(path, tmp_path / "priced.onnx", x, None, QuantizeOptions(method="minmax", budget=Budget(max_kl=plain.final.mean_kl * 0.9)), price=price)
@@ -164,7 +164,7 @@ def test_float_layers_are_priced_by_each_backends_own_profiler(digits, tmp_path)
     labels = [node_label(n) for n in compute_nodes(model)][:2]
     floated = tmp_path / "float.onnx"
     onnx.save(bypass_quantization(model, onnx.load(str(path)), labels), str(floated))
-    prices = price_float_layers(int8, floated, ("onnxruntime", "openvino"), BackendOptions(), x_train[:1], iterations=5, warmup=1)
+    prices = price_float_layers(int8, floated, ("onnxruntime", "openvino"), BackendOptions(), x_train[:1], iterations=5, warmup=1, float_nodes=labels)
     assert set(prices.ms) == {"onnxruntime", "openvino"} and all(t > 0 for t in prices.totals.values())
     for backend, ms in prices.ms.items():
         assert set(labels) <= set(ms), (backend, sorted(ms))

@@ -91,7 +91,7 @@ def _pricer(backends: tuple[str, ...], x, notes: list[str]):
             notes.append(f"fallback not priced on {name}: {e}")
     if not usable:
         return None
-    return lambda int8_path, float_path: price_float_layers(int8_path, float_path, usable, BackendOptions(), x[:1])
+    return lambda int8_path, float_path, nodes: price_float_layers(int8_path, float_path, usable, BackendOptions(), x[:1], float_nodes=nodes)
 
 
 def quantize_artifact(

@@ -249,7 +249,7 @@ def quantize_onnx(
     options: QuantizeOptions = QuantizeOptions(),
     progress: Progress = quiet,
     random_weights: bool = False,
-    price: Optional[Callable[[Path, Path], Any]] = None,
+    price: Optional[Callable[[Path, Path, list[str]], Any]] = None,
 ) -> QuantizationReport:
     """Quantize ``fp32_path`` to ``out_path``, within ``options.budget`` where possible.
 
@@ -257,7 +257,7 @@ def quantize_onnx(
     result on images it has not seen. When the budget cannot be met, the most accurate
     model found is kept and the report says so. ``random_weights``: the model is random-init,
     so no budget search is made (fidelity vs FP32 is still measured and reported).
-    ``price(all_int8_path, candidates_in_float_path)``: what each candidate layer adds in
+    ``price(all_int8_path, candidates_in_float_path, candidates)``: what each candidate layer adds in
     float on the backends the model is for (edgekit.profiling.price_float_layers); with it,
     the fallback search buys accuracy where it is cheapest, else by accuracy alone.
     """
@@ -343,7 +343,7 @@ def quantize_onnx(
                 progress("pricing float layers", None, None)
                 onnx.save(bypass_quantization(model, fp32_model, [c.node for c in candidates]), str(tmp_dir / "candidates_float.onnx"))
                 onnx.save(model, str(tmp_dir / "current.onnx"))
-                prices = price(tmp_dir / "current.onnx", tmp_dir / "candidates_float.onnx")
+                prices = price(tmp_dir / "current.onnx", tmp_dir / "candidates_float.onnx", [c.node for c in candidates])
                 notes += [f"fallback not priced on {b}: {why}" for b, why in getattr(prices, "unavailable", {}).items()]
                 stage_seconds = round(time.monotonic() - clock[0], 2)
                 notes.append(f"float layers priced on {', '.join(prices.ms) or 'no backend'} ({stage_seconds:.1f} s with the sensitivity ranking)")
