@@ -4,7 +4,8 @@ An INT8 artifact's model.onnx is the portable QDQ graph (signed activations, zer
 as TensorRT requires). CPU runtimes run exact forms of it several times faster (see
 backends/int8_cpu_form): ONNX Runtime's CPU provider one per weight form (int8 weights
 where the CPU has VNNI/AMX or is ARM, uint8 weights on x86 without VNNI; the exporting
-machine need not be the deploying one, so both are made), OpenVINO's CPU plugin its own.
+machine need not be the deploying one, so both are made), OpenVINO's CPU plugin two of its
+own (clamped tensors at 0..255 on x86 with VNNI/AMX, 0..127 elsewhere).
 `edgekit export` makes them beside the artifact and records, per runtime, each file to
 load and where::
 

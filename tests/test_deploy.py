@@ -62,7 +62,9 @@ def test_export_writes_the_cpu_forms_and_names_them(exported):
     assert set(ort) == {"model.ort-cpu-vnni-arm.onnx", "model.ort-cpu-avx2.onnx", "model.onnx"}
     assert "VNNI/AMX, or ARM" in ort["model.ort-cpu-vnni-arm.onnx"] and "without VNNI" in ort["model.ort-cpu-avx2.onnx"]
     assert ort["model.onnx"] == "CUDA or TensorRT provider"
-    assert listed(artifact, "openvino") == {"model.ov-cpu.onnx": "CPU", "model.onnx": "GPU or NPU"}
+    assert listed(artifact, "openvino") == {
+        "model.ov-cpu-vnni.onnx": "CPU, x86 with VNNI/AMX", "model.ov-cpu.onnx": "CPU, others (x86 without VNNI, ARM)", "model.onnx": "GPU or NPU",
+    }
     assert listed(artifact, "tensorrt") == {"model.onnx": ""}
     sealed = artifact.manifest["sha256"]
     for entries in artifact.manifest["deploy"].values():
@@ -74,7 +76,7 @@ def test_export_writes_the_cpu_forms_and_names_them(exported):
                 record = json.loads((artifact.path / (entry["file"] + ".edgekit.json")).read_text())
                 assert sha256(path) == record["sha256"] and record["made_from"]["source_sha256"] == sealed["model.onnx"]
     # one short block after the artifact's path: a file per runtime and device
-    block = proc.stderr[proc.stderr.index("deploy: the file each runtime loads"):].splitlines()[:7]
+    block = proc.stderr[proc.stderr.index("deploy: the file each runtime loads"):].splitlines()[:8]
     assert [line.split()[:2] for line in block[1:]] == [[r, e["file"]] for r, entries in artifact.manifest["deploy"].items() for e in entries]
 
 
@@ -85,14 +87,17 @@ def test_inspect_shows_the_deploy_files_and_their_state(exported, workspace, tmp
     proc = run_cli("inspect", str(artifact.path), cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith(("  onnxruntime", "  openvino", "  tensorrt"))]
-    assert len(lines) == 6 and all(line.endswith("[hash verified]") for line in lines)
+    assert len(lines) == 7 and all(line.endswith("[hash verified]") for line in lines)
 
     copy = Path(shutil.copytree(artifact.path, tmp_path / "copy"))
     (copy / "model.ort-cpu-avx2.onnx").write_bytes((copy / "model.onnx").read_bytes())  # another graph under the deployed name
     (copy / "model.ov-cpu.onnx").unlink()
     proc = run_cli("inspect", str(copy), cwd=workspace)
     assert "integrity: intact" in proc.stderr  # derived caches: the artifact itself is fine
-    assert "model.ort-cpu-avx2.onnx      CPU, x86 without VNNI           [changed since edgekit wrote it]" in proc.stderr
+    assert any(
+        line.split()[:2] == ["onnxruntime", "model.ort-cpu-avx2.onnx"] and "CPU, x86 without VNNI" in line and line.endswith("[changed since edgekit wrote it]")
+        for line in proc.stderr.splitlines()
+    ), proc.stderr
     assert "[missing]" in proc.stderr
     # exporting it again refuses the changed form in one line, and writes nothing
     manifest = (copy / "manifest.json").read_bytes()
@@ -134,9 +139,19 @@ def test_every_deployed_cpu_file_gives_the_portable_graphs_top1(exported, worksp
         as_written = ort.InferenceSession(str(artifact.path / name), exact, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(axis=1)
         assert np.array_equal(top1, as_written), name
         assert np.sum(top1 != expected) <= 2 and np.sum(top1 == truth) >= np.sum(expected == truth), name
-    (ov_file,) = [f for f, where in listed(artifact, "openvino").items() if where == "CPU"]
-    compiled = ov.Core().compile_model(str(artifact.path / ov_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    assert np.array_equal(compiled(x)[0].argmax(axis=1), expected)
+    from edgekit.backends.openvino import cpu_form_here
+
+    # OpenVINO's CPU plugin computes the form for this CPU exactly as written; the 'vnni' form
+    # (0..255 for clamped tensors) differs from the portable graph like ONNX Runtime's forms
+    here = artifact.path / {"vnni": "model.ov-cpu-vnni.onnx", "any": "model.ov-cpu.onnx"}[cpu_form_here()]
+    compiled = ov.Core().compile_model(str(here), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    top1 = compiled(x)[0].argmax(axis=1)
+    as_written = ort.InferenceSession(str(here), exact, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(axis=1)
+    assert np.array_equal(top1, as_written)
+    if cpu_form_here() == "any":
+        assert np.array_equal(top1, expected)
+    else:
+        assert np.sum(top1 != expected) <= 2 and np.sum(top1 == truth) >= np.sum(expected == truth)
 
 
 def test_bench_reuses_the_export_time_forms(exported, workspace):
@@ -158,8 +173,12 @@ def test_bench_reuses_the_export_time_forms(exported, workspace):
     assert rows["openvino"]["accuracy"]["top1"] > 90
     assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns, sha256(p)) for p in deployed} == before
     ir = json.loads(next((artifact.path / "openvino").glob("*/ir.json")).read_text())
-    assert ir["source_onnx"] == "model.ov-cpu.onnx"  # OpenVINO's IR was made from the deployed form
-    assert sorted(p.name for p in artifact.path.glob("model.*.onnx")) == ["model.ort-cpu-avx2.onnx", "model.ort-cpu-vnni-arm.onnx", "model.ov-cpu.onnx"]
+    from edgekit.backends.openvino import CPU_FORM_FILES, cpu_form_here
+
+    assert ir["source_onnx"] == CPU_FORM_FILES[cpu_form_here()]  # OpenVINO's IR was made from the deployed form for this CPU
+    assert sorted(p.name for p in artifact.path.glob("model.*.onnx")) == [
+        "model.ort-cpu-avx2.onnx", "model.ort-cpu-vnni-arm.onnx", "model.ov-cpu-vnni.onnx", "model.ov-cpu.onnx",
+    ]
 
 
 def test_a_bundle_ships_the_export_time_forms_and_its_runner_uses_them(exported, workspace, blocker_dir, tmp_path):  # noqa: F811
@@ -168,7 +187,7 @@ def test_a_bundle_ships_the_export_time_forms_and_its_runner_uses_them(exported,
     proc = run_cli("bundle", str(artifact.path), "--backend", "onnxruntime,openvino", "--data", "tree", "--limit", "20", "-o", str(out), cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     shipped = out / "artifact"
-    for name in ("model.ort-cpu-vnni-arm.onnx", "model.ort-cpu-avx2.onnx", "model.ov-cpu.onnx"):
+    for name in ("model.ort-cpu-vnni-arm.onnx", "model.ort-cpu-avx2.onnx", "model.ov-cpu-vnni.onnx", "model.ov-cpu.onnx"):
         assert (shipped / name).read_bytes() == (artifact.path / name).read_bytes(), name
         assert (shipped / (name + ".edgekit.json")).read_bytes() == (artifact.path / (name + ".edgekit.json")).read_bytes()
     stats = {p.name: os.stat(p).st_ino for p in shipped.glob("model.*.onnx")}

@@ -54,6 +54,11 @@ _INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 FORM_CPUS = {"u8s8": "x86 with VNNI/AMX, or ARM", "u8u8": "x86 without VNNI"}
 
 
+def x86_with_int8_dot_products() -> bool:
+    """An x86 CPU with VNNI or AMX: int8 dot products sum exactly in int32."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and weight_form() == "u8s8"
+
+
 @lru_cache(maxsize=1)
 def weight_form() -> str:
     """'u8s8' where int8 dot products do not saturate (VNNI, AMX, non-x86), else 'u8u8'."""

@@ -25,7 +25,9 @@ IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
 CPU_FORM_VERSION = 3  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
-CPU_FORM_FILE = "model.ov-cpu.onnx"
+# the INT8 CPU forms: clamped tensors at 0..255 where int8 dot products are exact, else 0..127
+CPU_FORM_FILES = {"vnni": "model.ov-cpu-vnni.onnx", "any": "model.ov-cpu.onnx"}
+FORM_CPUS = {"vnni": "CPU, x86 with VNNI/AMX", "any": "CPU, others (x86 without VNNI, ARM)"}
 
 
 def ov_device(device: str) -> str:
@@ -111,20 +113,31 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
     return folder / "model.xml"
 
 
-def cpu_form(artifact: Artifact) -> Path:
-    """The INT8 graph with uint8 activations (non-negative ones at 0..127), cached beside the
-    artifact and hashed (see edgekit.files)."""
+def cpu_form_here() -> str:
+    """'vnni' on x86 with VNNI/AMX, else 'any' (see CPU_FORM_FILES)."""
+    from .int8_cpu_form import x86_with_int8_dot_products
+
+    return "vnni" if x86_with_int8_dot_products() else "any"
+
+
+def cpu_form(artifact: Artifact, form: str) -> Path:
+    """The INT8 graph with uint8 activations, cached beside the artifact and hashed (see
+    edgekit.files). Non-negative tensors (ReLU6 outputs) get 0..255 in the 'vnni' form, as
+    ONNX Runtime's form gives them: twice the resolution of the portable graph's signed
+    0..127 (EfficientNet-Lite2's KL vs FP32: 0.0031 instead of 0.0077). Without VNNI the
+    CPU plugin adds pairs of u8 x s8 products in int16, which 0..255 can overflow, so the
+    'any' form keeps them at 0..127."""
     from ..files import derived_is_current, record_derived, staged_file
 
-    lowered = artifact.path / CPU_FORM_FILE
-    made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION}
+    lowered = artifact.path / CPU_FORM_FILES[form]
+    made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION, "form": form}
     if not derived_is_current(lowered, made_from):
         import onnx
 
         from .int8_cpu_form import lower_qdq_for_cpu
 
         model = onnx.load(str(artifact.onnx_path))
-        lower_qdq_for_cpu(model, "u8s8", widen_clamped=False)
+        lower_qdq_for_cpu(model, "u8s8", widen_clamped=form == "vnni")
         with staged_file(lowered) as tmp:
             onnx.save(model, str(tmp))
         record_derived(lowered, made_from)
@@ -279,11 +292,13 @@ class OpenVinoBackend(BackendBase):
     distributions = ("openvino",)
 
     def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
-        """INT8: the CPU form (making it needs onnx, not openvino), and the portable graph for
-        other devices. The IR is not deployed: it is built from these, per OpenVINO version."""
+        """INT8: both CPU forms (which one is right depends on the deploying machine's CPU, and
+        making them needs onnx, not openvino), and the portable graph for other devices. The
+        IR is not deployed: it is built from these, per OpenVINO version."""
         if numeric_format(artifact.manifest) != "int8":
             return super().deploy_files(artifact)
-        return (DeployFile(self.name, cpu_form(artifact).name, "CPU"), DeployFile(self.name, artifact.onnx_path.name, "GPU or NPU"))
+        forms = tuple(DeployFile(self.name, cpu_form(artifact, form).name, FORM_CPUS[form]) for form in CPU_FORM_FILES)
+        return (*forms, DeployFile(self.name, artifact.onnx_path.name, "GPU or NPU"))
 
     def check_available(self) -> None:
         require_module("openvino", self.name, self.pip_extra)
@@ -296,7 +311,7 @@ class OpenVinoBackend(BackendBase):
             raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
         source = artifact.onnx_path
         if numeric_format(artifact.manifest) == "int8" and ov_device(options.device).startswith("CPU"):
-            source = cpu_form(artifact)
+            source = cpu_form(artifact, cpu_form_here())
         xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
         files = {**artifact.manifest["files"], "onnx": source.name, "openvino_xml": str(xml.relative_to(artifact.path))}  # onnx: what the IR was made from
         manifest = {**artifact.manifest, "files": files}

@@ -5,19 +5,23 @@ INT8 weights, signed symmetric INT8 activations (zero point 0, as TensorRT's exp
 quantization requires), Q/DQ inserted by ONNX Runtime's quantizer. The procedure, each
 phase named in the progress display:
 
-1. calibrating: one batched FP32 pass gives every activation range (minmax, percentile or
-   entropy over histograms of |x|) and the reference logits (calibration.py);
+1. calibrating: one batched FP32 pass gives every activation range (minmax, percentile,
+   entropy or mse over histograms of |x|) and the reference logits (calibration.py), for
+   the tensors placement.py gives Q/DQ (matrix products, and other operators only inside
+   integer regions);
 2. quantizing: ONNX Runtime's quantizer places Q/DQ with those ranges;
 3. layer statistics: one more FP32 pass gathers each layer's quantized-input statistics
    (layer_inputs.py), from which
 4. AdaRound (``rounding="adaround"``) learns each weight's up/down rounding (adaround.py) and
 5. bias correction folds each layer's weight-induced mean output shift into its INT32
    bias (bias_correction.py), kept only where it lowers the KL vs FP32;
-6. only when the budget (top-1 drop, agreement, KL vs FP32 on the calibration images) is
-   not met: sensitivity (each quantized layer read in float alone, on a few images, ranks
-   the layers) and fallback (the worst go back to float one at a time, each step judged
-   on every calibration image with the exact graph) until the budget is met. Random-init
-   weights skip this: an accuracy budget means nothing for them.
+6. only when the budget (by default mean KL vs FP32 on the calibration images) is not met:
+   sensitivity (each quantized layer read in float alone, on the hardest images, ranks the
+   layers), pricing (what each candidate adds in float on the target backends, measured by
+   their profilers: a callable the int8 step passes in) and fallback (layers go back to
+   float, the most accuracy per millisecond first, until the budget is met; the set is
+   then thinned out and judged again on the exact graph). Random-init weights skip this:
+   an accuracy budget means nothing for them.
 
 Graph outputs (the logits) stay in float: quantizing them only adds error.
 
@@ -175,6 +179,7 @@ class QuantizationReport:
 def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
+    # ORT only reads the cache's format from it: an mse range is a range like a percentile's
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile}[name]
 
 
@@ -348,7 +353,7 @@ def quantize_onnx(
                 stage_seconds = round(time.monotonic() - clock[0], 2)
                 notes.append(f"float layers priced on {', '.join(prices.ms) or 'no backend'} ({stage_seconds:.1f} s with the sensitivity ranking)")
             before_search = final
-            trial, quick, fallback, tried = _fall_back(model, fp32_model, candidates, baseline_kl, final, options, judge_quickly, progress, prices)
+            trial, _, fallback, tried = _fall_back(model, fp32_model, candidates, baseline_kl, final, options, judge_quickly, progress, prices)
             if fallback:
                 final = judge(trial)
                 if not options.budget.met(final):  # the quick judgement was too kind: search again, judging exactly
@@ -411,8 +416,8 @@ def _hardest_images(logits: np.ndarray, reference: np.ndarray, k: int) -> np.nda
 
 
 def _fall_back(model, fp32_model, candidates: list[NodeSensitivity], baseline_kl: float, current: AccuracyStats, options: QuantizeOptions, judge, progress, prices=None):
-    """Greedy and cumulative: candidate layers go back to float one at a time, each step the
-    exact graph judged on every calibration image, until the budget is met (nodes interact:
+    """Greedy and cumulative: candidate layers go back to float one at a time, each step
+    judged by ``judge`` on every calibration image, until the budget is met (nodes interact:
     two neighbours may only help together, so a layer that does not help yet stays in the
     set). Order: with ``prices``, the most accuracy per share of run time first (what a
     layer buys read in float alone, over what it adds in float on the target backends);
