@@ -24,7 +24,8 @@ from typing import Optional, Sequence
 OUTSIDE_QDQ = "(outside: quantize/dequantize)"
 OUTSIDE_LAYOUT = "(outside: layout reorders)"
 OUTSIDE_OTHER = "(outside any module)"
-OUTSIDE_ROWS = (OUTSIDE_QDQ, OUTSIDE_LAYOUT, OUTSIDE_OTHER)
+BETWEEN_NODES = "(between nodes: the runtime's own work)"  # the profiled run's wall time no node accounts for
+OUTSIDE_ROWS = (OUTSIDE_QDQ, OUTSIDE_LAYOUT, OUTSIDE_OTHER, BETWEEN_NODES)
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -240,6 +241,9 @@ def profile_backend(artifact, backend_name: str, options, images, batch_size: in
     names = OnnxNames.of(compiled.onnx_path) if file else OnnxNames()
     scale = e2e / run.run_ms if run.run_ms else 1.0
     modules, joined_by = attribute(tuple(dataclasses.replace(n, ms=n.ms * scale) for n in run.nodes), names)
+    between = (run.run_ms - sum(n.ms for n in run.nodes)) * scale
+    if between > 0:  # the call, input and output copies, scheduling: measured as the wall time no node accounts for
+        modules = (*modules, ModuleTime(BETWEEN_NODES, between, 0, (), ()))
     note = "" if joined_by == "module" else "no PyTorch module names in this graph (an imported ONNX file?): rows are ONNX nodes"
     return BackendProfile(
         backend=backend_name, device=options.device, runtime=backend.runtime_version(), file=file,

@@ -38,7 +38,7 @@ def test_an_int8_artifact_gets_a_price_list_on_every_cpu_backend(int8_artifact, 
     # each module's accuracy cost, on the calibration images it was quantized with
     assert section["kl_by_module"] and section["kl_images"] > 0, section.get("kl_note")
     assert all(v >= 0 for v in section["kl_by_module"].values())
-    assert "KL if only it is INT8" in proc.stdout and "profiler's nodes account for" in proc.stdout and "end-to-end p50" in proc.stdout
+    assert "KL if only it is INT8" in proc.stdout and "inside the runtime's nodes" in proc.stdout and "end-to-end p50" in proc.stdout
 
 
 def test_an_imported_onnx_profiles_by_node_name_and_says_so(tmp_path):

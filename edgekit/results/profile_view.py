@@ -20,9 +20,9 @@ def heading(backend: dict[str, Any], variant: str) -> str:
         return f"{backend['backend']}: {what} ({backend['runtime']}, {backend['device']}), batch {backend['batch_size']}: rows sum to {total:.3f} ms; end-to-end p50 {e2e:.3f} ms"
     return (
         f"{backend['backend']}: {what} ({backend['runtime']}, {backend['device']}), batch {backend['batch_size']}, "
-        f"{backend['iterations']} profiled runs of {profiled:.3f} ms: the profiler's nodes account for {100.0 * backend['attributed']:.0f}% of them; "
-        f"end-to-end p50 without the profiler {e2e:.3f} ms; rows below are the profiler's times x {backend['scale']:.2f} (its own cost taken out) "
-        f"and sum to {total:.3f} ms ({100.0 * total / e2e:.0f}% of the p50)"
+        f"{backend['iterations']} profiled runs of {profiled:.3f} ms, {100.0 * backend['attributed']:.0f}% of it inside the runtime's nodes; "
+        f"end-to-end p50 without the profiler {e2e:.3f} ms; rows are the profiler's times x {backend['scale']:.2f} (its own cost taken out), "
+        f"the rest of the run's wall time on a row of its own, and sum to {total:.3f} ms ({100.0 * total / e2e:.0f}% of the p50)"
     )
 
 

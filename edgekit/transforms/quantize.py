@@ -334,6 +334,7 @@ def quantize_onnx(
                     notes.append(f"bias correction did not lower KL ({stats_bc.mean_kl:.4f} vs {final.mean_kl:.4f}); not applied")
                     del model.graph.initializer[:]
                     model.graph.initializer.extend(before)
+                    stage("bias correction (not applied: it did not lower the KL)", final)  # its seconds are accounted for too
 
         fallback: list[FallbackStep] = []
         hardest = _hardest_images(final_logits, reference[judged], RANKING_IMAGES)  # where the error is
@@ -367,8 +368,10 @@ def quantize_onnx(
                     f"the budget was not reached with up to {len(tried)} layers in float (best: KL {best.after.mean_kl:.4f}, "
                     f"agreement {best.after.agreement:.1f}%); layers in float cost speed, so all stay INT8"
                 )
+                stage("fallback search (budget not reached: all stay INT8)", final)  # its seconds are accounted for too
             else:
                 notes.append("no layer read in float alone lowered the KL; all stay INT8")
+                stage("fallback search (no layer helps: all stay INT8)", final)
         else:
             # random weights: no decision rests on the figures, and the table would rank noise
             report_nodes = [] if random_weights else describe_layers(model, output_errors(model, fp32_model, sample))
