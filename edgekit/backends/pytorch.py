@@ -6,6 +6,8 @@ so the comparison needs no pickled model.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Optional
 
 import numpy as np
@@ -30,12 +32,10 @@ class PyTorchSession:
         time goes to the innermost module running it (each module's forward is a
         record_function range named after its path, whose own time is the Python around its
         operators); what the top-level forward runs itself is outside any module."""
-        import os
         import time
 
         from ..profiling import OUTSIDE_OTHER, NodeTime, ProfiledRun
 
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop lines on stderr
         torch = self._torch
         label = "edgekit.module:"
         handles, ranges = [], {}
@@ -54,11 +54,17 @@ class PyTorchSession:
                 for _ in range(warmup):
                     self._module(x)
                 walls = []
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                with _native_stderr_quiet():  # Kineto prints its own start and stop lines to fd 2
+                    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    prof.__enter__()
+                try:
                     for _ in range(iterations):
                         started = time.perf_counter()
                         self._module(x)
                         walls.append((time.perf_counter() - started) * 1000.0)
+                finally:
+                    with _native_stderr_quiet():
+                        prof.__exit__(None, None, None)
         finally:
             for handle in handles:
                 handle.remove()
@@ -91,6 +97,24 @@ class PyTorchSession:
         with torch.inference_mode():
             out = self._module(torch.from_numpy(batch).to(self._device))
         return out.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """File descriptor 2 pointed at /dev/null for a moment: what native code writes there
+    (not Python's warnings or exceptions) is dropped."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class PyTorchBackend(BackendBase):
