@@ -30,7 +30,7 @@ def rows(backend: dict[str, Any], top: Optional[int]) -> list[dict[str, Any]]:
     """The largest ``top`` module rows and every outside-a-module row (never cut: they say
     where the rest goes), then one row for the modules left out."""
     prices = backend["prices"]
-    modules = [p for p in prices if not p["module"].startswith(OUTSIDE_PREFIX)]
+    modules = sorted((p for p in prices if not p["module"].startswith(OUTSIDE_PREFIX)), key=lambda p: -p["ms"])
     outside = [p for p in prices if p["module"].startswith(OUTSIDE_PREFIX)]
     shown = modules if top is None else modules[:top]
     rest = modules[len(shown):]
