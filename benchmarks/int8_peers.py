@@ -47,7 +47,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +59,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from run_facts import CPU_FLAGS, cpu_flags, git_state, log  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))  # digits.py: the digits network and its data
 
 from baseline_quantizers import ORT_CALIBRATION_BATCH, nncf_default_int8, ort_default_int8  # noqa: E402
@@ -109,40 +109,15 @@ LATENCY_TOLERANCE = 1.05  # edgekit default's median p50 / the best peer's, per 
 LITE0_KL_GOAL = 0.002
 LITE0_SECONDS_GOAL = 30.0
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_flags() -> dict[str, bool]:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return {}
-    return {f: f in flags for f in CPU_FLAGS}
 
 
-def git_state() -> dict[str, Any]:
-    import hashlib
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip()
-
-    # the edgekit/ source as this run imported it (others may be editing it, uncommitted)
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "edgekit").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "edgekit_uncommitted_changes": [line for line in git("status", "--short", "--", "edgekit").splitlines() if line.strip()],
-        "edgekit_source_sha256": digest.hexdigest(),
-    }
 
 
 def versions() -> dict[str, str]:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import os
@@ -62,6 +61,8 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from run_facts import CPU_FLAGS, git_state, log  # noqa: E402
 
 # model -> (random init, variants)
 MODELS: dict[str, tuple[bool, tuple[str, ...]]] = {
@@ -75,15 +76,12 @@ INT8_BACKENDS = ("onnxruntime", "openvino")  # the PyTorch baseline runs FP32 on
 SUM_GOAL = 0.10  # |sum / e2e p50 - 1|
 LAYER_GOAL = 0.15  # |edgekit / benchmark_app - 1| per layer
 TOP = 10
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "amx_tile")
 # compiled-model properties that decide how the CPU plugin runs; compared between benchmark_app and edgekit
 PROPERTIES = ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERF_COUNT",
               "EXECUTION_MODE_HINT", "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE",
               "CPU_DENORMALS_OPTIMIZATION", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def short_error(exc: BaseException) -> str:
@@ -121,17 +119,6 @@ def cpu_description() -> dict[str, Any]:
             "all_cpu_flags": " ".join(sorted(flags))}
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip()
-
-    digest = hashlib.sha256()  # the edgekit/ source this run imported (others may be editing it)
-    for path in sorted((REPO / "edgekit").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return {"commit": git("rev-parse", "HEAD"),
-            "edgekit_uncommitted_changes": [line for line in git("status", "--short", "--", "edgekit").splitlines() if line.strip()],
-            "edgekit_source_sha256": digest.hexdigest()}
 
 
 def versions() -> dict[str, str]:

@@ -38,7 +38,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from run_facts import CPU_FLAGS, cpu_flags, git_state, log  # noqa: E402
 
 MODELS = ("vit_b_16", "swin_t", "timm/deit_tiny_patch16_224")
 BACKENDS = ("onnxruntime", "openvino")
@@ -63,12 +64,6 @@ DEFAULT_ITERATIONS = 100
 DEFAULT_WARMUP = 10
 DEFAULT_MAX_SECONDS = 120.0  # per entry and round; vit_b_16 FP32 is ~0.25 s a run on 2 cores
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
 
 def short_error(exc: BaseException) -> str:
     lines = [line for line in f"{type(exc).__name__}: {exc}".strip().splitlines() if line.strip()]
@@ -80,31 +75,8 @@ def short_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_flags() -> dict[str, bool]:
-    """As int8_peers.py: which of the INT8-relevant instruction sets the CPU reports."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return {}
-    return {f: f in flags for f in CPU_FLAGS}
 
 
-def git_state() -> dict[str, Any]:
-    """Read-only: the commit, and whether edgekit/ had uncommitted changes (others edit it)."""
-    import hashlib
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip()
-
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "edgekit").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "edgekit_uncommitted_changes": [line for line in git("status", "--short", "--", "edgekit").splitlines() if line.strip()],
-        "edgekit_source_sha256": digest.hexdigest(),
-    }
 
 
 def versions() -> dict[str, str]:
