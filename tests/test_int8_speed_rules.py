@@ -192,3 +192,16 @@ def test_folded_sizes_keep_their_rank_and_the_batch_stays_dynamic(tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with torch.no_grad():
         assert np.allclose(got, Reshaping()(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_a_budget_out_of_reach_is_said_and_not_searched(digits, tmp_path):
+    """When even the most helpful layers, read in float one by one, cannot add up to the gap,
+    no search is made (EfficientNet-Lite2 spent 38 s on one) and the note says why."""
+    from edgekit.transforms.quantize import Budget, QuantizeOptions, quantize_onnx
+
+    path, x_train, _, _, _ = digits
+    options = QuantizeOptions(method="minmax", max_fallback_nodes=1, budget=Budget(max_kl=1e-9))
+    report = quantize_onnx(path, tmp_path / "int8.onnx", x_train[:64], None, options)
+    assert not report.budget_met and not report.fallback
+    assert any("out of reach" in n for n in report.notes), report.notes
+    assert report.stages[-1].name.startswith("fallback search (budget out of reach")

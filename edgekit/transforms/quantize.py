@@ -344,6 +344,10 @@ def quantize_onnx(
         if search:
             report_nodes, baseline_kl = rank_layers(model, fp32_model, sample, reference[hardest], progress)
             candidates = [r for r in report_nodes if r.kl_if_float is not None and r.kl_if_float < baseline_kl][: options.max_fallback_nodes]
+            out_of_reach = _out_of_reach(candidates, baseline_kl, final, options)
+            if out_of_reach:
+                notes.append(out_of_reach)
+                candidates = []
             prices = None
             if price is not None and candidates:
                 progress("pricing float layers", None, None)
@@ -369,6 +373,8 @@ def quantize_onnx(
                     f"agreement {best.after.agreement:.1f}%); layers in float cost speed, so all stay INT8"
                 )
                 stage("fallback search (budget not reached: all stay INT8)", final)  # its seconds are accounted for too
+            elif out_of_reach:
+                stage("fallback search (budget out of reach: all stay INT8)", final)
             else:
                 notes.append("no layer read in float alone lowered the KL; all stay INT8")
                 stage("fallback search (no layer helps: all stay INT8)", final)
@@ -466,6 +472,25 @@ def _fall_back(model, fp32_model, candidates: list[NodeSensitivity], baseline_kl
             return trial, stats, kept, tried
     progress("fallback to float", len(ordered), len(ordered))
     return model, current, [], tried
+
+
+REACH_MARGIN = 0.8  # gains measured on the hardest images overstate what they buy on all of them
+
+
+def _out_of_reach(candidates: list[NodeSensitivity], baseline_kl: float, current: AccuracyStats, options: QuantizeOptions) -> Optional[str]:
+    """Why a KL budget cannot be reached with these candidates (None: worth searching): what
+    they buy read in float one by one, added up, falls well short of the gap to close."""
+    budget = options.budget
+    if not candidates or budget.max_kl is None or budget.min_agreement is not None or budget.max_top1_drop is not None or baseline_kl <= 0:
+        return None
+    needed = max(current.mean_kl - budget.max_kl, 0.0) / current.mean_kl
+    predicted = sum(max(baseline_kl - c.kl_if_float, 0.0) for c in candidates) / baseline_kl
+    if predicted >= REACH_MARGIN * needed:
+        return None
+    return (
+        f"the budget is out of reach: the {len(candidates)} most helpful layers, each read in float alone, would lower the KL by "
+        f"{predicted:.0%} together at best, and {needed:.0%} is needed; no search was made, all stay INT8"
+    )
 
 
 def _drop_unneeded(steps: list[FallbackStep], model, fp32_model, stats: AccuracyStats, options: QuantizeOptions, judge, cost, entries):
