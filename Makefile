@@ -1,29 +1,43 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# `make demo` installs what the demo needs (edgekit with the openvino extra; torch is a
+# CUDA build, most of the size); `make test` adds the test and ray extras to the same venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --quiet -c constraints.txt
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo-env demo test bench clean
 
-venv: $(STAMP)
-
-$(STAMP): setup.cfg constraints.txt
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,openvino,ray]'
-	touch $(STAMP)
+
+$(DEMO_STAMP): setup.cfg constraints.txt | $(BIN)/python
+	$(PIP) -e '.[openvino]'
+	touch $@
+
+# After `make demo` this installs only the extras (pytest, scikit-learn, Ray).
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(PIP) -e '.[openvino,test,ray]'
+	touch $@
+
+demo-env: $(DEMO_STAMP)
+
+# The full development environment: everything `make test` needs, Ray included.
+venv: $(TEST_STAMP)
 
 # EfficientNet-Lite0 (real ImageNet weights) -> ONNX -> ONNX Runtime vs PyTorch, bundled photos.
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/edgekit bench efficientnet_lite0
 
-test: venv
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Recorded benchmarks (benchmarks/results/*.json and *.md); NNCF is the INT8 baseline.
-bench: venv
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+bench: $(DEMO_STAMP)
+	$(PIP) -e '.[openvino,bench]'
 	$(BIN)/python benchmarks/fp32_onnxruntime.py
 	$(BIN)/python benchmarks/int8_onnxruntime.py
 	$(BIN)/python benchmarks/openvino_cpu.py

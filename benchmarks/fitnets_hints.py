@@ -39,7 +39,7 @@ console = Console(stderr=True)
 
 def true_top1(artifact, data: Path) -> dict:
     run = edgekit.bench(artifact.path, backends=["onnxruntime"], data=str(data), iterations=5, warmup=1, power="off")
-    (row,) = run.run.results
+    (row,) = run.rows
     return {"top1": row.accuracy.top1, "top1_ci": list(row.accuracy.top1_ci), "images": row.accuracy.images}
 
 

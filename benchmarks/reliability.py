@@ -396,7 +396,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     t.case("random-init weights", "edgekit bench mobilenet_v3_small --random-init", "top-1 and drop not applicable (said so), not +0.00", random_init)
 
     # --- smaller ones
-    t.error_case("--labels without --data", ("bench", "--labels", "labels.bin"), 2, "label file goes with an image folder")
+    t.error_case("--labels without --data", ("bench", "--labels", "labels.bin"), 2, "--labels applies with --data")
     t.error_case("--percentile 120", ("export", "squeezenet1_1", "--int8", "--percentile", "120"), 2, "--percentile")
     t.error_case("--max-kl -1", ("export", "squeezenet1_1", "--int8", "--max-kl", "-1"), 2, "--max-kl")
     t.error_case("--min-agreement 150", ("export", "squeezenet1_1", "--int8", "--min-agreement", "150"), 2, "--min-agreement")

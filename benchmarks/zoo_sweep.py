@@ -220,7 +220,7 @@ def _int8_text(doc: dict) -> list[str]:
     else:
         settings = "edgekit's defaults"
     lines = [
-        f"INT8: built as `edgekit export MODEL --random-init --int8` builds it (efficientnet_lite0 without --random-init): edgekit's",
+        "INT8: built as `edgekit export MODEL --random-init --int8` builds it (efficientnet_lite0 without --random-init): edgekit's",
         f"default options: {settings}; the fallback priced on the deployable backends.",
         "Calibration: the bundled photos' odd views" + (f" ({calibration} crops)" if calibration else "") + ". With random weights edgekit",
         "makes no fallback search by itself (a budget means nothing for them), so only efficientnet_lite0 can fall back to",

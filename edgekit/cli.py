@@ -6,7 +6,8 @@ is instant and works without them.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -29,28 +30,38 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(_one_line_warning(message, category, filename, lineno).rstrip("\n"), err=True)
 
 
+INTERRUPTED = "interrupted; nothing half-written was kept"
+
+
 class EdgekitGroup(click.Group):
-    """Turns EdgekitError, and click's own usage errors, into one line on stderr and a
-    non-zero exit, never a traceback."""
+    """One exit-code table for every command (edgekit.core.EXIT_CODES, docs/cli.md): an
+    EdgekitError exits with its class's code, click's usage errors with 2, Ctrl-C with 130,
+    each as one line on stderr and never a traceback; anything else is a bug: its
+    traceback, then exit 70."""
 
     def main(self, *args, **kwargs):
+        from .core import EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
+
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help())
-            sys.exit(e.exit_code)
+            click.echo(e.ctx.get_help())  # no command given: refused (2), with the help that says what there is
+            sys.exit(EXIT_REFUSED)
         except click.UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "edgekit"
             click.echo(f"error: {e.format_message()} (see {where} --help)", err=True)
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
+            sys.exit(EXIT_REFUSED)
+        except click.ClickException as e:  # e.g. click.FileError: an input it cannot open
             click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(EXIT_REFUSED)
+        except EdgekitError as e:  # raised while the arguments were read (an option's check)
+            click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("interrupted; nothing half-written was kept", err=True)
-            sys.exit(130)
-        sys.exit(code if isinstance(code, int) else 0)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["edgekit.argv"] = list(args)  # what this invocation was given, in a process or not
@@ -62,14 +73,38 @@ class EdgekitGroup(click.Group):
         warnings.formatwarning = _one_line_warning
         warnings.showwarning = _show_warning
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up like Ctrl-C
+        from .core import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED
+
         try:
             return super().invoke(ctx)
         except EdgekitError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing half-written was kept", err=True)
-            sys.exit(130)
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: main() gives them their codes
+        except BrokenPipeError:  # `edgekit ... | head`: the reader has what it wanted
+            _silence_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
+        except Exception as e:  # a bug: its traceback, and a code no result ever has
+            import traceback
+
+            click.echo("".join(traceback.format_exception(e)).rstrip("\n"), err=True)
+            click.echo(f"error: internal error ({type(e).__name__}); this is a bug in edgekit, please report it with the traceback above", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: stdout to /dev/null, so that the interpreter's last flush stays quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 def _command_line() -> str:
@@ -86,13 +121,55 @@ def main() -> None:
     """Take pretrained image classifiers to edge hardware, and measure what that cost."""
 
 
+PIPED_WIDTH = 1000  # not a terminal: lines are never wrapped, tables never squeezed
+
+
 def _console(stderr: bool = True):
-    """Messages go to stderr, tables to stdout; when piped, still wide enough for every column."""
+    """Results (tables, JSON, the paths a script wants) go to stdout (``stderr=False``);
+    progress, notes and warnings to stderr. When the stream is not a terminal: plain
+    tables (no box characters; the title on a line of its own, then the header, columns
+    apart by two spaces or more) and lines that are never wrapped, for grep, awk and column."""
     from rich.console import Console
 
     # markup off: model keys, weight names and paths in brackets are text, not style tags
     console = Console(stderr=stderr, markup=False)
-    return console if console.is_terminal else Console(stderr=stderr, width=200, markup=False)
+    return console if console.is_terminal else _plain_console_type()(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True, markup=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _plain_console_type():
+    """A rich Console that prints every Table plain (rich is imported only when used)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    class PlainConsole(Console):
+        def print(self, *objects, **kwargs):
+            for item in objects:
+                if isinstance(item, Table):
+                    title, table = plain_table(item)
+                    with self.capture() as captured:
+                        super().print(table, **kwargs)
+                    lines = ([title] if title else []) + [line.rstrip() for line in captured.get().splitlines()]
+                    super().print("\n".join(lines), highlight=False)
+                else:
+                    super().print(item, **kwargs)
+
+    return PlainConsole
+
+
+def plain_table(table):
+    """(title, a copy of ``table`` without box characters or title, that never wraps a cell)."""
+    import copy
+
+    plain = copy.copy(table)
+    plain.box, plain.show_edge, plain.pad_edge, plain.expand = None, False, False, False
+    plain.padding = (0, 1, 0, 1)  # two spaces at least between columns
+    plain.title, plain.caption = None, None
+    plain.columns = [copy.copy(column) for column in table.columns]
+    for column in plain.columns:
+        column.no_wrap = True
+    title = table.title
+    return (str(title) if title is not None else None), plain
 
 
 class _Bars:
@@ -202,48 +279,129 @@ def _print_results(results, parity, title: str, count: int) -> None:
 @main.command("models")
 @click.argument("pattern", required=False)
 @click.option("--offline-only", is_flag=True, help="Only models whose pretrained weights load without a network.")
-@click.option("--no-measure", is_flag=True, help="Skip counting params/GMACs from the built model (faster).")
-def models_command(pattern: Optional[str], offline_only: bool, no_measure: bool) -> None:
-    """List registered models with params and GMACs counted from the built model.
+@click.option("--measure", is_flag=True, help="Also count params and GMACs from each built model (on the meta device: about a minute for all of them).")
+@click.option("--no-measure", is_flag=True, hidden=True, help="The default now; kept so that old scripts still run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of the table (keys: docs/cli.md).")
+def models_command(pattern: Optional[str], offline_only: bool, measure: bool, no_measure: bool, as_json: bool) -> None:
+    """List registered models with their published params, GMACs and top-1 (torchvision's
+    weight metadata, the EfficientNet-Lite README); --measure counts params and GMACs
+    from each built model beside them.
 
     PATTERN filters by substring. timm models are not listed (there are ~1,200);
     any of them works as timm/<name>.
     """
-    from rich.progress import Progress
-    from rich.table import Table
+    import json
 
     from . import models
 
-    names = [n for n in models.list_model_names() if not pattern or pattern.lower() in n.lower()]
-    table = Table(title="edgekit models (GMACs: multiply-adds x 1e9, torchvision's 'GFLOPS')", title_justify="left")
-    for col in ("name", "family", "input", "params M", "GMACs", "ref params M", "ref GMACs", "ref top-1", "weights offline"):
-        table.add_column(col, justify="left" if col in ("name", "family", "weights offline") else "right")
-    with Progress(console=_console(), transient=True) as progress:
-        task = progress.add_task("building models on the meta device", total=len(names))
+    if measure and no_measure:
+        raise UsageError("--measure and --no-measure exclude each other")
+    names = model_names_matching(pattern)
+    rows = []
+    console = _console()
+    with _measuring(console, len(names) if measure else 0) as advance:
         for name in names:
             spec = models.get_spec(name)
-            progress.advance(task)
             if offline_only and not spec.offline_weights:
+                advance()
                 continue
-            measured = ("-", "-")
-            if not no_measure:
-                try:
-                    params, gmacs = models.complexity_of(name)
-                    measured = (f"{params:.2f}", f"{gmacs:.3f}")
-                except Exception as e:  # a model that cannot run on meta still keeps its row
-                    measured = (f"n/a ({type(e).__name__})", "-")
-            ref = spec.reference
-            table.add_row(
-                name,
-                spec.family,
-                str(spec.preprocessing.input_size),
-                *measured,
-                "-" if ref.params_m is None else f"{ref.params_m:.2f}",
-                "-" if ref.gflops is None else f"{ref.gflops:.3f}",
-                "-" if ref.top1 is None else f"{ref.top1:.2f}",
-                "yes" if spec.offline_weights else "no (--random-init)",
-            )
-    _console(stderr=False).print(table)
+            rows.append(model_record(name, spec, _measured(name) if measure else None))
+            advance()
+    if not rows:
+        console.print(f"note: no model matching {pattern!r} has its weights on this machine" if pattern else "note: no model has its weights on this machine")
+    if as_json:
+        click.echo(json.dumps({"models": rows}, indent=2))
+        return
+    _console(stderr=False).print(models_table(rows, measure))
+
+
+def model_names_matching(pattern: Optional[str]) -> list[str]:
+    """Registered names containing ``pattern`` (any case); a pattern that matches none is
+    refused in one line, with the closest names."""
+    from . import models
+
+    names = models.list_model_names()
+    if not pattern:
+        return names
+    found = [n for n in names if pattern.lower() in n.lower()]
+    if found:
+        return found
+    close = models.model_registry().close_matches(pattern)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `edgekit models` lists them all"
+    timm = "" if pattern.startswith(models.TIMM_PREFIX) else " (timm models are not listed: use timm/<name>)"
+    raise UsageError(f"no registered model name contains {pattern!r}{hint}{timm}")
+
+
+def model_record(name: str, spec, measured: Optional[dict]) -> dict:
+    """One model for `edgekit models --json`: the same keys for every model (docs/cli.md)."""
+    ref = spec.reference
+    return {
+        "name": name,
+        "family": spec.family,
+        "source": spec.source,
+        "input_size": spec.preprocessing.input_size,
+        "params_m": ref.params_m,
+        "gmacs": ref.gflops,
+        "top1": ref.top1,
+        "reference": ref.source,
+        "offline_weights": bool(spec.offline_weights),
+        "measured": measured,
+    }
+
+
+def _measured(name: str) -> dict:
+    """Params and GMACs counted from the built model (``error``: why not)."""
+    from . import models
+
+    try:
+        params, gmacs = models.complexity_of(name)
+        return {"params_m": round(params, 4), "gmacs": round(gmacs, 4), "error": None}
+    except Exception as e:  # a model that cannot run on meta still keeps its row
+        return {"params_m": None, "gmacs": None, "error": type(e).__name__}
+
+
+class _measuring:
+    """A transient bar on a terminal while models are built; nothing otherwise."""
+
+    def __init__(self, console, total: int):
+        self._progress = None
+        if total and console.is_terminal:
+            from rich.progress import Progress
+
+            self._progress = Progress(console=console, transient=True)
+            self._task = self._progress.add_task("building models on the meta device", total=total)
+
+    def __enter__(self):
+        if self._progress is not None:
+            self._progress.__enter__()
+            return lambda: self._progress.advance(self._task)
+        return lambda: None
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc) if self._progress is not None else False
+
+
+def models_table(rows: list[dict], measure: bool):
+    from rich.table import Table
+
+    def number(value, spec: str) -> str:
+        return "-" if value is None else f"{value:{spec}}"
+
+    title = "edgekit models: published params, GMACs (multiply-adds x 1e9, torchvision's 'GFLOPS') and ImageNet top-1"
+    table = Table(title=title + ("; counted: from the built model" if measure else "; --measure counts them"), title_justify="left")
+    columns = ("name", "family", "input", "params M", "GMACs", "top-1", *(("counted params M", "counted GMACs") if measure else ()), "weights offline")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("name", "family", "weights offline") else "right")
+    for r in rows:
+        counted = ()
+        if measure:
+            m = r["measured"]
+            counted = (f"n/a ({m['error']})", "-") if m["error"] else (number(m["params_m"], ".2f"), number(m["gmacs"], ".3f"))
+        table.add_row(
+            r["name"], r["family"], str(r["input_size"]), number(r["params_m"], ".2f"), number(r["gmacs"], ".3f"), number(r["top1"], ".2f"),
+            *counted, "yes" if r["offline_weights"] else "no (--random-init)",
+        )
+    return table
 
 
 # --------------------------------------------------------------------------- building artifacts
@@ -360,13 +518,19 @@ def _fallback_cell(step: dict) -> str:
     return f"yes (KL after: {step['after']['mean_kl']:.4f}" + (f"; costs {price}" if price else "") + ")"
 
 
-def _describe_artifact(artifact, reused: bool, console) -> None:
+def _describe_artifact(artifact, reused: Optional[bool], console) -> None:
+    """One line: the artifact, its weights and its parity with PyTorch. ``reused`` None: as
+    found on disk (inspect), whichever command built it."""
     parity = artifact.manifest.get("parity")
+    if reused is None:
+        verb = f"artifact {artifact.manifest.get('variant', 'fp32')} [{artifact.key}]:"
+    else:
+        verb = "reused" if reused else "imported" if parity is None else "exported"
     if parity is None:
-        console.print(f"{'reused' if reused else 'imported'} {artifact.model_name} -> {artifact.path}")
+        console.print(f"{verb} {artifact.model_name} -> {artifact.path}")
         return
     console.print(
-        f"{'reused' if reused else 'exported'} {artifact.model_name} -> {artifact.path}  "
+        f"{verb} {artifact.model_name} -> {artifact.path}  "
         f"[{artifact.manifest['model']['weights']}]  parity vs PyTorch on {parity.get('images')} real images: "
         f"max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, top-1 agreement {parity.get('top1_agreement', float('nan')):.1f}%"
     )
@@ -379,8 +543,9 @@ def _describe_artifact(artifact, reused: bool, console) -> None:
 @click.argument("model")
 @click_options("export")
 def export_command(model, **values) -> None:
-    """Export MODEL to an ONNX artifact under exported/ (reused when identical), with the
-    variant its flags ask for (--int8, --fp16, --prune, --dw-separable)."""
+    """Export MODEL (a model name or an ONNX file) to an ONNX artifact under exported/
+    (reused when identical), with the variant its flags ask for (--int8, --fp16, --prune,
+    --dw-separable, --finetune); a step's options without its flag are an error."""
     from . import api
 
     console = _console()
@@ -447,19 +612,59 @@ def _exit_if_budget_missed(artifact, settings) -> None:
 
 @main.command("inspect")
 @click.argument("artifact_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-def inspect_command(artifact_dir: Path) -> None:
-    """Show an artifact's integrity, lineage, INT8 sensitivity report and the file each runtime loads."""
-    from .core import Artifact
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of the text (keys: docs/cli.md).")
+def inspect_command(artifact_dir: Path, as_json: bool) -> None:
+    """Show an artifact's integrity, lineage, INT8 sensitivity report and the file each
+    runtime loads, on stdout. Exits 2 when the artifact is not intact (after saying what is wrong)."""
+    import json
 
-    console = _console()
+    from .core import Artifact, InvalidModelFileError
+
     artifact = Artifact.load(artifact_dir)
+    facts = artifact_facts(artifact)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, default=str))
+    else:
+        out = _console(stderr=False)
+        _describe_artifact(artifact, None, out)
+        sealed = facts["integrity"]["sealed_files"]
+        problems = facts["integrity"]["problems"]
+        out.print(f"integrity: {'intact, ' + str(sealed) + ' files sealed in the manifest' if not problems else 'NOT intact: ' + '; '.join(problems)}")
+        for step in artifact.manifest.get("steps", []):
+            out.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
+        _print_quantization(artifact, out)
+        _print_deploy(artifact, out, check=True)
+    if facts["integrity"]["problems"]:
+        raise InvalidModelFileError(f"{artifact.path} is not intact: {facts['integrity']['problems'][0]}; export it again")
+
+
+def artifact_facts(artifact) -> dict:
+    """What `edgekit inspect --json` prints: the same keys for every artifact (docs/cli.md);
+    the manifest's own sections (steps, parity, quantization) as they are."""
+    from .deploy import SECTION, file_state
+
+    manifest = artifact.manifest
     problems = artifact.problems()
-    listed = artifact.manifest.get("sha256") or {}
-    console.print(f"integrity: {'intact, ' + str(len(listed)) + ' files sealed in the manifest' if not problems else 'NOT intact: ' + '; '.join(problems)}")
-    for step in artifact.manifest.get("steps", []):
-        console.print(f"step {step['step']}: " + ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "settings", "calibration", "fidelity_on_calibration")))
-    _print_quantization(artifact, console)
-    _print_deploy(artifact, console, check=True)
+    section = manifest.get(SECTION)
+    deploy = None
+    if isinstance(section, dict):
+        deploy = {
+            runtime: [{"file": str(e.get("file")), "when": str(e.get("when") or ""), "state": file_state(artifact, str(e.get("file"))) or "ok"} for e in entries]
+            for runtime, entries in section.items()
+        }
+    model = manifest.get("model") or {}
+    return {
+        "path": str(artifact.path),
+        "key": artifact.key,
+        "model": artifact.model_name,
+        "variant": manifest.get("variant", "fp32"),
+        "weights": model.get("weights"),
+        "integrity": {"intact": not problems, "problems": problems, "sealed_files": len(manifest.get("sha256") or {})},
+        "steps": manifest.get("steps", []),
+        "parity": manifest.get("parity"),
+        "quantization": manifest.get("quantization"),
+        "deploy": deploy,
+    }
 
 
 # --------------------------------------------------------------------------- bench
@@ -470,13 +675,12 @@ def inspect_command(artifact_dir: Path) -> None:
 @click_options("bench")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: results.json beside the artifact).")
 def bench_command(target, json_path, **values) -> None:
-    """Benchmark TARGET (a model name, an artifact folder or an ONNX file) against the
-    PyTorch original: latency p50/p90/p99, throughput, peak memory, size, top-1/top-5 with
-    their 95% intervals, top-1 drop, agreement and mean KL on the same images.
+    """Benchmark TARGET (a model name, an artifact folder or an ONNX file; default:
+    efficientnet_lite0) against the PyTorch original: latency, memory, size, top-1/top-5
+    with 95% intervals, top-1 drop, agreement and KL on the same images.
     """
     from . import api
-    from .remote import RemoteHost
-    from .results.document import describe_images, results_document, write_results
+    from .results.document import describe_images
 
     console = _console()
     settings = _settings(values)
@@ -486,25 +690,15 @@ def bench_command(target, json_path, **values) -> None:
     _print_quantization(artifact, console)
     if run.note and "no PyTorch original" in run.note:
         console.print(f"note: {run.note}")
-    compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.run.results)
-    where = f" on {settings['remote']}" if settings["remote"] else ""
-    title = f"{artifact.model_name} [{artifact.key}]{where} on {describe_images(run.run.image_summary)}; accuracy vs {'PyTorch on the same images' if compared else 'labels only'}"
-    _print_results(run.run.results, run.run.parity, title, run.run.evaluated)
-    if (run.run.image_summary or {}).get("calibration"):
-        click.echo(f"images: {run.run.image_summary['calibration']}; evaluated on {run.run.image_summary['description']}")
-    document = results_document(
-        run.run.results,
-        parity=[dataclasses.asdict(p) for p in run.run.parity],
-        artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-        images=run.run.image_summary,
-        command=_command_line(),
-        extra=run.run.extra,
-        machine=run.run.machine,
-    )
-    default = artifact.path / (f"results-{RemoteHost.parse(settings['remote']).host}.json" if settings["remote"] else "results.json")
-    path = write_results(document, json_path or default)
+    compared = any(r.accuracy is not None and r.accuracy.agreement is not None for r in run.rows)
+    where = f" on {run.remote}" if run.remote else ""
+    title = f"{artifact.model_name} [{artifact.key}]{where} on {describe_images(run.images)}; accuracy vs {'PyTorch on the same images' if compared else 'labels only'}"
+    _print_results(run.rows, run.parity, title, run.evaluated)
+    if run.images.get("calibration"):
+        click.echo(f"images: {run.images['calibration']}; evaluated on {run.images['description']}")
+    path = run.write(json_path, command=_command_line())  # the document the API writes (results.json beside the artifact)
     console.print(f"results: {path}")
-    _exit_if_failed(run.run.failed, path)
+    _exit_if_failed(run.failed, path)
     _exit_if_budget_missed(artifact, settings)
 
 
@@ -515,11 +709,11 @@ def bench_command(target, json_path, **values) -> None:
 @click.option("--no-accuracy", is_flag=True, help="INT8: skip each module's KL when it alone is INT8.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the profile (default: profile.json beside the artifact).")
 def profile_command(target, top, no_accuracy, json_path, **values) -> None:
-    """Where the milliseconds go in TARGET: each backend's own profiler (ONNX Runtime's
-    session profiler, OpenVINO's performance counters, the PyTorch profiler, TensorRT's
-    layer profiler), per PyTorch module, beside the end-to-end p50. For an INT8 artifact,
-    each module's time in the FP32 parent and its accuracy cost (KL vs FP32 when it alone
-    is INT8, on the calibration images): a price list of every layer.
+    """Where the milliseconds go in TARGET (a model name, an artifact folder or an ONNX
+    file; default: efficientnet_lite0): each backend's own profiler, per PyTorch module,
+    beside the end-to-end p50. For an INT8 artifact, each module's time in the FP32 parent
+    and its accuracy cost (KL vs FP32 when it alone is INT8, on the calibration images;
+    pass the --calib options it was made with): a price list of every layer.
     """
     from . import api
     from .results.document import results_document, write_results
@@ -542,9 +736,24 @@ def profile_command(target, top, no_accuracy, json_path, **values) -> None:
 
 
 def _exit_if_failed(failed, path) -> None:
+    """One line for failed rows, saying how many measured rows the results file at ``path``
+    holds (it is read back: never a claim that rows were saved when none were)."""
     if failed:
+        import json
+
         names = ", ".join(r.backend for r in failed)
-        raise EdgekitError(f"{names} failed: {failed[0].error} (the other rows were saved to {path})")
+        try:
+            rows = json.loads(Path(path).read_text())["results"]
+            measured: Optional[int] = sum(1 for r in rows if not r.get("error"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            measured = None
+        if measured is None:
+            saved = f"see {path}"
+        elif measured:
+            saved = f"the other rows were saved to {path}: {measured} measured"
+        else:
+            saved = f"no row was measured; {path} records the failure{'s' if len(failed) != 1 else ''}"
+        raise EdgekitError(f"{names} failed: {failed[0].error} ({saved})")
 
 
 # --------------------------------------------------------------------------- bundles
@@ -703,13 +912,13 @@ def _load_results(paths) -> list[dict]:
 
 @main.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", default="report", show_default=True, type=click.Path(path_type=Path))
-@click.option("--title", default="edgekit report", show_default=True)
+@click.option("-o", "--out", "out_dir", default="report", show_default=True, type=click.Path(path_type=Path), help="The folder to write the report into.")
+@click.option("--title", default="edgekit report", show_default=True, help="The report's title.")
 def report_command(results, out_dir: Path, title: str) -> None:
     """Markdown, CSV and HTML tables and PNG plots from one or more results files."""
     from .results.site import write_report
 
-    written = write_report(_load_results(results), out_dir, title)
+    written = write_report(_load_results(results), out_dir, title, sources=[str(p) for p in results])
     for path in written:
         click.echo(str(path))
 
@@ -717,24 +926,38 @@ def report_command(results, out_dir: Path, title: str) -> None:
 @main.command("check")
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--baseline", required=True, type=click.Path(path_type=Path), help="Results file to compare against.")
-@click.option("--max-top1-drop", default=0.5, show_default=True, type=Finite(0), help="Points of top-1 (or agreement) a cell may lose.")
-@click.option("--max-latency-regression", default="10%", show_default=True, help="How much slower a cell may get, e.g. 10%.")
+@click.option("--max-top1-drop", default=0.5, show_default=True, type=Finite(0),
+              help="Points of top-1 (or agreement) a cell may lose; fails only when the drop's 95% interval lies beyond it.")
+@click.option("--max-latency-regression", default="10%", show_default=True,
+              help="How much slower a cell may get, e.g. 10%; fails only when the slowdown exceeds it beyond the runs' noise.")
+@click.option("--latency-noise-floor", default="10%", show_default=True,
+              help="Least run-to-run noise assumed for a p50, whatever the rounds (bench --repeats) show; all there is from one round.")
+@click.option("--allow-different-images", is_flag=True, help="Judge runs evaluated on different image sets (refused otherwise).")
 @click.option("--reference", help="Model whose latency normalises the others (default: the recipe's 'reference').")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Also write JUnit XML here.")
-def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_regression: str, reference, junit_path) -> None:
-    """Exit 1 when NEW regresses against --baseline in accuracy or latency (for CI)."""
+def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_regression: str, latency_noise_floor: str,
+                  allow_different_images: bool, reference, junit_path) -> None:
+    """Compare NEW with --baseline for CI, on the evidence (docs/ci-gate.md).
+
+    Exit 0: no regression shown (PASS, INCONCLUSIVE where the images or timing cannot
+    tell, NEW); 1: a regression (FAIL, or a baseline cell MISSING); 2: refused (a bad
+    option, a results file that cannot be read, runs on different image sets, nothing to
+    compare)."""
     from rich.table import Table
     from rich.text import Text
 
     from .results.gate import check_threshold, compare, parse_percent, status_style, summary_rows, write_junit
 
     max_top1_drop = check_threshold(max_top1_drop, "--max-top1-drop")
-    try:
-        allowed = parse_percent(max_latency_regression)
-    except ValueError:
-        raise UsageError(f"--max-latency-regression: expected a percentage such as 10%, got {max_latency_regression!r}") from None
+    percentages = {}
+    for flag, text in (("--max-latency-regression", max_latency_regression), ("--latency-noise-floor", latency_noise_floor)):
+        try:
+            percentages[flag] = parse_percent(text)
+        except ValueError:
+            raise UsageError(f"{flag}: expected a percentage such as 10%, got {text!r}") from None
     old_doc, new_doc = _load_results([baseline, new])
-    report = compare(old_doc, new_doc, max_top1_drop, allowed, reference)
+    report = compare(old_doc, new_doc, max_top1_drop, percentages["--max-latency-regression"], reference,
+                     allow_different_images=allow_different_images, latency_noise_floor=percentages["--latency-noise-floor"])
     console = _console()
     for warning in report.warnings:
         console.print(f"warning: {warning}")
@@ -749,7 +972,10 @@ def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_r
     failed = [f for f in report.findings if f.status in ("fail", "missing")]
     if failed:
         raise EdgekitError(f"{len(failed)} regression(s): " + "; ".join(f"{f.label} {f.check}" for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
-    console.print("check passed")
+    unresolved = len(report.inconclusive)
+    console.print("check passed" + (
+        f" ({unresolved} finding(s) inconclusive: no regression shown, but the images or the timing cannot resolve the allowance)"
+        if unresolved else ""))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,36 @@ ONNX_NAME = "model.onnx"
 # --------------------------------------------------------------------------- errors
 
 
-class EdgekitError(Exception):
-    """A failure the user can act on: the CLI prints it as one line and exits non-zero."""
+# One exit-code table for every command (docs/cli.md shows it; tests/test_cli_output.py
+# checks that the page and these agree). The class of an error decides its code, never
+# the command that raised it.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work ran and its result is a failure: a backend failed, a regression, a budget missed (--strict)
+EXIT_REFUSED = 2  # refused: a bad flag or value, an unknown name, an input that is missing or unusable, a missing runtime
+EXIT_INTERNAL = 70  # a bug in edgekit (sysexits' EX_SOFTWARE): the traceback is printed; never 1, so CI never reads it as a regression
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it); nothing half-written is kept
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, what cat or grep would give
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "the work ran and found a failure",
+    EXIT_REFUSED: "the request was refused (usage or bad input)",
+    EXIT_INTERNAL: "internal error (a bug in edgekit)",
+    EXIT_INTERRUPTED: "interrupted",
+    EXIT_BROKEN_PIPE: "stdout closed by its reader",
+}
 
-    exit_code = 1
+
+class EdgekitError(Exception):
+    """A failure the user can act on: the CLI prints it as one line and exits non-zero.
+    Raised as itself: the work ran and failed (exit 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 class UsageError(EdgekitError):
     """The request itself is wrong (unknown name, bad value)."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class UnknownModelError(UsageError):
@@ -37,27 +57,37 @@ class UnknownModelError(UsageError):
 
 
 class WeightsUnavailableError(EdgekitError):
-    pass
+    """Pretrained weights that are not on this machine: refused before any work."""
+
+    exit_code = EXIT_REFUSED
 
 
 class CheckpointMismatchError(EdgekitError):
-    pass
+    """A checkpoint that does not fit the model (bad input)."""
+
+    exit_code = EXIT_REFUSED
 
 
 class DataError(EdgekitError):
     """Images or labels that cannot be used (empty folder, unreadable file...)."""
 
+    exit_code = EXIT_REFUSED
+
 
 class InvalidModelFileError(EdgekitError):
     """A model file that is not a valid ONNX graph (corrupt, truncated, wrong format)."""
+
+    exit_code = EXIT_REFUSED
 
 
 class BackendUnavailableError(EdgekitError):
     """A backend whose runtime is not installed; the message names the pip extra."""
 
+    exit_code = EXIT_REFUSED
+
 
 class ExportError(EdgekitError):
-    pass
+    """The export itself failed (the work ran)."""
 
 
 # --------------------------------------------------------------------------- specs

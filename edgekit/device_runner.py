@@ -184,9 +184,12 @@ def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, st
     defaults = bundle.meta.get("defaults", {})
     settings = settings.replace(
         batch=settings["batch"] if settings.given("batch") else tuple(defaults.get("batch_sizes", (1,))),
-        device=settings["device"] if settings.given("device") else defaults.get("device", "cpu"),
+        device=settings["device"] if settings.given("device") else _bundle_device(defaults),
     )
     request = bench_request(settings, backends)
+    from .backends.base import check_devices
+
+    check_devices(settings["device"], backends, named_must_run=False)  # what this machine has, before any timing
     artifact = bundle.artifact
     shape = artifact.manifest["input"]["shape"]
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
@@ -212,6 +215,14 @@ def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, st
         }},
     )
     return document, run
+
+
+def _bundle_device(defaults: dict) -> Optional[str]:
+    """The --device a bundle was made with. 'cpu' is also what every bundle made before
+    per-backend devices recorded when none was given (TensorRT ignored it then): each
+    backend's own device, as now."""
+    device = defaults.get("device")
+    return None if device in (None, "", "cpu") else device
 
 
 # --------------------------------------------------------------------------- command line
@@ -293,7 +304,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"results: {path}", file=sys.stderr)
         failed = run.failed
         if failed:
-            print(f"error: {', '.join(r.backend for r in failed)} failed ({failed[0].error}); the other rows are in {path}", file=sys.stderr)
+            measured = len(run.results) - len(failed)
+            saved = f"the other {measured} row{'s are' if measured != 1 else ' is'} in {path}" if measured else f"no row was measured; {path} records why"
+            print(f"error: {', '.join(r.backend for r in failed)} failed ({failed[0].error}); {saved}", file=sys.stderr)
             return PARTIAL_EXIT
         return 0
     except EdgekitError as e:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from .core import EdgekitError, sha256_file
+from .core import EXIT_REFUSED, EdgekitError, sha256_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,7 +38,10 @@ RECORD_SUFFIX = ".edgekit.json"
 
 
 class TamperedError(EdgekitError):
-    """A file edgekit wrote and hashed no longer has that hash."""
+    """A file edgekit wrote and hashed no longer has that hash (an unusable input: exit 2,
+    as an artifact that is not intact)."""
+
+    exit_code = EXIT_REFUSED
 
 
 # --------------------------------------------------------------------------- who is writing

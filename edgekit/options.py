@@ -21,17 +21,20 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from .core import UsageError
 
 COMMANDS = ("export", "bench", "bundle", "finetune", "profile")
-# Help sections, in the order `--help` prints them.
+# Help sections, in the order `--help` prints them: what people reach for first (what to
+# time, where, on which images, which variant), then the model, then each step's options.
 GROUPS = {
-    "model": "Model and export",
-    "finetune": "Fine-tuning (transfer learning to your classes)",
-    "int8": "INT8 quantization",
-    "prune": "Structured pruning",
-    "dw_separable": "Depthwise-separable conversion",
-    "distill": "Distillation (after pruning or conversion)",
-    "data": "Evaluation images",
     "bench": "Benchmark",
     "backend": "Backend settings",
+    "data": "Images",
+    "variants": "Variants (recipes: 'variants')",
+    "model": "Model and export",
+    "general": "General",
+    "finetune": "Fine-tuning (--finetune; transfer learning to your classes)",
+    "int8": "INT8 quantization (--int8)",
+    "prune": "Structured pruning (--prune)",
+    "dw_separable": "Depthwise-separable conversion (--dw-separable)",
+    "distill": "Distillation (after --prune or --dw-separable)",
     "remote": "Remote device (ssh)",
     "cluster": "Ray cluster (edgekit run --ray)",
 }
@@ -60,6 +63,8 @@ class Option:
     short: Optional[str] = None
     applies_to: tuple[str, ...] = ()  # the backends that read it (empty: all)
     required_in: tuple[str, ...] = ()  # commands where it has no default and must be given
+    step: Optional[str] = None  # the variant step this flag asks for (int8, pruned...)
+    needs: tuple[str, ...] = ()  # what makes it do anything (see above OPTIONS); set without it: an error
 
     @property
     def recipe_path(self) -> Optional[tuple[str, str]]:
@@ -287,67 +292,82 @@ _TIMED = ("bench", "profile")
 _ANY_MODEL = (*_MODEL, "finetune")
 _DATA = ("bench", "bundle", "export", "finetune", "profile")
 
+# Option.needs: what makes an option do anything. Every entry must hold; an entry is
+# alternatives joined by "|", an alternative conditions joined by "&". A condition is a
+# step of the variant (finetuned, pruned, dw-separable, int8, fp16), "bench" (the images
+# are evaluated: bench, profile, bundle, recipes), KEY (that option is set: not None, False,
+# 0 or empty), !KEY (it is not) or KEY=VALUE. check_applicable is the one place that reads it.
+_FT = ("finetuned",)
+_INT8 = ("int8",)
+_PRUNE = ("pruned",)
+_DW = ("dw-separable",)
+_STRUCTURAL = ("pruned|dw-separable",)
+_CALIBRATING = "int8|pruned|dw-separable"  # the steps that read calibration (or distillation) images
+
 OPTIONS: tuple[Option, ...] = (
     # model and export ([export] in recipes, or [model.<name>] for one model)
-    Option("weights", "--weights", "path", "model", "Local checkpoint, never executed: a state_dict, a training script's dict (model, state_dict, model_ema...), or .safetensors. Its head sets the number of classes.", recipe="export", commands=_ANY_MODEL),
-    Option("weights_key", "--weights-key", "text", "model", "Which state dict of a checkpoint that holds several (model, model_ema...).", recipe="export", commands=_ANY_MODEL),
+    Option("weights", "--weights", "path", "model", "Local checkpoint, never executed: a state_dict, a training script's dict or .safetensors; its head sets the classes.", recipe="export", commands=_ANY_MODEL),
+    Option("weights_key", "--weights-key", "text", "model", "Which state dict of a checkpoint that holds several (model, model_ema...).", recipe="export", commands=_ANY_MODEL, needs=("weights",)),
     Option("num_classes", "--num-classes", "int", "model", "Outputs of the head (default: the checkpoint's head, else the model's own).", recipe="export", commands=_ANY_MODEL, minimum=1, maximum=100000),
-    Option("preprocessing", "--preprocessing", "path", "model", "For an imported ONNX file: JSON with input_size, resize_size or crop_pct, interpolation, mean, std, classes (default: ImageNet's).", recipe="export", commands=_MODEL),
-    Option("classes", "--classes", "path", "model", "Class names in output order: one per line, or JSON (default: the checkpoint's, the data's class folders, or ImageNet-1k).", recipe="export", commands=_ANY_MODEL),
+    Option("preprocessing", "--preprocessing", "path", "model", "For an imported ONNX file: JSON with input_size, crop_pct, interpolation, mean, std, classes (default: ImageNet's).", recipe="export", commands=_MODEL),
+    Option("classes", "--classes", "path", "model", "Class names in output order, one per line or JSON (default: the checkpoint's, --data's folders, or ImageNet-1k).", recipe="export", commands=_ANY_MODEL),
     Option("random_init", "--random-init", "flag", "model", "Seeded random weights, for architecture-only work.", False, recipe="export", commands=_ANY_MODEL),
     Option("input_size", "--input-size", "int", "model", "Export at this resolution instead of the model's own.", recipe="export", commands=_ANY_MODEL, minimum=16, maximum=2048),
     Option("opset", "--opset", "int", "model", "ONNX opset.", 17, recipe="export", commands=_MODEL, minimum=11, maximum=23),
     Option("static", "--static", "flag", "model", "Fixed batch of 1 instead of a dynamic batch axis.", False, recipe="export", commands=_MODEL),
     Option("no_slim", "--no-slim", "flag", "model", "Keep the exporter's graph as is (no onnxslim folding).", False, recipe="export", commands=_MODEL),
     Option("artifacts", "--artifacts", "path", "model", "Artifact root (relative to the current folder, in recipes too).", "exported", recipe="export", commands=_ANY_MODEL),
-    Option("finetune", "--finetune", "flag", "model", "First train a new head for --data's classes on its training split (variant 'finetuned'; see edgekit finetune).", False, commands=_MODEL),
-    Option("int8", "--int8", "flag", "model", "INT8 QDQ artifact (TensorRT/OpenVINO/ONNX Runtime), calibrated on real images (recipes: variants).", False, commands=_MODEL),
-    Option("fp16", "--fp16", "flag", "model", "FP16 artifact, inputs and outputs kept FP32 (recipes: variants).", False, commands=_MODEL),
-    Option("dw_separable", "--dw-separable", "flag", "model", "Turn KxK convolutions into depthwise KxK + pointwise 1x1 (SVD-initialised), then distil (recipes: variants).", False, commands=_MODEL),
+    # variants: the steps to build (recipes: variants)
+    Option("int8", "--int8", "flag", "variants", "INT8 QDQ artifact for every backend, calibrated on real images ('int8').", False, commands=_MODEL, step="int8"),
+    Option("fp16", "--fp16", "flag", "variants", "FP16 artifact, inputs and outputs kept FP32 ('fp16').", False, commands=_MODEL, step="fp16"),
+    Option("prune", "--prune", "float", "variants", "Remove this fraction of channels (0-1), then distil ('pruned' and [prune] ratio).", recipe="prune.ratio", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, max_open=True, step="pruned"),
+    Option("dw_separable", "--dw-separable", "flag", "variants", "KxK convolutions become depthwise KxK + pointwise 1x1 (SVD-initialised), then distil ('dw-separable').", False, commands=_MODEL, step="dw-separable"),
+    Option("finetune", "--finetune", "flag", "variants", "First train a new head for --data's classes on its training split ('finetuned'; see edgekit finetune).", False, commands=_MODEL, step="finetuned"),
     # fine-tuning (the 'finetuned' step)
-    Option("ft_epochs", "--ft-epochs", "int", "finetune", "Epochs fine-tuning the whole network, after the linear probe.", 6, recipe="finetune.epochs", commands=_ANY_MODEL, minimum=0, maximum=1000),
-    Option("ft_probe_epochs", "--ft-probe-epochs", "int", "finetune", "Epochs training only the new head first (linear probe).", 1, recipe="finetune.probe_epochs", commands=_ANY_MODEL, minimum=0, maximum=1000),
-    Option("ft_freeze", "--ft-freeze-backbone", "flag", "finetune", "Train only the head, every epoch (frozen backbone).", False, recipe="finetune.freeze_backbone", commands=_ANY_MODEL),
-    Option("ft_lr", "--ft-lr", "float", "finetune", "Peak learning rate of full fine-tuning (AdamW, cosine schedule; the probe uses 10x).", 1e-3, recipe="finetune.lr", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, min_open=True),
-    Option("ft_batch", "--ft-batch", "int", "finetune", "Training batch size.", 32, recipe="finetune.batch", commands=_ANY_MODEL, minimum=2, maximum=4096),
-    Option("ft_label_smoothing", "--ft-label-smoothing", "float", "finetune", "Label smoothing of the cross-entropy.", 0.1, recipe="finetune.label_smoothing", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, max_open=True),
-    Option("ft_patience", "--ft-patience", "int", "finetune", "Stop after this many epochs without a better validation top-1.", 3, recipe="finetune.patience", commands=_ANY_MODEL, minimum=1),
-    Option("ft_augment", "--ft-augment", "choice", "finetune", "Training augmentation: random resized crops and flips (standard), without flips (for text, digits, arrows), or none.", "standard", recipe="finetune.augment", commands=_ANY_MODEL, choices=("standard", "no-flip", "none")),
+    Option("ft_epochs", "--ft-epochs", "int", "finetune", "Epochs fine-tuning the whole network, after the linear probe.", 6, recipe="finetune.epochs", commands=_ANY_MODEL, minimum=0, maximum=1000, needs=_FT),
+    Option("ft_probe_epochs", "--ft-probe-epochs", "int", "finetune", "Epochs training only the new head first (linear probe).", 1, recipe="finetune.probe_epochs", commands=_ANY_MODEL, minimum=0, maximum=1000, needs=_FT),
+    Option("ft_freeze", "--ft-freeze-backbone", "flag", "finetune", "Train only the head, every epoch (frozen backbone).", False, recipe="finetune.freeze_backbone", commands=_ANY_MODEL, needs=_FT),
+    Option("ft_lr", "--ft-lr", "float", "finetune", "Peak learning rate of full fine-tuning (AdamW, cosine schedule; the probe uses 10x).", 1e-3, recipe="finetune.lr", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, min_open=True, needs=_FT),
+    Option("ft_batch", "--ft-batch", "int", "finetune", "Training batch size.", 32, recipe="finetune.batch", commands=_ANY_MODEL, minimum=2, maximum=4096, needs=_FT),
+    Option("ft_label_smoothing", "--ft-label-smoothing", "float", "finetune", "Label smoothing of the cross-entropy.", 0.1, recipe="finetune.label_smoothing", commands=_ANY_MODEL, minimum=0.0, maximum=1.0, max_open=True, needs=_FT),
+    Option("ft_patience", "--ft-patience", "int", "finetune", "Stop after this many epochs without a better validation top-1.", 3, recipe="finetune.patience", commands=_ANY_MODEL, minimum=1, needs=_FT),
+    Option("ft_augment", "--ft-augment", "choice", "finetune", "Training augmentation: random resized crops and flips (standard), without flips (for text, digits, arrows), or none.", "standard", recipe="finetune.augment", commands=_ANY_MODEL, choices=("standard", "no-flip", "none"), needs=_FT),
     # INT8
-    Option("calib", "--calib", "path", "int8", "Calibration images (default: the bundled photos' odd views).", recipe="int8", commands=_MODEL),
-    Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat calibration folder (enables --max-drop).", recipe="int8", commands=_MODEL),
-    Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration files (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8),
-    Option("calib_method", "--calib-method", "choice", "int8", "Range estimation. entropy is TensorRT's KL threshold search; it clips the saturated spike of ReLU6 outputs (EfficientNet-Lite0, MobileNetV2) far too hard, see benchmarks/results/int8_onnxruntime.md. mse: the range with the least expected squared INT8 error (rounding plus clipping) over each tensor's histogram.", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS),
-    Option("percentile", "--percentile", "float", "int8", "For --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True),
-    Option("seed", "--seed", "int", "int8", "Seed for sampling calibration files, --limit, --val-split and fine-tuning.", 0, recipe="int8", commands=_ANY_MODEL, minimum=0),
-    Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
-    Option("min_agreement", "--min-agreement", "float", "int8", "Budget: top-1 agreement with FP32, percent (no default: on a few dozen images it moves in steps of one image).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0),
-    Option("max_kl", "--max-kl", "float", "int8", "Budget: mean KL(FP32 || INT8) on the calibration images (default 0.002 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0),
-    Option("max_fallback", "--max-fallback", "int", "int8", "At most this many nodes go back to float.", 8, recipe="int8", commands=_MODEL, minimum=0),
-    Option("rounding", "--rounding", "choice", "int8", "Weight rounding: nearest, or adaround (learned up/down per weight against each layer's FP32 output; slower, see benchmarks/results/int8_peers.md).", "nearest", recipe="int8", commands=_MODEL, choices=("nearest", "adaround")),
-    Option("bias_correction", "--bias-correction", "switch", "int8", "Bias correction: each layer's mean output shift from its INT8 weights folded into its bias, kept only where it lowers the KL.", True, recipe="int8", commands=_MODEL),
-    Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training after calibration: this many epochs over the calibration images, distilled from FP32, same QDQ graph out (0: post-training INT8 only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000),
-    Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate of the weights (Adam, cosine decay to zero; activation scales learn at 1e-2 on a log scale).", 1e-5, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True),
-    Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL),
+    Option("calib", "--calib", "path", "int8", "Calibration images, also distillation's (default: --data's training split, else the bundled photos' odd views).", recipe="int8", commands=_MODEL, needs=("int8|pruned&!distill_data|dw-separable&!distill_data",)),
+    Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat --calib folder (enables --max-drop).", recipe="int8", commands=_MODEL, needs=("int8", "calib")),
+    Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration (or distillation) files of a folder (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8, needs=(_CALIBRATING, "calib|data|distill_data")),
+    Option("calib_method", "--calib-method", "choice", "int8", "Range estimation: percentile, minmax, entropy (TensorRT's KL search; clips ReLU6 nets too hard) or mse (least expected INT8 error).", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS, needs=_INT8),
+    Option("percentile", "--percentile", "float", "int8", "Percentile of --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True, needs=("int8", "calib_method=percentile")),
+    Option("seed", "--seed", "int", "general", "Seed of every sample and training run: --limit, --val-split, --calib-limit, fine-tuning, QAT.", 0, recipe="int8", commands=_ANY_MODEL, minimum=0,
+           needs=("limit|val_split|calib|distill_data|qat_epochs|finetuned|int8&data|pruned&data|dw-separable&data",)),
+    Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0, needs=_INT8),
+    Option("min_agreement", "--min-agreement", "float", "int8", "Budget: top-1 agreement with FP32, percent.", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0, needs=_INT8),
+    Option("max_kl", "--max-kl", "float", "int8", "Budget: mean KL(FP32 || INT8) on the calibration images (default 0.002 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0, needs=_INT8),
+    Option("max_fallback", "--max-fallback", "int", "int8", "At most this many nodes go back to float.", 8, recipe="int8", commands=_MODEL, minimum=0, needs=_INT8),
+    Option("rounding", "--rounding", "choice", "int8", "Weight rounding: nearest, or adaround (learned up/down per weight against each layer's FP32 output; slower).", "nearest", recipe="int8", commands=_MODEL, choices=("nearest", "adaround"), needs=_INT8),
+    Option("bias_correction", "--bias-correction", "switch", "int8", "Fold each layer's mean output shift from INT8 weights into its bias (kept where it lowers the KL).", True, recipe="int8", commands=_MODEL, needs=_INT8),
+    Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training: epochs over the calibration images, distilled from FP32 (0: post-training only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000, needs=_INT8),
+    Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate of the weights (Adam, cosine decay to zero).", 1e-5, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, needs=("int8", "qat_epochs")),
+    Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL, needs=_INT8),
     # structured pruning
-    Option("prune", "--prune", "float", "prune", "Remove this fraction of channels (0-1), then distil from the original (recipes: [prune] ratio and a 'pruned' variant).", recipe="prune.ratio", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
-    Option("prune_criterion", "--prune-criterion", "choice", "prune", "Channel importance.", "l2", recipe="prune.criterion", commands=_MODEL, choices=("l1", "l2", "taylor")),
-    Option("prune_scope", "--prune-scope", "choice", "prune", "Same ratio per layer, or one ranking over all layers.", "uniform", recipe="prune.scope", commands=_MODEL, choices=("uniform", "global")),
-    Option("prune_round_to", "--prune-round-to", "int", "prune", "Keep a multiple of this many channels in every pruned layer (kernels work in blocks of 8/16; 1 = no rounding).", 8, recipe="prune.round_to", commands=_MODEL, minimum=1),
-    Option("prune_target", "--prune-target", "choice", "prune", "Prune in small steps until this measured quantity falls by the --prune fraction.", recipe="prune.target", commands=_MODEL, choices=("flops", "params", "latency")),
-    Option("sparsity", "--sparsity", "text", "prune", "Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured).", recipe="prune", commands=_MODEL),
+    Option("prune_criterion", "--prune-criterion", "choice", "prune", "Channel importance.", "l2", recipe="prune.criterion", commands=_MODEL, choices=("l1", "l2", "taylor"), needs=_PRUNE),
+    Option("prune_scope", "--prune-scope", "choice", "prune", "Same ratio per layer, or one ranking over all layers.", "uniform", recipe="prune.scope", commands=_MODEL, choices=("uniform", "global"), needs=_PRUNE),
+    Option("prune_round_to", "--prune-round-to", "int", "prune", "Keep a multiple of this many channels per pruned layer (1: no rounding).", 8, recipe="prune.round_to", commands=_MODEL, minimum=1, needs=_PRUNE),
+    Option("prune_target", "--prune-target", "choice", "prune", "Prune in small steps until this measured quantity falls by the --prune fraction.", recipe="prune.target", commands=_MODEL, choices=("flops", "params", "latency"), needs=_PRUNE),
+    Option("sparsity", "--sparsity", "text", "prune", "Also zero weights: a fraction (0.5, unstructured magnitude) or 2:4 (semi-structured).", recipe="prune", commands=_MODEL, needs=_PRUNE),
     # depthwise-separable conversion
-    Option("dw_rank", "--dw-rank", "int", "dw_separable", "Depthwise filters per input channel (K*K reproduces the conv exactly).", 1, recipe="dw_separable.rank", commands=_MODEL, minimum=1),
-    Option("dw_budget", "--dw-budget", "float", "dw_separable", "Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this.", recipe="dw_separable.budget", commands=_MODEL, minimum=0.0),
-    Option("dw_layers", "--dw-layer", "list", "dw_separable", "A layer to convert (instead of the budget); repeat or comma-separate for several.", (), recipe="dw_separable.layers", commands=_MODEL),
+    Option("dw_rank", "--dw-rank", "int", "dw_separable", "Depthwise filters per input channel (K*K reproduces the conv exactly).", 1, recipe="dw_separable.rank", commands=_MODEL, minimum=1, needs=_DW),
+    Option("dw_budget", "--dw-budget", "float", "dw_separable", "Convert layers (best MACs saved per error first) while the mean KL vs the original stays below this.", recipe="dw_separable.budget", commands=_MODEL, minimum=0.0, needs=("dw-separable", "!dw_layers")),
+    Option("dw_layers", "--dw-layer", "list", "dw_separable", "A layer to convert (instead of --dw-budget); repeat or comma-separate for several.", (), recipe="dw_separable.layers", commands=_MODEL, needs=_DW),
     # distillation, shared by pruning and conversion
-    Option("distill_steps", "--distill-steps", "int", "distill", "Distillation steps after pruning or conversion (0: no recovery).", 200, recipe="distill.steps", commands=_MODEL, minimum=0),
-    Option("distill_hints", "--distill-hints", "flag", "distill", "FitNets hints: also regress the original's feature maps (middle and last) through a 1x1 regressor, beside the logits.", False, recipe="distill.hints", commands=_MODEL),
-    Option("distill_data", "--distill-data", "path", "distill", "Unlabelled images for distillation (default: the calibration views).", recipe="distill.data", commands=_MODEL),
+    Option("distill_steps", "--distill-steps", "int", "distill", "Distillation steps after pruning or conversion (0: no recovery).", 200, recipe="distill.steps", commands=_MODEL, minimum=0, needs=_STRUCTURAL),
+    Option("distill_hints", "--distill-hints", "flag", "distill", "FitNets hints: also regress the original's middle and last feature maps.", False, recipe="distill.hints", commands=_MODEL, needs=(*_STRUCTURAL, "distill_steps")),
+    Option("distill_data", "--distill-data", "path", "distill", "Unlabelled images for distillation (default: the calibration views).", recipe="distill.data", commands=_MODEL, needs=_STRUCTURAL),
     # evaluation images
-    Option("data", "--data", "path", "data", "Labelled images: class folders (your class names, or ImageNet synsets), a flat folder with --labels, or a tree with train/ and val/ (evaluation: val/ or the --val-split part; fine-tuning and calibration: the rest). Default: the bundled photos' held-out views.", recipe="bench", commands=_DATA, on_device=True),
-    Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file> <class>' lines or CSV (class: a name of --classes, an index, or a synset), LOC_val_solution.csv, or the devkit's ground truth with meta.mat beside it.", recipe="bench", commands=_DATA, on_device=True),
-    Option("val_split", "--val-split", "float", "data", "For a --data tree without train/ and val/: this fraction of each class (seeded by --seed) is the validation split, the rest trains and calibrates.", recipe="bench", commands=_DATA, on_device=True, minimum=0.0, maximum=1.0, min_open=True, max_open=True),
+    Option("data", "--data", "path", "data", "Labelled images: class folders, a flat folder with --labels, or train/ and val/ (evaluated on val/, trains and calibrates on the rest). Default: bundled photos.", recipe="bench", commands=_DATA, on_device=True,
+           needs=("bench|finetuned|int8|pruned|dw-separable",)),
+    Option("labels", "--labels", "path", "data", "Labels for a flat --data folder: '<file> <class>' lines, CSV (LOC_val_solution.csv too) or ImageNet devkit ground truth.", recipe="bench", commands=_DATA, on_device=True, needs=("data",)),
+    Option("val_split", "--val-split", "float", "data", "For --data without train/ and val/: this fraction of each class (seeded) is the validation split.", recipe="bench", commands=_DATA, on_device=True, minimum=0.0, maximum=1.0, min_open=True, max_open=True, needs=("data",)),
     Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     # benchmark
@@ -357,22 +377,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_TIMED, on_device=True, minimum=0),
     Option("max_seconds", "--max-seconds", "float", "bench", "Time budget per batch size (at least 10 iterations run).", 15.0, recipe="bench", commands=_BENCH, on_device=True, minimum=0.1),
     Option("repeats", "--repeats", "int", "bench", "Rounds of --iterations; the spread of their p50s shows the noise.", 1, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
-    Option("throughput", "--throughput", "float", "bench", "Also measure throughput mode (asynchronous requests, OpenVINO) for this many seconds per batch size.", recipe="bench", commands=_BENCH, on_device=True, minimum=0.5),
-    Option("power", "--power", "choice", "bench", "Power and energy per image while timing: tegrastats (Jetson), nvml (NVIDIA GPUs; pip install nvidia-ml-py), rapl (x86 CPU package); auto uses what the machine has.", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
+    Option("throughput", "--throughput", "float", "bench", "Also time OpenVINO's throughput mode (asynchronous requests) this many seconds per batch size.", recipe="bench", commands=_BENCH, on_device=True, minimum=0.5, applies_to=("openvino",)),
+    Option("power", "--power", "choice", "bench", "Power and energy per image: tegrastats (Jetson), nvml (NVIDIA GPUs), rapl (x86 CPU package), auto (what there is).", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
     # backend settings
-    Option("device", "--device", "text", "backend", "cpu; cuda or tensorrt (ONNX Runtime's CUDA / TensorRT execution providers, onnxruntime-gpu); OpenVINO device names such as gpu or npu.", "cpu", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
-    Option("threads", "--threads", "int", "backend", "Intra-op threads for every backend (default: the runtime's choice).", recipe="bench", commands=_TIMED, on_device=True, minimum=1),
-    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32: the CPU plugin would otherwise pick bf16 where it can); f16 also builds FP16 TensorRT engines from an FP32 artifact (and FP16 ones in ONNX Runtime's TensorRT provider).", recipe="bench", commands=_TIMED, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
+    Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the PyTorch baseline, or pairs such as openvino:gpu,pytorch:cuda (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
+    Option("threads", "--threads", "int", "backend", "Intra-op threads (default: the runtime's choice); TensorRT has none.", recipe="bench", commands=_TIMED, on_device=True, minimum=1, applies_to=("pytorch", "onnxruntime", "openvino")),
+    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32, not the CPU's bf16); f16: FP16 TensorRT engines from an FP32 artifact.", recipe="bench", commands=_TIMED, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
     Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("openvino",)),
     Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
     Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
     # remote device
-    Option("remote", "--remote", "text", "remote", "Run on another machine over ssh: user@host[:port]. A bundle is copied there and run by its Python; PyTorch runs here, once, for the reference logits.", recipe="bench", commands=_BENCH),
-    Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH),
-    Option("remote_dir", "--remote-dir", "text", "remote", "Where bundles go on the remote machine (relative: under its home).", "edgekit-bundles", recipe="bench", commands=_BENCH),
-    Option("ssh_options", "--ssh-option", "list", "remote", "Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several (recipes: an allow-list). EDGEKIT_SSH_OPTS adds raw ssh arguments.", (), recipe="bench", commands=_BENCH),
+    Option("remote", "--remote", "text", "remote", "Run on another machine over ssh (user@host[:port]): a bundle is copied there and run; PyTorch runs here.", recipe="bench", commands=_BENCH),
+    Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH, needs=("remote",)),
+    Option("remote_dir", "--remote-dir", "text", "remote", "Where bundles go on the remote machine (relative: under its home).", "edgekit-bundles", recipe="bench", commands=_BENCH, needs=("remote",)),
+    Option("ssh_options", "--ssh-option", "list", "remote", "Passed to ssh as -o, e.g. IdentityFile=~/.ssh/jetson; repeat for several (EDGEKIT_SSH_OPTS: raw arguments).", (), recipe="bench", commands=_BENCH, needs=("remote",)),
     # Ray cluster (recipe-only: `edgekit run RECIPE --ray`)
-    Option("device_kinds", None, "list", "cluster", "Which nodes time the cells: a device kind (a Ray custom resource the nodes offer, e.g. jetson_orin_nano) for every backend, or BACKEND=KIND for one; a backend named under several kinds is timed on each. Default: nodes offering 'host'.", (), recipe="ray.kinds"),
+    Option("device_kinds", None, "list", "cluster", "Which nodes time the cells: a device kind (a Ray resource, e.g. jetson_orin_nano), or BACKEND=KIND, several for several; default: nodes offering 'host'.", (), recipe="ray.kinds"),
     Option("retries", None, "int", "cluster", "Times a cell whose node died is run again elsewhere before it is marked failed.", 2, recipe="ray", minimum=0),
     Option("wait_for_kind", None, "float", "cluster", "Seconds a cell waits for a node of its kind to come back after the last one left the cluster, before it is marked failed.", 30.0, recipe="ray", minimum=0.0),
     Option("shared", None, "path", "cluster", "A folder every node can read (NFS, a mounted bucket): bundles travel through it instead of Ray's object store.", recipe="ray"),
@@ -383,6 +403,7 @@ DEVICE_DEFAULTS_FROM_BUNDLE = frozenset({"backends", "batch", "device"})  # the 
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 assert len(BY_KEY) == len(OPTIONS), "option keys must be unique"
+BY_STEP: dict[str, Option] = {o.step: o for o in OPTIONS if o.step}  # the flag that asks for each step
 
 
 def options_for(command: str) -> tuple[Option, ...]:
@@ -447,6 +468,8 @@ class Settings(Mapping[str, Any]):
         self._given = {k: v for k, v in given.items() if v is not None and not (BY_KEY[k].kind == "list" and v == ())}
         self._values = {o.key: _normalise(o, self._given.get(o.key, o.default)) for o in OPTIONS}
 
+    DEFAULTS: Mapping[str, Any] = {}  # every option's default, normalised (filled in below)
+
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
@@ -476,6 +499,9 @@ def _normalise(option: Option, value: Any) -> Any:
     return tuple(dict.fromkeys(part.strip() for v in items for part in str(v).split(",") if part.strip()))
 
 
+Settings.DEFAULTS = {o.key: _normalise(o, o.default) for o in OPTIONS}
+
+
 def settings_from_recipe(tables: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Settings:
     """Settings from a recipe's parsed tables ({'': top-level, 'int8': {...}, ...}), with
     per-model ``overrides`` (PER_MODEL_SECTIONS' keys) on top."""
@@ -499,13 +525,130 @@ def check_recipe_value(section: str, key: str, value: Any) -> Optional[str]:
     return f"'{key}' must be {option.describe()}, got {value!r}"
 
 
-def check_applicable(settings: Settings, backends: Sequence[str]) -> None:
-    """A backend's own option set while none of its backends runs is a mistake, not a no-op."""
+# --------------------------------------------------------------------------- what an option needs
+
+STEP_TEXT = {"finetuned": "fine-tuning", "pruned": "pruning", "dw-separable": "depthwise-separable conversion", "int8": "INT8", "fp16": "FP16"}
+BENCH = "bench"  # the condition "the images are evaluated" (Option.needs)
+
+
+def is_set(settings: Settings, key: str) -> bool:
+    """Whether ``key`` differs from its default: a default asks for nothing, so only a set
+    option can be ignored."""
+    return settings[key] != Settings.DEFAULTS[key]
+
+
+def check_applicable(settings: Settings, backends: Sequence[str], variants: Optional[Sequence[str]] = None, *, recipe: bool = False) -> None:
+    """An option set while nothing reads it is a mistake, not a no-op: a one-line
+    UsageError naming what enables it. ``backends``: the ones that run (none: nothing is
+    evaluated, as in export); ``variants``: the variants built (default: the one the flags
+    ask for); ``recipe``: name recipe keys and variants instead of flags."""
+    problem = applicability_problem(settings, backends, variants, recipe=recipe)
+    if problem is not None:
+        raise UsageError(problem[1])
+
+
+def applicability_problem(settings: Settings, backends: Sequence[str], variants: Optional[Sequence[str]] = None, *, recipe: bool = False) -> Optional[tuple[Option, str]]:
+    """(the first option set in vain, why), or None: each set option's step, Option.needs
+    and Option.applies_to, read against the variants' steps and the backends that run."""
+    if variants is None:
+        steps = {o.step for o in OPTIONS if o.step and settings[o.key]}
+    else:
+        steps = {part for variant in variants for part in variant.split("+")}
+    context = _Context(settings, frozenset(steps), bool(backends) or recipe, recipe, variants is not None)
     for option in OPTIONS:
-        if option.applies_to and settings.given(option.key) and settings[option.key] not in (False, None) and not set(option.applies_to) & set(backends):
-            raise UsageError(f"{option.flag} applies to the {' and '.join(option.applies_to)} backend{'s' if len(option.applies_to) > 1 else ''}; add --backend {option.applies_to[0]}")
+        if not is_set(settings, option.key):
+            continue
+        for clause in ((option.step,) if option.step else ()) + option.needs:
+            alternatives = [alternative.split("&") for alternative in clause.split("|")]
+            if not any(all(context.holds(c) for c in alternative) for alternative in alternatives):
+                return option, context.message(option, alternatives)
+        if option.applies_to and not set(option.applies_to) & set(backends):
+            plural = "s" if len(option.applies_to) > 1 else ""
+            fix = f"add '{option.applies_to[0]}' to 'backends'" if recipe else f"add --backend {option.applies_to[0]}"
+            return option, f"{context.name(option)} applies to the {_or(option.applies_to).replace(' or ', ' and ')} backend{plural}; {fix}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the conditions of Option.needs are read against, and how they are named."""
+
+    settings: Settings
+    steps: frozenset
+    bench: bool
+    recipe: bool
+    variant_given: bool
+
+    def holds(self, condition: str) -> bool:
+        if condition in STEP_TEXT:
+            return condition in self.steps
+        if condition == BENCH:
+            return self.bench
+        if condition.startswith("!"):
+            return not self.settings[condition[1:]]
+        key, _, value = condition.partition("=")
+        return str(self.settings[key]) == value if value else bool(self.settings[key])
+
+    def name(self, option: Option) -> str:
+        if not self.recipe:
+            return option.flag or option.key
+        section, key = option.recipe_path or ("", option.key)
+        return f"[{section}] {key}" if section else f"'{key}'"
+
+    def _describe(self, condition: str) -> str:
+        if condition in STEP_TEXT:
+            return STEP_TEXT[condition]
+        if condition == BENCH:
+            return "a bench (bench, profile, bundle)"
+        key, _, value = condition.lstrip("!").partition("=")
+        name = self.name(BY_KEY[key])
+        return name if not value else f'{name} = "{value}"' if self.recipe else f"{name} {value}"
+
+    def _fix(self, condition: str) -> str:
+        if condition in STEP_TEXT:
+            if self.recipe:
+                return f"add a variant with {condition} to 'variants'"
+            return f"use a variant with {condition}" if self.variant_given else f"add {BY_STEP[condition].flag}"
+        if condition == BENCH:
+            return "use bench, profile or bundle"
+        if condition.startswith("!"):
+            return f"drop {self._describe(condition)}"
+        return ("set " if "=" in condition or self.recipe else "add ") + self._describe(condition)
+
+    def message(self, option: Option, alternatives: list[list[str]]) -> str:
+        texts = []
+        for alternative in alternatives:
+            positive = [self._describe(c) for c in alternative if not c.startswith("!")]
+            negative = [f"without {self._describe(c)}" for c in alternative if c.startswith("!")]
+            texts.append(" ".join([" with ".join(positive), *negative]).strip())
+        by_a_step = any(c in STEP_TEXT or c == BENCH for alternative in alternatives for c in alternative)
+        verb = "applies" if texts[0].startswith("without") else "applies to" if by_a_step else "applies with"
+        unmet = [frozenset(c for c in alternative if not self.holds(c)) for alternative in alternatives]
+        fewest = min(len(u) for u in unmet)  # suggest the smallest changes
+        fixes = list(dict.fromkeys(" and ".join(self._fix(c) for c in a if c in u) for a, u in zip(alternatives, unmet) if len(u) == fewest))
+        adds = [f[4:] for f in fixes if f.startswith("add ") and " and " not in f]
+        others = [f for f in fixes if not (f.startswith("add ") and " and " not in f)]
+        return f"{self.name(option)} {verb} {_or(texts)}; " + " or ".join(([f"add {_or(adds)}"] if adds else []) + others)
+
+
+def _or(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def parse_list(values: Sequence[str]) -> tuple[str, ...]:
     """`--backend a,b --backend c` -> (a, b, c), duplicates dropped."""
     return _normalise(Option("x", None, "list", "bench"), values)
+
+
+def keyword_options(commands: Sequence[str] = COMMANDS) -> dict[str, Option]:
+    """Python keyword -> option, for the options of ``commands``: each option's key (the
+    Settings and recipe name) and its flag in Python form (``--dw-layer`` -> ``dw_layer``,
+    ``--backend`` -> ``backend``), so the Python API takes the names ``--help`` shows too."""
+    names: dict[str, Option] = {}
+    for option in OPTIONS:
+        if set(commands) & set(option.commands):
+            names[option.key] = option
+            if option.flag:
+                names.setdefault(option.flag[2:].replace("-", "_"), option)
+    return names

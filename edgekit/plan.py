@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+from .backends.base import check_devices, parse_devices
 from .core import Artifact, BenchResult, UsageError
 from .data import ImageSet
 from .evaluation import BackendParity
@@ -45,8 +46,13 @@ class Cell:
 
 
 def command_cell(target: str, settings: Settings, backends: Optional[Sequence[str]] = None) -> Cell:
-    """The one cell a command line asks for (the variant from --prune/--dw-separable/--int8/--fp16)."""
-    return Cell(target, variant_from_settings(settings), tuple(backends if backends is not None else settings["backends"]), settings)
+    """The one cell a command line asks for (the variant from --prune/--dw-separable/--int8/--fp16).
+    A --device the backends cannot use here fails now, before anything is built (a --remote
+    run's device checks its own)."""
+    cell = Cell(target, variant_from_settings(settings), tuple(backends if backends is not None else settings["backends"]), settings)
+    if cell.backends and settings["remote"] is None:
+        check_devices(settings["device"], cell.backends)
+    return cell
 
 
 def recipe_cells(recipe) -> tuple[Cell, ...]:
@@ -54,7 +60,7 @@ def recipe_cells(recipe) -> tuple[Cell, ...]:
     cells = []
     for model in recipe.models:
         settings = recipe.settings_for(model)
-        check_applicable(settings, recipe.backends)
+        check_applicable(settings, recipe.backends, recipe.variants, recipe=True)
         for variant in recipe.variants:
             parse_variant(variant)  # an illegal chain fails before any work
             backends = tuple(b for b in recipe.backends if b != BASELINE or variant == "fp32")
@@ -64,9 +70,20 @@ def recipe_cells(recipe) -> tuple[Cell, ...]:
 
 def build(cell: Cell, progress: Callable[[str, Optional[int], Optional[int]], None] = lambda s, d, t: None,
           announce: Callable[[Artifact, bool], None] = lambda artifact, reused: None) -> tuple[Artifact, bool]:
-    """Export (or open) the cell's model, then apply its variant's steps."""
+    """Export (or open) the cell's model, then apply its variant's steps; the built
+    artifact's manifest names the file each runtime loads (edgekit.deploy), whichever
+    command built it."""
+    from .deploy import SECTION, record_deploy_files
+    from .files import TamperedError
+
     artifact, reused = open_target(cell.model, cell.settings, lambda stage, done, total: progress(f"export: {stage}", done, total))
-    return build_variant(artifact, cell.variant, cell.settings, Path(cell.settings["artifacts"]), progress, announce, reused)
+    artifact, reused = build_variant(artifact, cell.variant, cell.settings, Path(cell.settings["artifacts"]), progress, announce, reused)
+    if SECTION not in artifact.manifest:
+        try:
+            artifact = record_deploy_files(artifact)
+        except TamperedError:  # a changed CPU form fails only the backend that reads it (and `edgekit export` names it)
+            pass
+    return artifact, reused
 
 
 def runnable_backends(artifact: Artifact, backends: Sequence[str]) -> tuple[tuple[str, ...], Optional[str]]:
@@ -98,12 +115,14 @@ class LocalLauncher:
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     name: str = "local"
+    device: Optional[str] = None  # --device, checked against what the backends have here
 
     def check(self, backends: Sequence[str]) -> None:
         from .backends import get_backend
 
         for backend in backends:
             get_backend(backend).check_available()
+        check_devices(self.device, backends)
 
     def bench(self, artifact: Artifact, request: BenchRequest, images: ImageSet, progress: Progress) -> BenchRun:
         check_request(artifact, request)
@@ -129,6 +148,10 @@ class SshLauncher:
         if not deployed:
             raise UsageError("--remote runs deployment backends (a bundle on the device); add one with --backend")
         check_backends(deployed)
+        spec = self.settings["device"]
+        away = [name for name in parse_devices(spec)[1] if name not in deployed]  # what the device has, its runner checks
+        if away:
+            raise UsageError(f"--device {spec}: {' and '.join(away)} {'does' if len(away) == 1 else 'do'} not run on {self.remote.host} (there: {', '.join(deployed)}; PyTorch runs here, on the CPU, for the reference logits)")
         self.python_version = check_connection(self.remote.host, self.remote.settings, self.remote.python)
 
     def bench(self, artifact: Artifact, request: BenchRequest, images: ImageSet, progress: Progress) -> BenchRun:
@@ -137,7 +160,7 @@ class SshLauncher:
 
         host = str(self.remote.host)
         document = bench_remote(
-            artifact, request.backends, images, self.remote, request.options.device, request.timing.batch_sizes,
+            artifact, request.backends, images, self.remote, request.options.device or None, request.timing.batch_sizes,
             runner_argv(self.settings), progress=lambda stage, done, total: progress(host, stage, done, total),
         )
         validate_results_document(document, f"{host}: results")
@@ -152,7 +175,7 @@ def launcher_for(settings: Settings) -> Launcher:
     if settings["remote"] is None:
         if settings["ssh_options"]:
             raise UsageError("--ssh-option applies to --remote runs")
-        return LocalLauncher()
+        return LocalLauncher(device=settings["device"])
     from .remote import RemoteRequest
 
     remote = RemoteRequest.parse(settings["remote"], settings["ssh_options"], settings["remote_python"], settings["remote_dir"])

@@ -246,7 +246,7 @@ def profile_backend(artifact, backend_name: str, options, images, batch_size: in
         modules = (*modules, ModuleTime(BETWEEN_NODES, between, 0, (), ()))
     note = "" if joined_by == "module" else "no PyTorch module names in this graph (an imported ONNX file?): rows are ONNX nodes"
     return BackendProfile(
-        backend=backend_name, device=options.device, runtime=backend.runtime_version(), file=file,
+        backend=backend_name, device=backend.device_for(options), runtime=backend.runtime_version(), file=file,
         variant=str(artifact.manifest.get("variant", "fp32")), batch_size=batch_size, iterations=iterations,
         e2e_p50_ms=e2e, nodes=run.nodes, modules=modules, joined_by=joined_by, profiled_run_ms=run.run_ms, note=note,
     )

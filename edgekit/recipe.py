@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .core import UsageError
-from .options import BY_KEY, Settings, check_recipe_value, per_model_options, recipe_options, settings_from_recipe
+from .options import BY_KEY, PER_MODEL_SECTIONS, Settings, applicability_problem, check_recipe_value, per_model_options, recipe_options, settings_from_recipe
 from .remote import RECIPE_SSH_OPTIONS, RemoteHost, recipe_safe_ssh_option, remote_dir_problem, remote_python_problem
 
 # top-level keys that are not options: what a recipe runs, and how its results are named
@@ -170,7 +170,7 @@ def load_recipe(path: Path) -> Recipe:
         raise RecipeError(locate.at("variants", "", "a 'pruned' variant needs [prune] ratio"))
     if top.get("reference") and top["reference"] not in top["models"]:
         raise RecipeError(locate.at("reference", "", f"reference {top['reference']!r} must be one of the recipe's models"))
-    return Recipe(
+    recipe = Recipe(
         path=path,
         models=tuple(top["models"]),
         variants=tuple(top["variants"]),
@@ -180,6 +180,15 @@ def load_recipe(path: Path) -> Recipe:
         output=(path.parent / top["output"]) if top.get("output") else None,
         name=top.get("name", path.stem),
     )
+    for model in recipe.models:  # a key no variant or backend reads is a mistake (edgekit.options.check_applicable)
+        settings = recipe.settings_for(model)
+        problem = applicability_problem(settings, settings["backends"], recipe.variants, recipe=True)
+        if problem is not None:
+            option, message = problem
+            section, key = option.recipe_path or ("", option.key)
+            overridden = key in per_model.get(model, {}) and section in PER_MODEL_SECTIONS
+            raise RecipeError(locate.at(key, f"model.{model}" if overridden else section, message))
+    return recipe
 
 
 _MOVED = {("prune", "distill_steps"): "[distill] steps", ("prune", "distill_data"): "[distill] data", ("export", "out"): "[export] artifacts"}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .backends import BackendOptions
-from .backends.base import BASELINE_BACKEND, parse_workspace
+from .backends.base import BASELINE_BACKEND, check_devices, parse_devices, parse_workspace
 from .timing import TimingOptions
 from .core import Artifact, BenchResult, EdgekitError, UsageError, imagenet_class_set
 from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
@@ -49,7 +49,7 @@ class BenchRequest:
 
 def backend_options(settings: Settings) -> BackendOptions:
     return BackendOptions(
-        threads=settings["threads"], device=settings["device"] or "cpu", precision=settings["precision"],
+        threads=settings["threads"], device=settings["device"] or "", precision=settings["precision"],
         compress_fp16=settings["ov_fp16_weights"], batch_sizes=tuple(settings["batch"]),
         workspace_bytes=parse_workspace(settings["trt_workspace"]) if settings["trt_workspace"] else None,
         cuda_graph=settings["cuda_graph"],
@@ -65,6 +65,7 @@ def timing_options(settings: Settings) -> TimingOptions:
 
 def bench_request(settings: Settings, backends: Optional[Sequence[str]] = None) -> BenchRequest:
     """What `bench`, recipes and the device runner time and evaluate, from one Settings."""
+    parse_devices(settings["device"])  # its form, here or on a device (what a machine has: check_devices)
     return BenchRequest(
         backends=tuple(backends if backends is not None else settings["backends"]),
         options=backend_options(settings),
@@ -101,6 +102,7 @@ def check_request(artifact: Artifact, request: BenchRequest) -> None:
 
     for name in request.backends:
         get_backend(name).check_available()  # unknown names and missing runtimes name their pip extra
+    check_devices(request.options.device, request.backends, named_must_run=False)  # what this machine has
     shape = artifact.manifest["input"]["shape"]
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"artifact {artifact.key} has a static batch of {shape[0]}; export without --static to time other batch sizes")

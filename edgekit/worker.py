@@ -25,7 +25,7 @@ import numpy as np
 
 from .backends import BackendOptions, get_backend
 from .timing import TimingOptions, machine_info, make_batch, peak_rss_mb, time_session
-from .core import AccuracyStats, Artifact, BenchResult, DataError, EdgekitError
+from .core import AccuracyStats, Artifact, BenchResult, DataError, EdgekitError, UsageError
 from .data import DECODE_THREADS, ImageSet, read_views_file, stream_batches
 from .evaluation import LogitsFile, LogitsWriter
 from .telemetry import open_power_monitor
@@ -136,6 +136,10 @@ def run_job(job: dict) -> dict:
     backend = get_backend(job["backend"])
     backend.check_available()
     options = BackendOptions(**job["options"])
+    device = backend.device_for(options)
+    problem = backend.device_problem(device)
+    if problem:  # on a device too: before anything is compiled or timed
+        raise UsageError(f"--device {options.device}: {problem}")
     artifact = Artifact.load(Path(job["artifact"]))
     emit(stage="compiling")
     compiled = backend.compile(artifact, options)
@@ -186,7 +190,8 @@ def run_job(job: dict) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "gpu_memory_mb": _gpu_memory_mb() if on_gpu else None,
         "size_mb": backend.size_mb(compiled),
-        "environment": {**machine_info(), "runtime": backend.runtime_version()},
+        # the device the session runs on (it refuses any other than asked), in the backend's spelling
+        "environment": {**machine_info(), "runtime": backend.runtime_version(), "device": getattr(session, "device", None)},
         "evaluation_ips": (logits["count"] + len(skipped)) / logits["seconds"] if logits["seconds"] > 0 else None,
         "logits": logits,
         "skipped": [list(s) for s in skipped],

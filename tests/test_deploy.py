@@ -33,7 +33,7 @@ def workspace(tmp_path_factory, digits) -> Path:
 
 
 def export(workspace: Path, *flags: str):
-    return run_cli("export", "digits.onnx", "--preprocessing", "pre.json", "--data", "tree", "--artifacts", "exported", *flags, cwd=workspace)
+    return run_cli("export", "digits.onnx", "--preprocessing", "pre.json", "--artifacts", "exported", *flags, cwd=workspace)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def exported(workspace):
     """`edgekit export --int8`: (the artifact, what the command printed)."""
     from edgekit.core import Artifact
 
-    proc = export(workspace, "--int8", *QUICK_INT8)
+    proc = export(workspace, "--int8", "--data", "tree", *QUICK_INT8)
     assert proc.returncode == 0, proc.stderr
     return Artifact.load(workspace / proc.stdout.strip().splitlines()[-1]), proc
 
@@ -86,19 +86,19 @@ def test_inspect_shows_the_deploy_files_and_their_state(exported, workspace, tmp
     artifact, _ = exported
     proc = run_cli("inspect", str(artifact.path), cwd=workspace)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith(("  onnxruntime", "  openvino", "  tensorrt"))]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("  onnxruntime", "  openvino", "  tensorrt"))]
     assert len(lines) == 7 and all(line.endswith("[hash verified]") for line in lines)
 
     copy = Path(shutil.copytree(artifact.path, tmp_path / "copy"))
     (copy / "model.ort-cpu-avx2.onnx").write_bytes((copy / "model.onnx").read_bytes())  # another graph under the deployed name
     (copy / "model.ov-cpu.onnx").unlink()
     proc = run_cli("inspect", str(copy), cwd=workspace)
-    assert "integrity: intact" in proc.stderr  # derived caches: the artifact itself is fine
+    assert "integrity: intact" in proc.stdout  # derived caches: the artifact itself is fine
     assert any(
         line.split()[:2] == ["onnxruntime", "model.ort-cpu-avx2.onnx"] and "CPU, x86 without VNNI" in line and line.endswith("[changed since edgekit wrote it]")
-        for line in proc.stderr.splitlines()
-    ), proc.stderr
-    assert "[missing]" in proc.stderr
+        for line in proc.stdout.splitlines()
+    ), proc.stdout
+    assert "[missing]" in proc.stdout
     # exporting it again refuses the changed form in one line, and writes nothing
     manifest = (copy / "manifest.json").read_bytes()
     assert_one_line_error(run_cli("export", str(copy), cwd=workspace), "model.ort-cpu-avx2.onnx does not match the SHA-256 edgekit recorded")

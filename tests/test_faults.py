@@ -75,8 +75,8 @@ def test_unreadable_label_file_and_labels_without_data_are_one_line(tmp_path):
     flat.mkdir()
     shutil.copyfile(next(folder.rglob("chelsea.png")), flat / "chelsea.png")
     (tmp_path / "labels.bin").write_bytes(bytes(range(256)) * 4)
-    assert_one_line_error(run_cli("bench", "--data", str(flat), "--labels", "labels.bin", cwd=tmp_path), "not UTF-8 text", code=1)
-    assert_one_line_error(run_cli("bench", "--labels", "labels.bin", cwd=tmp_path), "label file goes with an image folder", code=2)
+    assert_one_line_error(run_cli("bench", "--data", str(flat), "--labels", "labels.bin", cwd=tmp_path), "not UTF-8 text", code=2)
+    assert_one_line_error(run_cli("bench", "--labels", "labels.bin", cwd=tmp_path), "--labels applies with --data", code=2)
 
 
 # --------------------------------------------------------------------------- sealed artifacts
@@ -87,11 +87,11 @@ def test_swapped_model_with_its_hashes_deleted_is_refused(tiny_artifact, digits,
     copy = faults.copy_artifact(tiny_artifact.path, tmp_path / "artifact")
     faults.swap_model_and_strip_hashes(copy, other_onnx)
     proc = run_cli("bench", str(copy), "--backend", "onnxruntime", *QUICK, cwd=tmp_path)
-    assert_one_line_error(proc, "manifest.json was changed after edgekit wrote it", code=1)
+    assert_one_line_error(proc, "manifest.json was changed after edgekit wrote it", code=2)
 
     copy2 = faults.copy_artifact(tiny_artifact.path, tmp_path / "artifact2")
     shutil.copyfile(other_onnx, copy2 / "model.onnx")  # hashes kept: the file betrays itself
-    assert_one_line_error(run_cli("bench", str(copy2), "--backend", "onnxruntime", *QUICK, cwd=tmp_path), "model.onnx does not match its SHA-256", code=1)
+    assert_one_line_error(run_cli("bench", str(copy2), "--backend", "onnxruntime", *QUICK, cwd=tmp_path), "model.onnx does not match its SHA-256", code=2)
 
 
 def test_one_failing_backend_keeps_the_others_rows(int8_artifact, tmp_path):
@@ -250,7 +250,7 @@ def test_bundle_paths_cannot_leave_the_bundle(bundle, tmp_path, case):
     outside.mkdir(exist_ok=True)
     faults.edit_bundle(bundle, _escaping_cases(outside)[case])
     proc = faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off")
-    assert_one_line_error(proc, "bundle", code=1)
+    assert_one_line_error(proc, "bundle", code=2)
     assert "inside the bundle" in proc.stderr or "outside the bundle" in proc.stderr
 
 
@@ -262,7 +262,7 @@ def test_bundle_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
     image.unlink()
     image.symlink_to(outside)
     proc = faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off")
-    assert_one_line_error(proc, "leads outside the bundle", code=1)
+    assert_one_line_error(proc, "leads outside the bundle", code=2)
 
 
 # --------------------------------------------------------------------------- models that are not ImageNet classifiers
@@ -275,7 +275,7 @@ def test_onnx_without_classifier_output_or_with_ten_classes(tmp_path):
     torch.manual_seed(0)
     features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     torch.onnx.export(features, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "features.onnx"), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
-    assert_one_line_error(run_cli("bench", "features.onnx", *QUICK, cwd=tmp_path), "[N, classes] logits", code=1)
+    assert_one_line_error(run_cli("bench", "features.onnx", *QUICK, cwd=tmp_path), "[N, classes] logits", code=2)
 
     ten = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     torch.onnx.export(ten, (torch.zeros(1, 3, 64, 64),), str(tmp_path / "ten.onnx"), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
@@ -288,7 +288,7 @@ def test_onnx_without_classifier_output_or_with_ten_classes(tmp_path):
 
 def test_weights_file_that_is_text_is_one_line(tmp_path):
     (tmp_path / "w.pth").write_text("these are not weights\n")
-    assert_one_line_error(run_cli("export", "squeezenet1_1", "--weights", "w.pth", cwd=tmp_path), "cannot be loaded with weights_only=True", code=1)
+    assert_one_line_error(run_cli("export", "squeezenet1_1", "--weights", "w.pth", cwd=tmp_path), "cannot be loaded with weights_only=True", code=2)
 
 
 # --------------------------------------------------------------------------- the gate

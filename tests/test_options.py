@@ -53,7 +53,7 @@ def test_recipe_values_reach_the_same_settings_as_flags(tmp_path):
     from edgekit.recipe import load_recipe
 
     (tmp_path / "r.toml").write_text(
-        'models = ["squeezenet1_1"]\nvariants = ["pruned+int8"]\nbackends = ["onnxruntime", "openvino"]\nbatch = [1, 8]\n'
+        'models = ["squeezenet1_1"]\nvariants = ["pruned+int8", "dw-separable"]\nbackends = ["onnxruntime", "openvino"]\nbatch = [1, 8]\n'
         '[int8]\ncalib_method = "minmax"\nbias_correction = false\n[prune]\nratio = 0.3\n[distill]\nsteps = 5\n'
         '[dw_separable]\nlayers = ["a", "b"]\n[bench]\nviews = 2\nthreads = 1\n'
     )

@@ -111,20 +111,20 @@ def _slower(document, model, factor):
 
 def test_latency_regression_is_judged_against_the_reference(run_results):
     _, document = run_results
-    # only one model slowed down: a regression
-    report = compare(document, _slower(document, "mobilenet_v3_small", 1.5), 0.5, 0.10)
+    # only one model slowed down: a regression (4x: beyond what 2 rounds of 5 runs on a busy machine can call noise)
+    report = compare(document, _slower(document, "mobilenet_v3_small", 4.0), 0.5, 0.10)
     failed = {(f.key[0], f.check) for f in report.findings if f.status == "fail"}
     assert ("mobilenet_v3_small", "latency") in failed and not report.passed
-    # the whole machine is 50% slower today: every ratio holds, only the yardstick itself
+    # the whole machine is 4x slower today: every ratio holds, only the yardstick itself
     # (judged on its raw p50, the one comparison a uniformly slower machine can fail) regresses
-    report = compare(document, _slower(document, None, 1.5), 0.5, 0.10)
+    report = compare(document, _slower(document, None, 4.0), 0.5, 0.10)
     assert {f.key[0] for f in report.findings if f.status == "fail"} == {document["reference"]}
 
 
 def test_accuracy_drop_missing_and_new_cells_and_other_machines(run_results, tmp_path):
     _, document = run_results
     worse = copy.deepcopy(document)
-    worse["results"][0]["accuracy"]["agreement"] -= 5.0
+    worse["results"][0]["accuracy"]["agreement"] = 0.0  # 5 points on 7 images is not evidence (the gate says inconclusive)
     worse["results"][0]["accuracy"]["top1"] = None
     report = compare(document, worse, 0.5, 0.10)
     assert any(f.check == "accuracy" and f.status == "fail" for f in report.findings)
@@ -158,8 +158,8 @@ def test_report_writes_tables_and_plots(run_results, tmp_path):
 
 def test_report_and_check_reject_files_that_are_not_results(tmp_path):
     (tmp_path / "junk.json").write_text("[1, 2]")
-    assert_one_line_error(run_cli("report", "junk.json", cwd=tmp_path), "not an edgekit results file", code=1)
-    assert_one_line_error(run_cli("check", "junk.json", "--baseline", "missing.json", cwd=tmp_path), "cannot read results file missing.json", code=1)
+    assert_one_line_error(run_cli("report", "junk.json", cwd=tmp_path), "not an edgekit results file", code=2)
+    assert_one_line_error(run_cli("check", "junk.json", "--baseline", "missing.json", cwd=tmp_path), "cannot read results file missing.json", code=2)
 
 
 def test_percentages_parse():

@@ -116,7 +116,9 @@ def test_bench_rows_and_profiles_report_together(tmp_path, int8_profile, fp32_pr
     assert text.index("## Results") < text.index("## Per-layer profile") < text.index("## Plots")
     assert "Warning" not in text  # one machine
     page = (out / "report.html").read_text()
-    assert page.count('<table class="profile">') == 3 and page.count("<table>") == 1  # the bench rows: one model + variant
+    # the bench rows: one model + variant in each of the two documents with bench rows, a table per run
+    assert page.count('<table class="profile">') == 3 and page.count("<table>") == 2
+    assert "<h3>mobilenet_v3_small int8 [run 1]</h3>" in page and "<h3>mobilenet_v3_small int8 [run 3]</h3>" in page
     with open(out / "report.csv") as f:
         assert len(f.readlines()) == 1 + 4  # header, two rows from each bench document
 
@@ -143,7 +145,7 @@ def test_profile_text_is_escaped_in_html(tmp_path, int8_profile):
 def test_neither_rows_nor_a_profile_is_still_a_data_error(tmp_path):
     for name, extra in (("empty.json", {}), ("null.json", {"profile": None})):
         write_json(results_document([], machine=MACHINE, extra=extra), tmp_path / name)
-        assert_one_line_error(run_cli("report", name, cwd=tmp_path), "no results to report in 1 document(s)", code=1)
+        assert_one_line_error(run_cli("report", name, cwd=tmp_path), "no results to report in 1 document(s)", code=2)
     with pytest.raises(DataError, match="no results to report"):
         write_report([results_document([], extra={"profile": None})], tmp_path)
 
@@ -154,4 +156,4 @@ def test_a_broken_profile_section_is_a_one_line_error(tmp_path, int8_profile):
     del section["backends"][0]["sum_ms"]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(results_document([], machine=MACHINE, extra={"profile": section})))
-    assert_one_line_error(run_cli("report", "bad.json", cwd=tmp_path), "bad.json", "profile.backends[0].sum_ms", "(and 1 more problem)", code=1)
+    assert_one_line_error(run_cli("report", "bad.json", cwd=tmp_path), "bad.json", "profile.backends[0].sum_ms", "(and 1 more problem)", code=2)

@@ -232,7 +232,7 @@ def test_every_numeric_key_refuses_bools_nan_and_inf():
 
 
 def test_edge_values_that_are_fine_still_load(tmp_path):
-    text = HEAD + "\n[int8]\npercentile = 100\nmax_kl = 0\nmin_agreement = 0\nmax_drop = 100\n[bench]\nmax_seconds = 0.1\n"
+    text = HEAD.replace('variants = ["fp32"]', 'variants = ["int8"]') + "\n[int8]\npercentile = 100\nmax_kl = 0\nmin_agreement = 0\nmax_drop = 100\n[bench]\nmax_seconds = 0.1\n"
     recipe = load_recipe(_write(tmp_path, text))
     settings = recipe.settings_for(recipe.models[0])
     assert settings["percentile"] == 100 and settings["max_seconds"] == 0.1

@@ -220,7 +220,7 @@ def test_explicit_sources_that_cannot_be_read_fail_in_one_line(tmp_path, monkeyp
 @pytest.mark.skipif(importlib.util.find_spec("pynvml") is not None, reason="nvidia-ml-py is installed here")
 def test_cli_names_the_missing_nvml_package(tmp_path):
     proc = run_cli("bench", "--power", "nvml", "--backend", "onnxruntime", cwd=tmp_path, timeout=120)
-    assert_one_line_error(proc, "--power nvml", "pip install nvidia-ml-py", code=1)
+    assert_one_line_error(proc, "--power nvml", "pip install nvidia-ml-py", code=2)
 
 
 def test_gpu_memory_is_none_without_nvml():

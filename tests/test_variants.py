@@ -96,4 +96,4 @@ def test_cli_unreadable_calibration_folder(tmp_path):
 def test_cli_inspect_shows_the_sensitivity_report(int8_artifact, tmp_path):
     proc = run_cli("inspect", str(int8_artifact.path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "step quantize" in proc.stderr and "INT8 (minmax ranges" in proc.stderr and "random-init weights" in proc.stderr
+    assert "step quantize" in proc.stdout and "INT8 (minmax ranges" in proc.stdout and "random-init weights" in proc.stdout

@@ -6,7 +6,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ..registry import Registry
 @dataclass(frozen=True)
 class BackendOptions:
     threads: Optional[int] = None  # intra-op threads; None lets the runtime choose
-    device: str = "cpu"
+    device: str = ""  # the --device value as given: '' each backend's own, 'gpu', 'openvino:gpu,onnxruntime:cuda' (Backend.device_for reads it)
     precision: Optional[str] = None  # OpenVINO inference precision (f32, bf16, f16); None: f32
     compress_fp16: bool = False  # OpenVINO: store IR weights in FP16
     batch_sizes: tuple[int, ...] = ()  # TensorRT: the optimization profile covers these
@@ -39,6 +39,7 @@ class Session(Protocol):
 
     precision: str  # what actually runs, e.g. "fp32"
     providers: tuple[str, ...]  # execution providers / devices in use
+    device: str  # the device it runs on, in the backend's spelling (a session never runs elsewhere than asked)
     threads: Optional[int]
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
@@ -51,6 +52,15 @@ class Backend(Protocol):
 
     def check_available(self) -> None:
         """Raise BackendUnavailableError (naming the extra) when the runtime is missing."""
+
+    def devices(self) -> tuple[str, ...]:
+        """The devices it can use on this machine, in its own spelling (cheap: no model)."""
+
+    def device_for(self, options: "BackendOptions") -> str:
+        """The device it runs on for ``options.device`` (a --device value, see parse_devices)."""
+
+    def device_problem(self, device: str) -> Optional[str]:
+        """Why ``device`` cannot be used here ("<name> has no device 'gpu' here (available: cpu; install ...)"), or None."""
 
     def missing_on_device(self) -> list[str]:
         """pip packages this Python lacks to run the backend from a bundle (no edgekit installed)."""
@@ -91,6 +101,41 @@ class BackendBase:
     distributions: tuple[str, ...] = ()  # pip distributions whose version names the runtime
     runs_on_cpu = True  # what "every CPU backend" means where the user names none (INT8's fallback prices)
     device_note = ""  # what a bundle's README tells the device's owner about installing it
+    default_device = "cpu"  # where it runs when --device names nothing for it
+    takes_bare_device = True  # a bare --device (no BACKEND:) applies to it
+    always_there: tuple[str, ...] = ("cpu",)  # devices it has wherever its runtime imports (not asked again)
+
+    def devices(self) -> tuple[str, ...]:
+        return self.always_there
+
+    def canonical_device(self, device: str) -> str:
+        """A device name in this backend's spelling."""
+        return device.strip().lower()
+
+    def device_for(self, options: BackendOptions) -> str:
+        bare, named = parse_devices(options.device)
+        if self.name in named:
+            return self.canonical_device(named[self.name])
+        if bare is not None and self.takes_bare_device:
+            return self.canonical_device(bare)
+        return self.default_device
+
+    def device_hint(self, have: tuple[str, ...]) -> str:
+        """What would add devices (a package, a GPU), for the error that lists ``have``; '' where none."""
+        return ""
+
+    def has_device(self, device: str, have: tuple[str, ...]) -> bool:
+        return self.canonical_device(device) in {self.canonical_device(d) for d in have}
+
+    def device_problem(self, device: str) -> Optional[str]:
+        if self.canonical_device(device) in self.always_there:
+            return None
+        have = self.devices()
+        if self.has_device(device, have):
+            return None
+        hint = self.device_hint(have)
+        listed = f"available: {', '.join(have)}" if have else "none available"
+        return f"{self.name} has no device {self.canonical_device(device)!r} here ({listed}{'; ' + hint if hint else ''})"
 
     def missing_on_device(self) -> list[str]:
         return [package for module, package in self.runtime_packages if not importable(module)]
@@ -172,3 +217,59 @@ def deployable_backends() -> tuple[str, ...]:
 def get_backend(name: str) -> Backend:
     module_name, class_name = BACKENDS.get(name).split(":")
     return getattr(importlib.import_module(module_name), class_name)()
+
+
+# --------------------------------------------------------------------------- --device
+
+DEVICE_FORMS = "one device for every backend (the PyTorch baseline keeps the CPU unless named), or BACKEND:DEVICE pairs, e.g. openvino:gpu,onnxruntime:cuda"
+
+
+def parse_devices(spec: Optional[str]) -> tuple[Optional[str], dict[str, str]]:
+    """A --device value as (the bare device, {backend: device}): 'gpu' -> ('gpu', {}),
+    'openvino:GPU,pytorch:cuda' -> (None, {...}), '' or None -> (None, {}) (each backend's
+    own). Comma-separated; a prefix before ':' must be a backend."""
+    bare: Optional[str] = None
+    named: dict[str, str] = {}
+    for part in str(spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, colon, device = part.partition(":")
+        if not colon:
+            if bare is not None and bare != part:
+                raise UsageError(f"--device {spec}: {DEVICE_FORMS}")
+            bare = part
+            continue
+        name, device = name.strip().lower(), device.strip()
+        if name not in BACKENDS.names():
+            try:
+                BACKENDS.get(name)
+            except UsageError as e:  # unknown backend 'x'; did you mean ...
+                raise UsageError(f"--device {spec}: {e}") from None
+        if not device:
+            raise UsageError(f"--device {spec}: {name}: names no device; {DEVICE_FORMS}")
+        if named.get(name, device) != device:
+            raise UsageError(f"--device {spec}: {name} is given two devices")
+        named[name] = device
+    return bare, named
+
+
+def check_devices(spec: Optional[str], backends: Sequence[str], *, named_must_run: bool = True) -> None:
+    """Refuse a --device the chosen backends cannot use on this machine, before any work,
+    listing what each has here. ``named_must_run``: a BACKEND:DEVICE for a backend not
+    chosen is a mistake (not on a device, where a bundle's default may name more)."""
+    bare, named = parse_devices(spec)
+    if not bare and not named:
+        return
+    if named_must_run:
+        extra = [name for name in named if name not in backends]
+        if extra:
+            raise UsageError(f"--device {spec}: {' and '.join(extra)} {'is' if len(extra) == 1 else 'are'} not among the backends ({', '.join(backends)}); add --backend {extra[0]}")
+    chosen = [get_backend(name) for name in backends]
+    if bare is not None and chosen and not any(b.takes_bare_device for b in chosen):
+        raise UsageError(f"--device {bare} applies to no backend here: {', '.join(backends)} keep{'s its' if len(backends) == 1 else ' their'} own device unless named, e.g. --device {backends[0]}:{bare}")
+    for backend in chosen:
+        backend.check_available()  # a missing runtime names its pip extra (it has no devices to list)
+    problems = [p for b in chosen for p in [b.device_problem(b.device_for(BackendOptions(device=str(spec))))] if p]
+    if problems:
+        raise UsageError(f"--device {spec}: " + "; ".join(problems))

@@ -26,11 +26,13 @@ class OnnxRuntimeSession:
         if options.threads:
             so.intra_op_num_threads = options.threads
         fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"  # TensorRT's own rule for QDQ graphs
-        providers = _providers(options.device, ort.get_available_providers(), artifact.path / ORT_TRT_CACHE, fp16)
+        self.device = _device(options)
+        providers = _providers(self.device, ort.get_available_providers(), artifact.path / ORT_TRT_CACHE, fp16)
         self._session = ort.InferenceSession(str(artifact.onnx_path), so, providers=providers)
         self._input = self._session.get_inputs()[0].name
         self.precision = artifact.manifest.get("variant_detail", artifact.manifest.get("variant", "fp32"))
         self.providers = tuple(self._session.get_providers())
+        _check_in_use(self.device, self.providers)
         self.threads = options.threads
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -38,6 +40,22 @@ class OnnxRuntimeSession:
 
 
 ORT_TRT_CACHE = "ort-tensorrt-cache"
+DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}  # edgekit's device names
+
+
+def _device(options: BackendOptions) -> str:
+    return OnnxRuntimeBackend().device_for(options)
+
+
+def _check_in_use(device: str, in_use: tuple[str, ...]) -> None:
+    """ONNX Runtime drops a provider it cannot start (missing CUDA libraries) and runs on the
+    next one with a warning: a run on another device than asked is refused, not timed."""
+    wanted = DEVICE_PROVIDERS.get(device)
+    if wanted is not None and wanted not in in_use:
+        raise UsageError(
+            f"ONNX Runtime could not start {wanted} for --device {device} (it would run on {', '.join(in_use) or 'nothing'}); "
+            "check the CUDA, cuDNN and TensorRT libraries onnxruntime-gpu needs"
+        )
 
 
 def _providers(device: str, available: list[str], cache_dir: Optional[Path] = None, fp16: bool = False) -> list:
@@ -117,8 +135,10 @@ def profile_session(path: Path, options: BackendOptions, batch: np.ndarray, iter
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         if options.threads:
             so.intra_op_num_threads = options.threads
-        providers = _providers(options.device, ort.get_available_providers(), None, fp16)
+        device = _device(options)
+        providers = _providers(device, ort.get_available_providers(), None, fp16)
         session = ort.InferenceSession(str(path), so, providers=providers)
+        _check_in_use(device, tuple(session.get_providers()))
         feed = {session.get_inputs()[0].name: batch}
         for _ in range(warmup):
             session.run(None, feed)
@@ -208,8 +228,19 @@ class OnnxRuntimeBackend(BackendBase):
     runtime_packages = (("onnxruntime", "onnxruntime"),)
     distributions = ("onnxruntime", "onnxruntime-gpu")
 
+    def devices(self) -> tuple[str, ...]:
+        """cpu, and cuda / tensorrt where onnxruntime-gpu's providers are built in (whether a
+        GPU is there shows when a session starts: one that falls back is refused)."""
+        import onnxruntime as ort
+
+        available = set(ort.get_available_providers())
+        return tuple(device for device, provider in DEVICE_PROVIDERS.items() if provider in available)
+
+    def device_hint(self, have: tuple[str, ...]) -> str:
+        return "" if "cuda" in have else "install onnxruntime-gpu for cuda and tensorrt"
+
     def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
-        return str(options.device).lower().startswith(("cuda", "tensorrt"))
+        return self.device_for(options) in ("cuda", "tensorrt")
 
     def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
         """INT8: both CPU forms (which one is right depends on the deploying machine's CPU,
@@ -227,7 +258,7 @@ class OnnxRuntimeBackend(BackendBase):
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         """FP32/FP16 graphs run as they are; an INT8 QDQ graph is lowered to the form the
         CPU provider fuses into integer kernels (see int8_cpu_form), cached beside it."""
-        if numeric_format(artifact.manifest) != "int8" or options.device != "cpu":
+        if numeric_format(artifact.manifest) != "int8" or self.device_for(options) != "cpu":
             return artifact
         from .int8_cpu_form import weight_form
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,13 @@ FORM_CPUS = {"vnni": "CPU, x86 with VNNI/AMX", "any": "CPU, others (x86 without 
 def ov_device(device: str) -> str:
     """edgekit's device names (cpu, gpu, npu, gpu.1...) -> OpenVINO's (CPU, GPU, NPU, GPU.1)."""
     return device.upper()
+
+
+@lru_cache(maxsize=1)
+def _available_devices() -> tuple[str, ...]:
+    import openvino as ov
+
+    return tuple(ov.Core().available_devices)
 
 
 def check_device(core, device: str) -> str:
@@ -152,7 +160,8 @@ class OpenVinoSession:
         import openvino as ov
 
         self._core = ov.Core()
-        self._device = check_device(self._core, options.device)
+        self._device = check_device(self._core, OpenVinoBackend().device_for(options))
+        self.device = self._device
         self._model = self._core.read_model(str(xml))
         self._precision_hint = options.precision or "f32"
         self._threads = options.threads
@@ -290,6 +299,19 @@ class OpenVinoBackend(BackendBase):
     pip_extra = "openvino"
     runtime_packages = (("openvino", "openvino"),)
     distributions = ("openvino",)
+    default_device = "CPU"
+    always_there = ()  # even the CPU plugin is OpenVINO's to list
+
+    def canonical_device(self, device: str) -> str:
+        return ov_device(device.strip())
+
+    def devices(self) -> tuple[str, ...]:
+        """What OpenVINO lists here: CPU, GPU (GPU.0, GPU.1 with several), NPU."""
+        return _available_devices()
+
+    def has_device(self, device: str, have: tuple[str, ...]) -> bool:
+        name = ov_device(device)
+        return name in have or name.split(".")[0] in {d.split(".")[0] for d in have}
 
     def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
         """INT8: both CPU forms (which one is right depends on the deploying machine's CPU, and
@@ -310,7 +332,7 @@ class OpenVinoBackend(BackendBase):
         if options.precision is not None and options.precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
         source = artifact.onnx_path
-        if numeric_format(artifact.manifest) == "int8" and ov_device(options.device).startswith("CPU"):
+        if numeric_format(artifact.manifest) == "int8" and self.device_for(options).startswith("CPU"):
             source = cpu_form(artifact, cpu_form_here())
         xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
         files = {**artifact.manifest["files"], "onnx": source.name, "openvino_xml": str(xml.relative_to(artifact.path))}  # onnx: what the IR was made from

@@ -23,6 +23,7 @@ class PyTorchSession:
         self._torch = torch
         self._module = module.to(device)
         self._device = device
+        self.device = device
         self.precision = "fp32"
         self.providers = (f"torch {torch.__version__} eager ({device})",)
         self.threads = torch.get_num_threads()
@@ -121,9 +122,18 @@ class PyTorchBackend(BackendBase):
     name = "pytorch"
     pip_extra = None
     distributions = ("torch",)
+    takes_bare_device = False  # the baseline stays on the CPU unless --device pytorch:cuda names it
+
+    def devices(self) -> tuple[str, ...]:
+        import torch
+
+        return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+    def device_hint(self, have: tuple[str, ...]) -> str:
+        return "" if "cuda" in have else "cuda needs a CUDA build of torch and an NVIDIA GPU"
 
     def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
-        return str(options.device).lower().startswith("cuda")
+        return self.device_for(options) == "cuda"
 
     def check_available(self) -> None:
         require_module("torch", self.name, None)
@@ -136,12 +146,14 @@ class PyTorchBackend(BackendBase):
 
         from ..models import load_from_manifest
 
-        if options.device not in ("cpu", "cuda"):
-            raise UsageError(f"unknown device {options.device!r} for pytorch; use cpu or cuda")
+        device = self.device_for(options)
+        problem = self.device_problem(device)
+        if problem:
+            raise UsageError(f"--device pytorch:{device}: {problem}")
         if options.threads:
             torch.set_num_threads(options.threads)
         loaded = load_from_manifest(artifact.manifest)
-        return PyTorchSession(loaded.module, options.threads, options.device)
+        return PyTorchSession(loaded.module, options.threads, device)
 
     def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per module: the PyTorch profiler (PyTorchSession.profile)."""

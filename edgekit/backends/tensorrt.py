@@ -216,6 +216,7 @@ class TensorRTSession:
         self._buffers: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self.precision = f"{precision} (TensorRT {trt.__version__})"
         self.providers = (f"tensorrt {trt.__version__} {device}",)
+        self.device = "cuda"  # GPU 0, the one engines are built for
         self.threads = None
         self.last_compute_ms: Optional[float] = None
 
@@ -407,6 +408,25 @@ class TensorRTBackend(BackendBase):
             missing.append("cuda-python")  # device buffers without torch
         return missing
 
+    default_device = "cuda"
+    always_there = ()
+
+    def devices(self) -> tuple[str, ...]:
+        """cuda (GPU 0: engines are built and run there) where TensorRT imports and a GPU shows."""
+        try:
+            self.check_available()
+        except BackendUnavailableError:
+            return ()
+        return ("cuda",)
+
+    def device_hint(self, have: tuple[str, ...]) -> str:
+        return "" if have else "it needs TensorRT and an NVIDIA GPU"
+
+    def _check_device(self, options: BackendOptions) -> None:
+        device = self.device_for(options)
+        if device != "cuda":
+            raise UsageError(f"--device {device}: tensorrt runs on cuda (GPU 0) only")
+
     def uses_nvidia_gpu(self, options: BackendOptions) -> bool:
         return True
 
@@ -426,6 +446,7 @@ class TensorRTBackend(BackendBase):
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         self.check_available()
+        self._check_device(options)
         precision = numeric_format(artifact.manifest)  # INT8 only from the QDQ graph
         if precision == "fp32" and options.precision == "f16":
             precision = "fp16"  # --precision f16: an FP16 engine from the FP32 ONNX
@@ -441,6 +462,7 @@ class TensorRTBackend(BackendBase):
 
     def load(self, artifact: Artifact, options: BackendOptions) -> TensorRTSession:
         self.check_available()
+        self._check_device(options)
         engine = artifact.manifest["files"].get("tensorrt_engine")
         if engine is None:
             artifact = self.compile(artifact, options)

@@ -680,7 +680,7 @@ def results_document(
         "format": RESULTS_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "machine": {k: v for k, v in machine.items() if k != "runtime"},
+        "machine": {k: v for k, v in machine.items() if k not in ("runtime", "device")},  # per row, not per machine
         "artifact": artifact,
         "images": images,
         "results": [r.to_dict() for r in results],

@@ -21,12 +21,24 @@ from ..core import BenchResult, DataError, LatencyStats
 from ..backends.base import BASELINE_BACKEND
 from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
 from . import profile_view
-from .document import RESULTS_FORMAT
-from .tables import markdown_table, result_rows, table_columns, table_notes
+from .document import RESULTS_FORMAT, describe_images
+from .tables import (
+    REFERENCE_PRECISION,
+    Speedup,
+    find_reference,
+    is_reference,
+    markdown_table,
+    latency_band,
+    reference_latency,
+    result_rows,
+    speedup,
+    table_columns,
+    table_notes,
+)
 
 # Every row of a bench run is labelled with the artifact's variant, the PyTorch original
 # included (it runs FP32 even in an "int8" document), so the baseline is found by precision.
-BASELINE_PRECISION = "fp32"
+BASELINE_PRECISION = REFERENCE_PRECISION
 
 CSV_FIELDS = (
     "model",
@@ -35,6 +47,9 @@ CSV_FIELDS = (
     "precision",
     "batch",
     "p50_ms",
+    "p50_rounds",
+    "p50_rounds_min",
+    "p50_rounds_max",
     "p90_ms",
     "p99_ms",
     "throughput_ips",
@@ -52,12 +67,21 @@ CSV_FIELDS = (
     "agreement_high",
     "mean_kl",
     "speedup_vs_pytorch",
+    "speedup_low",
+    "speedup_high",
+    "speedup_within_noise",
+    "speedup_basis",
+    "reference",
     "mean_power_w",
     "energy_per_inference_mj",
     "machine_cpu",
     "host",
     "run",
+    "run_label",
+    "source",
+    "command",
     "created",
+    "images",
     "error",
 )
 
@@ -65,7 +89,8 @@ FIGSIZE = (8.0, 5.0)
 DPI = 120
 LOG_SCALE_SPAN = 10.0  # latency axes go logarithmic when max / min exceeds this
 TICK_CHARS_PER_ROW = 60  # about what fits side by side under an 8-inch plot before labels collide
-VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+REFERENCE_MARKER, REFERENCE_MARKER_NAME = "*", "the large star"  # the PyTorch FP32 reference in accuracy-vs-latency plots
 PER_CLASS_ROWS = 50  # classes a page lists per row, worst first (all of them in per_class.csv)
 NAMED_AXES_CLASSES = 30  # a confusion picture names its classes on the axes up to this many
 COUNTED_CELLS_CLASSES = 15  # ...and writes each cell's count up to this many
@@ -77,31 +102,71 @@ PROFILE_TOP = 15  # modules a per-layer profile's tables and plots show per back
 
 
 @dataclass(frozen=True)
+class _Run:
+    """One results document: its number, the tag its rows carry when several are merged, and
+    what tells it apart from the others (file, time, command, host, run id, images)."""
+
+    number: int
+    tag: str  # "" for a single document, else "run N"
+    document: dict[str, Any]
+    source: Optional[str] = None  # the results file's name, where the caller knows it
+
+    @property
+    def label(self) -> str:
+        d, machine = self.document, self.document.get("machine") or {}
+        parts = [self.source, _when(d.get("created")), f"`{d['command']}`" if d.get("command") else "unknown command"]
+        where = machine.get("host")
+        parts.append(f"host {where}" if where else None)
+        parts.append(_machine_short(machine) if machine else None)
+        parts.append(f"run id {machine['run']}" if machine.get("run") else None)
+        text = "; ".join(str(x) for x in parts if x)
+        return f"{self.tag or 'run'}: {text}"
+
+    @property
+    def images(self) -> Optional[str]:
+        images = self.document.get("images")
+        if not images or not images.get("description"):
+            return None
+        return describe_images(images)
+
+
+def _when(created: Optional[str]) -> str:
+    return created.replace("T", " ") if created else "unknown time"
+
+
+@dataclass(frozen=True)
 class _Entry:
     """One result, with where and when its document says it ran."""
 
     result: BenchResult
     machine: dict[str, Any]
     created: str
-    series: str  # "model variant", plus the machine when documents come from several
-    baseline_p50: dict[int, float]  # batch size -> PyTorch FP32 p50 of the same model, same document
+    series: str  # "model variant", plus the machine when documents come from several, plus the run when merged
+    reference: Optional[BenchResult]  # the PyTorch FP32 row of the same model (same variant first), same document
+    run: _Run
 
     @property
     def is_baseline(self) -> bool:
         return _is_baseline(self.result)
 
+    @property
+    def is_reference(self) -> bool:
+        """This row is the one its run's speed-ups are measured against."""
+        return self.reference is not None and self.result is self.reference
+
     def latency_at(self, batch_size: int) -> Optional[LatencyStats]:
         return next((s for s in self.result.latency if s.batch_size == batch_size), None)
 
+    def speedup_range(self, stats: LatencyStats) -> Optional[Speedup]:
+        return speedup(reference_latency(self.reference, stats.batch_size), stats)
+
     def speedup(self, stats: LatencyStats) -> Optional[float]:
-        baseline = self.baseline_p50.get(stats.batch_size)
-        if baseline is None or stats.p50_ms <= 0:
-            return None
-        return baseline / stats.p50_ms
+        found = self.speedup_range(stats)
+        return None if found is None else found.value
 
 
 def _is_baseline(result: BenchResult) -> bool:
-    return result.backend == BASELINE_BACKEND and result.precision == BASELINE_PRECISION
+    return is_reference(result)
 
 
 def _document_results(document: dict[str, Any]) -> list[BenchResult]:
@@ -110,13 +175,11 @@ def _document_results(document: dict[str, Any]) -> list[BenchResult]:
     return [BenchResult.from_dict(d) for d in document.get("results", ())]
 
 
-def _baseline_p50(results: Sequence[BenchResult], model: str) -> dict[int, float]:
-    return {
-        stats.batch_size: stats.p50_ms
-        for r in results
-        if r.model == model and _is_baseline(r)
-        for stats in r.latency
-    }
+def _reference_for(results: Sequence[BenchResult], model: str, variant: str) -> Optional[BenchResult]:
+    """The PyTorch FP32 row of ``model`` in one document: the one labelled with the same
+    variant (the same bench cell) where there is one, else the model's first."""
+    of_model = [r for r in results if r.model == model]
+    return find_reference([r for r in of_model if r.variant == variant]) or find_reference(of_model)
 
 
 def _machine_key(machine: dict[str, Any]) -> tuple[Any, Any]:
@@ -146,19 +209,32 @@ def row_host(result: BenchResult) -> str:
     return str(env.get("remote") or env.get("host") or "?")
 
 
-def _collect_entries(documents: Sequence[dict[str, Any]], mixed_machines: bool) -> list[_Entry]:
-    """Rows with their series: model and variant, and where they ran when the documents
-    come from several machines or hosts (a bundle's rows beside the host's)."""
-    loaded = [(document, _document_results(document)) for document in documents]
+def _runs_of(documents: Sequence[dict[str, Any]], sources: Optional[Sequence[str]] = None) -> list[_Run]:
+    """A run per document; tagged "run N" when more than one document holds bench rows, so
+    rows of different runs are never mixed in one table, plot series or headline."""
+    merged = sum(1 for d in documents if d.get("results")) > 1
+    names = list(sources) if sources is not None else [None] * len(documents)
+    if len(names) != len(documents):
+        raise ValueError(f"{len(names)} source names for {len(documents)} documents")
+    return [_Run(i, f"run {i}" if merged else "", d, name) for i, (d, name) in enumerate(zip(documents, names), start=1)]
+
+
+def _collect_entries(runs: Sequence[_Run], mixed_machines: bool) -> list[_Entry]:
+    """Rows with their series: model and variant, where they ran when the documents come
+    from several machines or hosts (a bundle's rows beside the host's), and their run
+    when several documents are merged."""
+    loaded = [(run, _document_results(run.document)) for run in runs]
     hosts = {row_host(r) for _, results in loaded for r in results}
     entries = []
-    for document, results in loaded:
-        machine = document.get("machine") or {}
+    for run, results in loaded:
+        machine = run.document.get("machine") or {}
         for r in results:
             where = f" @ {row_host(r)}" if len(hosts) > 1 else ""
             where += f" ({_machine_short(machine)})" if mixed_machines else ""
-            series = f"{r.model} {r.variant}{where}"
-            entries.append(_Entry(r, machine, str(document.get("created") or ""), series, _baseline_p50(results, r.model)))
+            tag = f" [{run.tag}]" if run.tag else ""
+            series = f"{r.model} {r.variant}{where}{tag}"
+            reference = _reference_for(results, r.model, r.variant)
+            entries.append(_Entry(r, machine, str(run.document.get("created") or ""), series, reference, run))
     return entries
 
 
@@ -198,17 +274,23 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
             "machine_cpu": e.machine.get("cpu"),
             "host": row_host(r),
             "run": r.environment.get("run"),
+            "run_label": e.run.tag,
+            "source": e.run.source,
+            "command": e.run.document.get("command"),
             "created": e.created,
+            "images": e.run.images,
+            "reference": e.is_reference,
             "error": r.error,
         }
         for stats in r.latency or (None,):
             timing = {} if stats is None else {
                 "batch": stats.batch_size,
                 "p50_ms": stats.p50_ms,
+                **_rounds(stats),
                 "p90_ms": stats.p90_ms,
                 "p99_ms": stats.p99_ms,
                 "throughput_ips": stats.throughput_ips,
-                "speedup_vs_pytorch": e.speedup(stats),
+                **_speedup_fields(e, stats),
                 **next(
                     ({"mean_power_w": p.mean_power_w, "energy_per_inference_mj": p.energy_per_inference_mj}
                      for p in r.power if p.batch_size == stats.batch_size),
@@ -218,6 +300,25 @@ def _csv_rows(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
             row = {**shared, **timing}
             rows.append({name: _csv_value(row.get(name)) for name in CSV_FIELDS})
     return rows
+
+
+def _rounds(stats: LatencyStats) -> dict[str, Any]:
+    rounds = [r for r in stats.p50_rounds if r > 0]
+    if not rounds:
+        return {}
+    return {"p50_rounds": len(rounds), "p50_rounds_min": min(rounds), "p50_rounds_max": max(rounds)}
+
+
+def _speedup_fields(e: _Entry, stats: LatencyStats) -> dict[str, Any]:
+    if e.is_reference:
+        return {"speedup_vs_pytorch": 1.0}
+    found = e.speedup_range(stats)
+    if found is None:
+        return {}
+    return {
+        "speedup_vs_pytorch": found.value, "speedup_low": found.low, "speedup_high": found.high,
+        "speedup_within_noise": found.within_noise, "speedup_basis": found.basis,
+    }
 
 
 def _interval(name: str, interval) -> dict[str, Any]:
@@ -253,21 +354,123 @@ class _Figure:
     caption: str
 
 
-def _table_groups(entries: Sequence[_Entry]) -> list[tuple[str, list[BenchResult]]]:
-    """One table per model + variant (+ machine): the shared table has no such columns."""
-    groups: dict[str, list[BenchResult]] = {}
+@dataclass(frozen=True)
+class _Group:
+    """The rows of one table: one model + variant (+ machine) of one run, and its reference."""
+
+    series: str
+    results: tuple[BenchResult, ...]
+    reference: Optional[BenchResult]
+
+
+def _table_groups(entries: Sequence[_Entry]) -> list[_Group]:
+    """One table per model + variant (+ machine) (+ run): the shared table has no such columns."""
+    groups: dict[str, list[_Entry]] = {}
     for e in entries:
-        groups.setdefault(e.series, []).append(e.result)
-    return list(groups.items())
+        groups.setdefault(e.series, []).append(e)
+    return [_Group(series, tuple(e.result for e in members), members[0].reference) for series, members in groups.items()]
 
 
-def _runs(documents: Sequence[dict[str, Any]]) -> list[str]:
-    return [f"{d.get('created') or 'unknown time'}: {d.get('command') or 'unknown command'}" for d in documents]
+# --------------------------------------------------------------------------- the headline
+
+
+def _headline_batch(reference: Optional[BenchResult], rows: Sequence[BenchResult]) -> Optional[int]:
+    """Batch 1 where the reference (else any row) was timed at it, else the smallest batch timed."""
+    sizes = {s.batch_size for s in reference.latency} if reference is not None else {s.batch_size for r in rows for s in r.latency}
+    return None if not sizes else 1 if 1 in sizes else min(sizes)
+
+
+def _spread_words(basis: str) -> str:
+    return {"rounds": "the rounds' p50 range", "p90": "the p50..p90 spread"}.get(basis, "the rounds' p50 range and p50..p90 spread")
+
+
+def _speed_text(backend: str, s: Speedup, batch: int, reference: LatencyStats, stats: LatencyStats) -> str:
+    numbers = (
+        f"p50 {stats.p50_ms:.2f} ms vs {reference.p50_ms:.2f} ms at batch {batch}; "
+        f"{s.low:.2f}x-{s.high:.2f}x within {_spread_words(s.basis)}"
+    )
+    if s.within_noise:
+        return f"{backend} as fast as PyTorch FP32 within noise ({s.value:.2f}x; {numbers})"
+    if s.value >= 1.0:
+        return f"{backend} {s.value:.2f}x faster than PyTorch FP32 ({numbers})"
+    return f"{backend} {1.0 / s.value:.2f}x slower than PyTorch FP32 ({numbers})"
+
+
+def _accuracy_text(acc) -> str:
+    """The top-1 change against the reference: within noise, or the drop (gain) with its interval."""
+    if acc is None:
+        return "accuracy not measured"
+    drop, interval = acc.top1_drop, acc.top1_drop_ci
+    if drop is not None:
+        if interval is None:
+            return f"top-1 drop {drop:+.1f} points (no interval recorded: noise cannot be told apart)"
+        bounds = f"95% interval {interval[0]:+.1f} to {interval[1]:+.1f}"
+        if acc.drop_within_noise:
+            return f"top-1 within noise (drop {drop:+.1f} points, {bounds})"
+        if drop > 0:
+            return f"top-1 drop {drop:.1f} points ({bounds})"
+        return f"top-1 gain {-drop:.1f} points (drop {bounds})"
+    if acc.top1 is not None:
+        return f"top-1 {acc.top1:.1f}% (no reference top-1 to compare with)"
+    text = f"top-1 {acc.note}" if acc.note else "top-1 not measured (no labels)"
+    if acc.agreement is not None:
+        agreement = f"{acc.agreement:.1f}%"
+        if acc.agreement_ci:
+            agreement += f" (95% interval {acc.agreement_ci[0]:.1f}-{acc.agreement_ci[1]:.1f}%)"
+        text += f"; top-1 agreement with PyTorch FP32 {agreement}"
+    return text
+
+
+def _size_text(result: BenchResult) -> str:
+    return "file size not recorded" if result.size_mb is None else f"{result.size_mb:.1f} MB"
+
+
+def headline(results: Sequence[BenchResult], reference: Optional[BenchResult]) -> str:
+    """The answer for one model/artifact of one run: the fastest backend's speed-up over the
+    PyTorch FP32 reference with the range its latency spread allows (a range that includes
+    1x is called noise), its top-1 change (within noise, or the drop with its 95% interval)
+    and its file size."""
+    timed = [r for r in results if not r.error and r.latency]
+    failed = [r.backend for r in results if r.error]
+    others = [r for r in timed if r is not reference]
+    batch = _headline_batch(reference, others or timed)
+    at_batch = [(r, s) for r in others for s in r.latency if s.batch_size == batch]
+    tail = [f"failed: {', '.join(failed)}"] if failed else []
+    if not at_batch:
+        if reference is not None and batch is not None:
+            ref = reference_latency(reference, batch)
+            return "; ".join([f"only the PyTorch FP32 reference was timed (p50 {ref.p50_ms:.2f} ms at batch {batch})"] + tail)
+        return "; ".join(["nothing was timed"] + tail)
+    fastest, stats = min(at_batch, key=lambda pair: pair[1].p50_ms)
+    ref_stats = reference_latency(reference, batch)
+    found = speedup(ref_stats, stats)
+    if found is None:
+        speed = f"fastest: {fastest.backend}, p50 {stats.p50_ms:.2f} ms at batch {batch}; no PyTorch FP32 reference in this run, so no speed-up"
+    else:
+        speed = _speed_text(fastest.backend, found, batch, ref_stats, stats)
+    if len({r.backend for r, _ in at_batch}) > 1:
+        speed = speed.replace(fastest.backend, f"{fastest.backend} (the fastest of {len({r.backend for r, _ in at_batch})})", 1)
+    return "; ".join([speed, _accuracy_text(fastest.accuracy), _size_text(fastest)] + tail)
+
+
+def _image_lines(runs: Sequence[_Run]) -> list[str]:
+    """The image set each run measured on; once when every run used the same."""
+    measured = [run for run in runs if run.document.get("results")]
+    if not measured:
+        return []
+    texts = [run.images for run in measured]
+    if len(set(texts)) == 1:
+        return [f"Images: {texts[0] or 'not recorded in the results file'}"]
+    return [f"Images ({run.tag}): {text or 'not recorded in the results file'}" for run, text in zip(measured, texts)]
+
+
+def _headlines(groups: Sequence[_Group]) -> list[tuple[str, str]]:
+    return [(g.series, headline(g.results, g.reference)) for g in groups]
 
 
 def _markdown(
     title: str,
-    documents: Sequence[dict[str, Any]],
+    runs: Sequence[_Run],
     machines: Sequence[dict[str, Any]],
     warning: Optional[str],
     entries: Sequence[_Entry],
@@ -276,14 +479,18 @@ def _markdown(
     profiles: Sequence["_ProfileSection"] = (),
 ) -> str:
     lines = [f"# {title}", ""]
+    groups = _table_groups(entries)
+    if groups:
+        lines += ["## Summary", ""] + [f"- **{series}**: {text}" for series, text in _headlines(groups)] + [""]
+        lines += [part for line in _image_lines(runs) for part in (line, "")]
     if warning:
         lines += [f"> **Warning:** {warning}.", ""]
     lines += ["## Machines", ""] + [f"- {_machine_label(m)}" for m in machines] + [""]
-    lines += ["## Runs", ""] + [f"- {run}" for run in _runs(documents)] + [""]
-    if entries:
+    lines += ["## Runs", ""] + [f"- {run.label}" for run in runs] + [""]
+    if groups:
         lines += ["## Results", ""]
-        for name, results in _table_groups(entries):
-            lines += [f"### {name}", "", markdown_table(results)]
+        for g in groups:
+            lines += [f"### {g.series}", "", markdown_table(g.results, g.reference)]
     if sections:
         lines += ["## Per-class accuracy", "", PER_CLASS_INTRO, ""]
         for section in sections:
@@ -302,11 +509,14 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem; color: #222; }
 h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
 .warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: .6rem 1rem; font-weight: 600; }
+.summary { background: #eef6ee; border-left: 4px solid #3a8a3a; padding: .4rem 1rem; }
+.summary li { margin: .3rem 0; }
 table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }
 th, td { border: 1px solid #ddd; padding: .3rem .6rem; }
 th { background: #f3f3f3; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
 td:nth-child(-n+2) { text-align: left; }
+td.num, th { white-space: nowrap; }
 tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -316,13 +526,17 @@ figcaption { color: #555; font-size: .9rem; }
 table.profile td:last-child { text-align: left; }
 """
 
+NUMERIC_FROM = 2  # results-table columns from here on hold numbers: kept on one line (white-space: nowrap)
 
-def _html_table(results: Sequence[BenchResult]) -> str:
+
+def _html_table(results: Sequence[BenchResult], reference: Optional[BenchResult] = None) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name in table_columns(results))
+    numeric = ' class="num"'
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in result_rows(results)
+        "<tr>" + "".join(f"<td{numeric if i >= NUMERIC_FROM else ''}>{html.escape(cell)}</td>" for i, cell in enumerate(row)) + "</tr>"
+        for row in result_rows(results, reference)
     )
-    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table_notes(results))
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table_notes(results, reference))
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{notes}"
 
 
@@ -337,7 +551,7 @@ def _html_figure(fig: _Figure) -> str:
 
 def _html(
     title: str,
-    documents: Sequence[dict[str, Any]],
+    runs: Sequence[_Run],
     machines: Sequence[dict[str, Any]],
     warning: Optional[str],
     entries: Sequence[_Entry],
@@ -352,14 +566,19 @@ def _html(
         "<body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    groups = _table_groups(entries)
+    if groups:
+        items = "\n".join(f"<li><strong>{html.escape(series)}</strong>: {html.escape(text)}</li>" for series, text in _headlines(groups))
+        images = "".join(f"<p>{html.escape(line)}</p>" for line in _image_lines(runs))
+        parts += ['<section class="summary">', "<h2>Summary</h2>", f"<ul>\n{items}\n</ul>", images, "</section>"]
     if warning:
         parts.append(f'<p class="warning">Warning: {html.escape(warning)}.</p>')
     parts += ["<h2>Machines</h2>", _html_list([_machine_label(m) for m in machines])]
-    parts += ["<h2>Runs</h2>", _html_list(_runs(documents))]
-    if entries:
+    parts += ["<h2>Runs</h2>", _html_list([run.label for run in runs])]
+    if groups:
         parts.append("<h2>Results</h2>")
-        for name, results in _table_groups(entries):
-            parts += [f"<h3>{html.escape(name)}</h3>", _html_table(results)]
+        for g in groups:
+            parts += [f"<h3>{html.escape(g.series)}</h3>", _html_table(g.results, g.reference)]
     if sections:
         parts += ["<h2>Per-class accuracy</h2>", f"<p>{html.escape(PER_CLASS_INTRO)}</p>"]
         parts += [part for section in sections for part in _html_section(section)]
@@ -696,10 +915,13 @@ class _ParetoPoint:
     label: str
     interval: Optional[tuple[float, float]] = None  # 95% interval of the measured value, drawn as an error bar
     measured: Optional[float] = None  # the measured value, where it differs from ``accuracy``
+    reference: bool = False  # the PyTorch FP32 original every speed-up is measured against
+    spread: Optional[tuple[float, float]] = None  # the p50's band (rounds' range, else p50..p90), drawn as an error bar
 
 
 def _pareto_points(entries: Sequence[_Entry]) -> tuple[list[_ParetoPoint], bool]:
-    """Batch-1 points of one backend, and whether accuracy is top-1 (else agreement).
+    """Batch-1 points of one backend (and the PyTorch FP32 references among ``entries``,
+    marked as such), and whether accuracy is top-1 (else agreement).
 
     Top-1 where any row has it, and then only those rows: rows where it does not apply
     (random-init weights, another label space, no labels) stay off the plot rather than
@@ -709,20 +931,30 @@ def _pareto_points(entries: Sequence[_Entry]) -> tuple[list[_ParetoPoint], bool]
     no variant is crowned for a gain that is noise.
     """
     timed = [(e, e.latency_at(1)) for e in entries]
-    timed = [(e, stats) for e, stats in timed if stats is not None and e.result.accuracy is not None]
-    use_top1 = any(e.result.accuracy.top1 is not None for e, _ in timed)
+    timed = [(e, stats) for e, stats in timed if stats is not None and (e.result.accuracy is not None or e.is_reference)]
+    use_top1 = any(e.result.accuracy is not None and e.result.accuracy.top1 is not None for e, _ in timed)
     if use_top1:
-        timed = [(e, stats) for e, stats in timed if e.result.accuracy.top1 is not None]
+        timed = [(e, stats) for e, stats in timed if e.result.accuracy is not None and e.result.accuracy.top1 is not None]
     points = []
     for e, stats in timed:
         acc = e.result.accuracy
-        value, interval = (acc.top1, acc.top1_ci) if use_top1 else (acc.agreement, acc.agreement_ci)
+        if use_top1:
+            value, interval = acc.top1, acc.top1_ci
+        elif acc is None or acc.agreement is None:  # the reference agrees with itself
+            value, interval = (100.0, None) if e.is_reference else (None, None)
+        else:
+            value, interval = acc.agreement, acc.agreement_ci
         if value is None:
             continue
         credited = value
         if use_top1 and acc.top1_drop is not None and acc.drop_within_noise:
             credited = value + acc.top1_drop  # the original's top-1 on the same images
-        points.append(_ParetoPoint(stats.p50_ms, credited, e.result.model, e.result.variant, e.series, interval, value if credited != value else None))
+        label = f"{e.series} (reference)" if e.is_reference else e.series
+        low, high, _ = latency_band(stats)
+        points.append(_ParetoPoint(
+            stats.p50_ms, credited, e.result.model, e.result.variant, label, interval, value if credited != value else None,
+            e.is_reference, (low, high),
+        ))
     return points, use_top1
 
 
@@ -730,13 +962,17 @@ def _use_log_scale(values: Sequence[float]) -> bool:
     return min(values) > 0 and max(values) / min(values) > LOG_SCALE_SPAN
 
 
-def _pareto_legends(fig, colours: dict[str, Any], markers: dict[str, str]) -> None:
+def _pareto_legends(fig, colours: dict[str, Any], markers: dict[str, str], with_reference: bool = False) -> None:
     from matplotlib.lines import Line2D
 
     model_handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=8, label=m) for m, c in colours.items()]
     variant_handles = [
         Line2D([], [], marker=marker, linestyle="", color="grey", markersize=8, label=v) for v, marker in markers.items()
     ]
+    if with_reference:
+        variant_handles.append(Line2D(
+            [], [], marker=REFERENCE_MARKER, linestyle="", color="grey", markeredgecolor="black", markersize=13, label="PyTorch FP32 (reference)",
+        ))
     frontier = Line2D([], [], color="black", linestyle="--", label="Pareto frontier")
     # figure legends "outside": constrained layout makes room for them, so nothing is clipped
     fig.legend(handles=model_handles, title="model", loc="outside right upper")
@@ -770,15 +1006,18 @@ def _plot_pareto(entries: Sequence[_Entry], backend: str, out_dir: Path) -> Opti
     if not points:
         return None
     colours = _palette(sorted({p.model for p in points}), "tab10")
-    markers = {v: VARIANT_MARKERS[i % len(VARIANT_MARKERS)] for i, v in enumerate(sorted({p.variant for p in points}))}
+    markers = {v: VARIANT_MARKERS[i % len(VARIANT_MARKERS)] for i, v in enumerate(sorted({p.variant for p in points if not p.reference}))}
     fig, ax = _new_axes()
     for p in points:
         shown = p.accuracy if p.measured is None else p.measured
+        marker, size = (REFERENCE_MARKER, 220) if p.reference else (markers[p.variant], 70)
         if p.interval is not None:
             ax.errorbar(p.latency_ms, shown, yerr=[[max(0.0, shown - p.interval[0])], [max(0.0, p.interval[1] - shown)]], color=colours[p.model], alpha=0.5, capsize=3, linewidth=1, zorder=2)
+        if p.spread is not None and p.spread[1] > p.spread[0]:
+            ax.errorbar(p.latency_ms, shown, xerr=[[max(0.0, p.latency_ms - p.spread[0])], [max(0.0, p.spread[1] - p.latency_ms)]], color=colours[p.model], alpha=0.5, capsize=3, linewidth=1, zorder=2)
         if p.measured is not None:  # measured value (hollow) and where the front counts it (filled)
-            ax.scatter(p.latency_ms, p.measured, s=50, facecolors="none", edgecolors=colours[p.model], marker=markers[p.variant], zorder=3)
-        ax.scatter(p.latency_ms, p.accuracy, s=70, color=colours[p.model], marker=markers[p.variant], edgecolor="black", linewidth=0.5, zorder=3)
+            ax.scatter(p.latency_ms, p.measured, s=size * 0.7, facecolors="none", edgecolors=colours[p.model], marker=marker, zorder=3)
+        ax.scatter(p.latency_ms, p.accuracy, s=size, color=colours[p.model], marker=marker, edgecolor="black", linewidth=0.8 if p.reference else 0.5, zorder=4 if p.reference else 3)
     front = pareto_front([(p.latency_ms, p.accuracy) for p in points])
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linestyle="--", linewidth=1, zorder=2)
     log = _use_log_scale([p.latency_ms for p in points])
@@ -790,21 +1029,24 @@ def _plot_pareto(entries: Sequence[_Entry], backend: str, out_dir: Path) -> Opti
     ax.set_ylabel(("top-1 accuracy (%)" if use_top1 else "top-1 agreement with PyTorch FP32 (%)") + ", 95% interval")
     ax.set_title(f"{backend}: accuracy vs latency (up and to the left is better)")
     ax.grid(True, which="both", alpha=0.3)
-    _pareto_legends(fig, colours, markers)
-    caption = f"{backend}: accuracy vs batch-1 latency, with the Pareto frontier and 95% intervals"
+    with_reference = any(p.reference for p in points)
+    _pareto_legends(fig, colours, markers, with_reference)
+    caption = f"{backend}: accuracy vs batch-1 latency, with the Pareto frontier, 95% intervals and the latency spread (the rounds' p50 range, else p50..p90)"
+    if with_reference:
+        caption += f"; {REFERENCE_MARKER_NAME}: the PyTorch FP32 reference"
     if any(p.measured is not None for p in points):
         caption += "; a hollow marker is a measured top-1 whose difference from the original is within the noise, counted at the original's top-1 (filled)"
     return _save(fig, out_dir / f"pareto_{backend}.png", caption)
 
 
-def _grouped_speedups(entries: Sequence[_Entry]) -> dict[str, dict[str, float]]:
+def _grouped_speedups(entries: Sequence[_Entry]) -> dict[str, dict[str, Speedup]]:
     """series -> backend -> batch-1 speed-up over PyTorch FP32 (a re-run replaces an earlier one)."""
-    groups: dict[str, dict[str, float]] = {}
+    groups: dict[str, dict[str, Speedup]] = {}
     for e in entries:
         stats = e.latency_at(1)
-        speedup = e.speedup(stats) if stats and not e.is_baseline else None
-        if speedup is not None:
-            groups.setdefault(e.series, {})[e.result.backend] = speedup
+        found = e.speedup_range(stats) if stats and not e.is_baseline else None
+        if found is not None:
+            groups.setdefault(e.series, {})[e.result.backend] = found
     return groups
 
 
@@ -820,8 +1062,12 @@ def _plot_speedup(entries: Sequence[_Entry], out_dir: Path) -> Optional[_Figure]
     for i, backend in enumerate(backends):
         placed = [(g, values[backend]) for g, values in enumerate(groups.values()) if backend in values]
         offset = (i - (len(backends) - 1) / 2) * width
-        bars = ax.bar([g + offset for g, _ in placed], [v for _, v in placed], width, color=colours[backend], label=backend, zorder=3)
-        ax.bar_label(bars, labels=[f"{v:.2f}x" for _, v in placed], padding=2, fontsize=8)
+        spread = [[v.value - v.low for _, v in placed], [v.high - v.value for _, v in placed]]
+        bars = ax.bar(
+            [g + offset for g, _ in placed], [v.value for _, v in placed], width, yerr=spread, capsize=3,
+            error_kw={"elinewidth": 1, "alpha": 0.6}, color=colours[backend], label=backend, zorder=3,
+        )
+        ax.bar_label(bars, labels=[f"{v.value:.2f}x" + ("~" if v.within_noise else "") for _, v in placed], padding=2, fontsize=8)
         handles.append(bars)
     handles.append(ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="PyTorch FP32 (1x)", zorder=4))
     stacked = [_multiline(g) for g in groups]
@@ -835,13 +1081,17 @@ def _plot_speedup(entries: Sequence[_Entry], out_dir: Path) -> Optional[_Figure]
         rotation_mode="anchor",
         fontsize=8 if crowded else None,
     )
-    ax.set_ylim(0, max(max(v.values()) for v in groups.values()) * 1.15)
+    ax.set_ylim(0, max(v.high for values in groups.values() for v in values.values()) * 1.15)
     ax.set_xlabel("model and variant")
     ax.set_ylabel("speed-up over PyTorch FP32 (x, batch-1 p50)")
     ax.set_title("Speed-up over PyTorch FP32 at batch 1 (higher is better)")
     ax.grid(True, axis="y", alpha=0.3, zorder=0)
     fig.legend(handles=handles, title="backend", loc="outside right upper")
-    return _save(fig, out_dir / "speedup.png", "Speed-up of each backend over PyTorch FP32 at batch 1")
+    caption = (
+        "Speed-up of each backend over PyTorch FP32 at batch 1, with the range the latency spread allows "
+        "(the rounds' p50 range, else p50..p90); ~: the range includes 1x (noise)"
+    )
+    return _save(fig, out_dir / "speedup.png", caption)
 
 
 def _size_bars(entries: Sequence[_Entry]) -> list[tuple[str, float, str]]:
@@ -883,9 +1133,17 @@ def _plot_size(entries: Sequence[_Entry], out_dir: Path) -> Optional[_Figure]:
     return _save(fig, out_dir / "size.png", "Model file size per model and variant")
 
 
+def _with_references(entries: Sequence[_Entry], backend: str) -> list[_Entry]:
+    """A backend's rows and the PyTorch FP32 references of the same models and runs."""
+    rows = [e for e in entries if e.result.backend == backend and not e.is_reference]
+    compared = {(e.run.number, id(e.reference)) for e in rows if e.reference is not None}
+    references = [e for e in entries if e.is_reference and (e.run.number, id(e.result)) in compared]
+    return references + rows
+
+
 def _write_plots(entries: Sequence[_Entry], out_dir: Path) -> list[_Figure]:
     backends = sorted({e.result.backend for e in entries} - {BASELINE_BACKEND})
-    figures = [_plot_pareto([e for e in entries if e.result.backend == b], b, out_dir) for b in backends]
+    figures = [_plot_pareto(_with_references(entries, b), b, out_dir) for b in backends]
     figures += [_plot_speedup(entries, out_dir), _plot_size(entries, out_dir)]
     return [f for f in figures if f is not None]
 
@@ -893,14 +1151,21 @@ def _write_plots(entries: Sequence[_Entry], out_dir: Path) -> list[_Figure]:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit report") -> list[Path]:
+def write_report(
+    documents: Sequence[dict], out_dir: Path, title: str = "edgekit report", sources: Optional[Sequence[str]] = None,
+) -> list[Path]:
     """Write report.md, report.csv, report.html and PNG plots into out_dir; return the paths written.
 
     A document may hold bench rows, a per-layer ``profile`` section (`edgekit profile`), or
-    both; report.csv holds the bench rows and is not written when there are none."""
+    both; report.csv holds the bench rows and is not written when there are none. The pages
+    open with a headline per model/artifact (see :func:`headline`) and the image set; when
+    several documents hold bench rows, each is a run of its own ("run N", labelled with
+    ``sources`` (e.g. file names, one per document) where given, time, command, host and
+    run id), and its rows get tables, plot series and headlines of their own."""
     machines = _distinct_machines([d for d in documents if d.get("results") or d.get("profile")])
     warning = _mixed_machine_warning(machines)
-    entries = _collect_entries(documents, mixed_machines=warning is not None)
+    runs = _runs_of(documents, sources)
+    entries = _collect_entries(runs, mixed_machines=warning is not None)
     if not entries and not any(d.get("profile") for d in documents):
         raise DataError(f"no results to report in {len(documents)} document(s)")
     if warning:
@@ -910,8 +1175,8 @@ def write_report(documents: Sequence[dict], out_dir: Path, title: str = "edgekit
     sections = _class_sections(entries, out_dir)
     profiles = _profile_sections(documents, out_dir)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    atomic_write_text(md_path, _markdown(title, documents, machines, warning, entries, figures, sections, profiles))
-    atomic_write_text(html_path, _html(title, documents, machines, warning, entries, figures, sections, profiles))
+    atomic_write_text(md_path, _markdown(title, runs, machines, warning, entries, figures, sections, profiles))
+    atomic_write_text(html_path, _html(title, runs, machines, warning, entries, figures, sections, profiles))
     csv_path = [_write_csv(entries, out_dir / "report.csv")] if entries else []  # bench rows only; a profile's numbers are in its results file
     per_class = [_write_per_class_csv(sections, out_dir / "per_class.csv")] if sections else []
     pictures = [section.figure.path for section in sections if section.figure is not None]

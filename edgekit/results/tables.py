@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from ..core import AccuracyStats, BenchResult
+from ..core import AccuracyStats, BenchResult, LatencyStats
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -16,6 +17,7 @@ COLUMNS = (
     "precision",
     "batch",
     "p50 ms",
+    "speed-up",
     "p90 ms",
     "p99 ms",
     "img/s",
@@ -26,6 +28,7 @@ COLUMNS = (
     "agree %",
     "mean KL",
 )
+ROUNDS_COLUMN = "p50 rounds ms"  # after "p50 ms", only where some row was timed in several rounds (--repeats)
 
 
 POWER_COLUMNS = ("mean W", "mJ/img")  # only where a power source was read (edgekit.telemetry)
@@ -35,8 +38,94 @@ def has_power(results: Iterable[BenchResult]) -> bool:
     return any(r.power for r in results)
 
 
+def has_rounds(results: Iterable[BenchResult]) -> bool:
+    return any(len(s.p50_rounds) >= 2 for r in results for s in r.latency)
+
+
 def table_columns(results: Sequence[BenchResult]) -> tuple[str, ...]:
-    return COLUMNS + POWER_COLUMNS if has_power(results) else COLUMNS
+    columns = COLUMNS
+    if has_rounds(results):
+        at = columns.index("p50 ms") + 1
+        columns = columns[:at] + (ROUNDS_COLUMN,) + columns[at:]
+    return columns + POWER_COLUMNS if has_power(results) else columns
+
+
+# --------------------------------------------------------------------------- the PyTorch reference and speed-ups
+
+REFERENCE_PRECISION = "fp32"  # the PyTorch original runs FP32 whatever the artifact's variant
+REFERENCE_MARK = "reference"
+
+
+def is_reference(result: BenchResult) -> bool:
+    """The PyTorch FP32 original: the row every other row of its run is compared with."""
+    from ..backends.base import BASELINE_BACKEND
+
+    return result.backend == BASELINE_BACKEND and result.precision == REFERENCE_PRECISION
+
+
+def find_reference(results: Iterable[BenchResult]) -> Optional[BenchResult]:
+    return next((r for r in results if is_reference(r) and not r.error and r.latency), None)
+
+
+def latency_band(stats: LatencyStats) -> tuple[float, float, str]:
+    """How far a p50 may be off: the range of the rounds' p50s where it was timed in several
+    rounds (--repeats), else p50..p90 of its one round (a wide, conservative band)."""
+    rounds = [r for r in stats.p50_rounds if r > 0]
+    if len(rounds) >= 2:
+        return min(rounds), max(rounds), "rounds"
+    return stats.p50_ms, max(stats.p90_ms, stats.p50_ms), "p90"
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Reference p50 / this p50 at one batch size, with the range the latency spread allows:
+    [reference low / this high, reference high / this low] (see latency_band)."""
+
+    value: float
+    low: float
+    high: float
+    basis: str  # "rounds" (both timed in rounds), "p90" (both in one round) or "rounds/p90"
+
+    @property
+    def within_noise(self) -> bool:
+        """The range includes 1x: no difference from the reference was measured."""
+        return self.low <= 1.0 <= self.high
+
+
+def speedup(reference: Optional[LatencyStats], stats: Optional[LatencyStats]) -> Optional[Speedup]:
+    if reference is None or stats is None or reference.p50_ms <= 0 or stats.p50_ms <= 0:
+        return None
+    value = reference.p50_ms / stats.p50_ms
+    ref_low, ref_high, ref_basis = latency_band(reference)
+    low, high, basis = latency_band(stats)
+    return Speedup(value, min(value, ref_low / high), max(value, ref_high / low), basis if basis == ref_basis else "rounds/p90")
+
+
+def reference_latency(reference: Optional[BenchResult], batch_size: int) -> Optional[LatencyStats]:
+    if reference is None:
+        return None
+    return next((s for s in reference.latency if s.batch_size == batch_size), None)
+
+
+def speedup_cell(s: Optional[Speedup]) -> str:
+    if s is None:
+        return "-"
+    text = f"{s.value:.2f}x [{s.low:.2f}, {s.high:.2f}]"
+    return text + " noise" if s.within_noise else text
+
+
+def rounds_cell(stats: Optional[LatencyStats]) -> str:
+    rounds = [r for r in stats.p50_rounds if r > 0] if stats else []
+    if len(rounds) < 2:
+        return "-"
+    return f"{min(rounds):.2f}-{max(rounds):.2f} ({len(rounds)} rounds)"
+
+
+SPEEDUP_NOTE = (
+    "speed-up: the PyTorch FP32 reference's p50 / this p50 at the same batch size, in the same run; "
+    "[lo, hi]: the range the latency spread allows (the rounds' p50 range where timed in rounds, else p50..p90 of each); "
+    "'noise': the range includes 1x, so no difference was measured."
+)
 
 
 def _power_cells(r: BenchResult, batch_size: Optional[int]) -> list[str]:
@@ -79,10 +168,17 @@ def accuracy_cells(acc: Optional[AccuracyStats]) -> list[str]:
     ]
 
 
-def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
+def backend_cell(r: BenchResult, reference: Optional[BenchResult]) -> str:
+    return f"{r.backend} ({REFERENCE_MARK})" if reference is not None and (r is reference or r == reference) else r.backend
+
+
+def result_rows(results: Iterable[BenchResult], reference: Optional[BenchResult] = None) -> list[list[str]]:
+    """One row per result and batch size; speed-ups against ``reference`` (default: the
+    PyTorch FP32 row among ``results``), which is marked as the reference."""
     results = list(results)
-    with_power = has_power(results)
-    width = len(COLUMNS) + (len(POWER_COLUMNS) if with_power else 0)
+    reference = reference or find_reference(results)
+    with_power, with_rounds = has_power(results), has_rounds(results)
+    width = len(table_columns(results))
     rows = []
     for r in results:
         if r.error:
@@ -90,12 +186,18 @@ def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
             continue
         accuracy = accuracy_cells(r.accuracy)
         for i, lat in enumerate(r.latency or (None,)):
+            if reference is not None and (r is reference or r == reference):
+                gain = REFERENCE_MARK if lat else "-"
+            else:
+                gain = speedup_cell(speedup(reference_latency(reference, lat.batch_size), lat) if lat else None)
             rows.append(
                 [
-                    r.backend if i == 0 else "",
+                    backend_cell(r, reference) if i == 0 else "",
                     r.precision if i == 0 else "",
                     str(lat.batch_size) if lat else "-",
                     _fmt(lat.p50_ms if lat else None, ".2f"),
+                    *([rounds_cell(lat)] if with_rounds else []),
+                    gain,
                     _fmt(lat.p90_ms if lat else None, ".2f"),
                     _fmt(lat.p99_ms if lat else None, ".2f"),
                     _fmt(lat.throughput_ips if lat else None, ".1f"),
@@ -108,21 +210,26 @@ def result_rows(results: Iterable[BenchResult]) -> list[list[str]]:
     return rows
 
 
-def table_notes(results: Sequence[BenchResult]) -> list[str]:
-    """Lines under a table: failures, why top-1 does not apply, what the intervals are."""
+def table_notes(results: Sequence[BenchResult], reference: Optional[BenchResult] = None) -> list[str]:
+    """Lines under a table: failures, why top-1 does not apply, what the intervals and speed-ups are."""
     notes = [f"{r.backend} failed: {r.error}" for r in results if r.error]
     reasons = dict.fromkeys(r.accuracy.note for r in results if r.accuracy and r.accuracy.note)
     notes += [f"top-1 {reason}" for reason in reasons]
     if any(r.accuracy and (r.accuracy.top1_ci or r.accuracy.agreement_ci) for r in results):
         notes.append(INTERVAL_NOTE)
+    reference = reference or find_reference(results)
+    if reference is not None:
+        notes.append(SPEEDUP_NOTE)
+    elif any(not r.error for r in results):
+        notes.append("speed-up: no PyTorch FP32 reference in this run")
     return notes
 
 
-def markdown_table(results: Sequence[BenchResult]) -> str:
+def markdown_table(results: Sequence[BenchResult], reference: Optional[BenchResult] = None) -> str:
     columns = table_columns(results)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in result_rows(results)]
-    notes = table_notes(results)
+    lines += ["| " + " | ".join(row) + " |" for row in result_rows(results, reference)]
+    notes = table_notes(results, reference)
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
 
@@ -137,12 +244,34 @@ SCREEN_NOTE = (
 _PRECISION_WORDS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
+_FLOAT_STEPS = frozenset(("finetuned", "pruned", "dw-separable"))  # steps that leave a float model (edgekit.steps)
+_NUMERIC_WORDS = frozenset(("int8", "fp16", "fp32", "bf16"))
+
+
 def short_precision(result: BenchResult) -> str:
-    """What ran, in a word: int8, fp16, fp32, or bf16 where OpenVINO chose it."""
-    text = result.precision.lower()
-    if "inference precision" in text and not text.startswith("int8"):
-        return _PRECISION_WORDS.get(text.rsplit("inference precision", 1)[1].strip(" )").split()[0], text.split()[0])
-    return text.split()[0] if text.strip() else "-"
+    """What ran, in a word: int8, fp16, fp32, or bf16 where OpenVINO chose it.
+
+    The precision text begins with the artifact's variant or with what the backend ran
+    ('int8 (CPU form: ...)', 'fp16 (TensorRT 11.4)', 'finetuned+int8 (OpenVINO CPU
+    inference precision f32)'): the variant's last step decides (int8 and fp16 graphs), an
+    INT8 graph stays int8 whatever OpenVINO's inference precision (that is for its float
+    layers), and a float graph runs at OpenVINO's inference precision where it says one."""
+    text = result.precision.strip().lower()
+    if not text:
+        return "-"
+    head = text.split()[0]
+    parts = head.split("+")
+    if parts[-1] in _NUMERIC_WORDS:
+        numeric = parts[-1]
+    elif all(part in _FLOAT_STEPS for part in parts):
+        numeric = "fp32"
+    else:
+        return head  # not a variant: the backend's own word
+    if numeric != "int8" and "inference precision" in text:
+        words = text.rsplit("inference precision", 1)[1].strip(" )").split()
+        if words:
+            return _PRECISION_WORDS.get(words[0].rstrip(")"), words[0].rstrip(")"))
+    return numeric
 
 
 def _plus_minus(value: Optional[float], interval, spec: str, note: Optional[str] = None) -> str:

@@ -11,9 +11,13 @@ from typing import Callable, Optional
 from ..core import Artifact, ClassSet, UsageError
 from ..data import bundled_images, make_image_set
 from ..onnx_export import ExportOptions, WeightsSource, export_model, import_onnx_file
-from ..options import Settings
+from ..options import BY_KEY, Settings, is_set
 
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
+# The model options that make an export; an artifact folder was made already, and an ONNX
+# file reads only its description (preprocessing, classes): the rest would be ignored.
+EXPORT_KEYS = ("weights", "weights_key", "num_classes", "preprocessing", "classes", "random_init", "input_size", "opset", "static", "no_slim")
+READ_BY_ONNX_FILE = frozenset({"preprocessing", "num_classes", "classes"})
 Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
@@ -72,9 +76,19 @@ def open_target(target: str, settings: Settings, progress: Progress) -> tuple[Ar
     path = Path(target)
     root = Path(settings["artifacts"])
     if path.is_dir():
+        _refuse_unread(settings, frozenset(), f"an artifact folder ({path} was exported already)")
         return Artifact.load(path).verified(), True
     if path.suffix.lower() == ".onnx" or path.is_file():
         from ..classes import resolve_class_set
 
+        _refuse_unread(settings, READ_BY_ONNX_FILE, f"an ONNX file ({path.name} is imported as it is)")
+
         return import_onnx_file(path, root, settings["preprocessing"], resolve_class_set(settings["num_classes"], settings["classes"]))
     return build_artifact(model_request(target, settings), export_options(settings), root, progress)
+
+
+def _refuse_unread(settings: Settings, read: frozenset, what: str) -> None:
+    """An export option that this kind of target does not read is an error, not a no-op."""
+    unread = [BY_KEY[key].flag for key in EXPORT_KEYS if key not in read and is_set(settings, key)]
+    if unread:
+        raise UsageError(f"{', '.join(unread)} {'makes' if len(unread) == 1 else 'make'} an export from a model name, not {what}; drop {' and '.join(unread)}")
