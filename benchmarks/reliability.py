@@ -14,6 +14,7 @@ Writes results/reliability.{json,md}; exits 1 when a row is not ok.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -36,6 +37,8 @@ from edgekit.timing import machine_info  # noqa: E402
 from edgekit.results.document import write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+# benchmarks/<name>.py modules, each with cases(table, work, artifacts): the second round's areas
+SECOND_ROUND = ("reliability_images", "reliability_labels", "reliability_writes", "reliability_runs", "reliability_inputs")
 QUICK = ("--iterations", "3", "--warmup", "1", "--power", "off")
 
 
@@ -106,6 +109,8 @@ def main() -> int:
         art = build_fixtures(w)
         t = Table(w)
         run_cases(t, w, art)
+        for name in SECOND_ROUND:  # hostile and huge inputs, second round: one module per area
+            importlib.import_module(name).cases(t, w, art)
         rows = t.rows
     command = "python " + " ".join(sys.argv)
     passed = sum(r.ok is True for r in rows)

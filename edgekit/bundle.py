@@ -34,7 +34,7 @@ from .core import MANIFEST_NAME, Artifact, DataError, EdgekitError, UsageError, 
 from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND
 from .evaluation import LogitsFile
-from .files import make_staging_dir, release_staging_dir, work_folder
+from .files import atomic_write_text, make_staging_dir, move_aside, release_staging_dir, work_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"
@@ -221,22 +221,97 @@ def _readme(meta: dict) -> str:
     )
 
 
-def _replace_folder(staging: Path, out: Path) -> None:
-    """Rename the finished bundle into place; an old bundle there goes into a staging
-    folder of its own first, so a kill in between leaves nothing that is not cleaned."""
+def _previous_bundle(out: Path) -> Optional[set[str]]:
+    """What the bundle already at ``out`` lists as its own (with bundle.json itself); None
+    where there is nothing there or an empty folder. A file, a folder with files and no
+    bundle.json, or an unreadable bundle.json: a one-line error, nothing touched."""
+    if not out.exists():
+        return None
+    try:
+        if not out.is_dir():
+            raise UsageError(f"{out} exists and is not a folder; choose another -o")
+        if not any(out.iterdir()):
+            return None
+        if not (out / BUNDLE_FILE).is_file():
+            raise UsageError(f"{out} has files in it and no {BUNDLE_FILE}: it is not an edgekit bundle; choose another -o "
+                             "(a previous bundle there is replaced, keeping the files it did not list)")
+        files = json.loads((out / BUNDLE_FILE).read_text(encoding="utf-8")).get("files")
+    except OSError as e:
+        raise EdgekitError(f"cannot read {out}: {e.strerror or e}") from None
+    except (ValueError, AttributeError):
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(name, str) for name in files):
+        raise UsageError(f"{out / BUNDLE_FILE} is not a readable bundle list, so edgekit cannot tell its files from yours; "
+                         "move the folder away or choose another -o")
+    return set(files) | {BUNDLE_FILE}
+
+
+def _foreign(folder: Path, listed: set[str], prefix: str = "") -> list[str]:
+    """What in ``folder`` the previous bundle did not list (the device's results.json,
+    your notes): relative paths, a folder wholly not the bundle's as one entry. Python's
+    caches of the bundled code (edgekit/**/__pycache__) count as the bundle's."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        rel = f"{prefix}{entry.name}"
+        if rel in listed:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name == "__pycache__" and rel.startswith("edgekit/"):
+                continue
+            if any(name.startswith(rel + "/") for name in listed):
+                found += _foreign(Path(entry.path), listed, rel + "/")
+                continue
+        found.append(rel)
+    return found
+
+
+def _clash(staging: Path, rel: str) -> Optional[str]:
+    """The new bundle's path that a kept file at ``rel`` would collide with, if any: the
+    same path, or a file of the bundle where the kept one needs a folder."""
+    target = staging / rel
+    if os.path.lexists(target):
+        return rel
+    for parent in target.parents:
+        if parent == staging:
+            return None
+        if os.path.lexists(parent) and not parent.is_dir():
+            return parent.relative_to(staging).as_posix()
+    return None
+
+
+def _replace_folder(staging: Path, out: Path, previous: Optional[set[str]]) -> None:
+    """Rename the finished bundle into place. A previous bundle there is replaced, but
+    only what it listed: everything else (the device's results.json, your notes) moves
+    into the new bundle. A file of yours where the new bundle puts one of its own is a
+    one-line error before anything changes. Meanwhile the old folder waits beside as
+    ``<out>.previous-bundle-<time>`` (not a staging folder, so never cleaned up by
+    itself: a kill in between loses nothing), removed once only the old bundle's own
+    files are left in it."""
+    if previous is None:
+        release_staging_dir(staging)
+        os.replace(staging, out)  # nothing there, or an empty folder
+        return
+    foreign = _foreign(out, previous)
+    for rel in foreign:
+        clash = _clash(staging, rel)
+        if clash is not None:
+            raise UsageError(f"{out / rel} is not from the previous bundle, and the new bundle writes {clash}; "
+                             "move it out of the folder and bundle again")
     release_staging_dir(staging)
-    if out.exists():
-        holder = make_staging_dir(out.parent, f"{out.name}-old", remove_orphans=False)
-        os.replace(out, holder / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(holder, ignore_errors=True)
+    aside = move_aside(out, "previous-bundle")
+    os.replace(staging, out)
+    try:
+        for rel in foreign:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(aside / rel, out / rel)
+    except OSError as e:
+        raise EdgekitError(f"the new bundle is in {out}, but moving your files over from the previous one failed ({e.strerror or e}); "
+                           f"what is left of them is in {aside}") from None
+    left = _foreign(aside, previous)
+    if left:
+        warnings.warn(f"kept the previous bundle in {aside}: it still holds {', '.join(left[:3])}" + (" ..." if len(left) > 3 else ""), stacklevel=3)
     else:
-        os.replace(staging, out)
-
-
-def _check_destination(out: Path) -> None:
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / BUNDLE_FILE).is_file())):
-        raise UsageError(f"{out} exists and is not an edgekit bundle; choose another -o (an old bundle there is replaced)")
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def make_bundle(
@@ -254,7 +329,9 @@ def make_bundle(
 
     backends = check_backends(backends)
     out = Path(out)
-    _check_destination(out)
+    if out.is_symlink():  # a link to a folder: the bundle goes where it leads, the link stays
+        out = Path(os.path.realpath(out))
+    previous = _previous_bundle(out)
     images = _readable(images, artifact)
     has_original = artifact.manifest["model"].get("weights_source") is not None
     try:
@@ -265,7 +342,7 @@ def make_bundle(
         progress("copying the artifact and images", None, None)
         bundled = _copy_artifact(artifact, backends, staging)
         views = _copy_images(images, staging)
-        (staging / "preprocessing.json").write_text(json.dumps(artifact.manifest["preprocessing"], indent=2) + "\n")
+        atomic_write_text(staging / "preprocessing.json", json.dumps(artifact.manifest["preprocessing"], indent=2) + "\n")
         _copy_runner(staging)
         reference = None
         if has_original:
@@ -304,10 +381,10 @@ def make_bundle(
             "runner": {"command": RUN_COMMAND, "requires": ["numpy", "pillow"] + sorted({p for b in backends for _, p in get_backend(b).runtime_packages})},
             "files": files,
         }
-        (staging / "README.txt").write_text(_readme(meta))
+        atomic_write_text(staging / "README.txt", _readme(meta))
         meta["files"]["README.txt"] = sha256_file(staging / "README.txt")
-        (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_folder(staging, out)
+        atomic_write_text(staging / BUNDLE_FILE, json.dumps(meta, indent=2) + "\n")
+        _replace_folder(staging, out, previous)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise EdgekitError(f"cannot write the bundle {out}: {e.strerror or e}") from None

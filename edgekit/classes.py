@@ -10,6 +10,9 @@ Torch-free: the on-device runner imports it.
 from __future__ import annotations
 
 import json
+import os
+import stat
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,17 +20,76 @@ from typing import Optional, Sequence
 from .core import ClassSet, DataError, UsageError, imagenet_class_set
 
 MAX_CLASSES = 100_000
+MAX_CLASSES_FILE_BYTES = 16 * 1024 * 1024  # 100,000 names of 160 bytes
+MAX_LABEL_FILE_BYTES = 512 * 1024 * 1024  # '<file> <label>' lines for ten million images
+SHOWN_CHARS = 80  # at most this much of a name the user gave is echoed in a message
+
+
+def read_text_file(path: Path, what: str, limit: int) -> str:
+    """A small UTF-8 text file the user named (a classes or label file): a byte-order mark
+    is dropped; a missing, special (/dev/zero, a FIFO, a folder), oversized or non-UTF-8
+    file is a one-line DataError naming it. Never reads more than ``limit`` + 1 bytes."""
+    path = Path(path)
+    try:
+        info = os.stat(path)  # stat, not open: opening a FIFO would wait for a writer
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket, not a regular file"
+        raise DataError(f"{what} {path} is {kind}; give a text file")
+    if info.st_size > limit:
+        raise DataError(f"{what} {path} is {info.st_size:,} bytes; at most {limit:,} are read (is it the right file?)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > limit:  # it grew since it was looked at
+        raise DataError(f"{what} {path} is more than {limit:,} bytes (is it the right file?)")
+    try:
+        return data.decode("utf-8-sig")  # a BOM (Windows editors write one) is not part of the first name
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {path} is not UTF-8 text") from None
+
+
+def _unsafe(char: str) -> bool:
+    """Characters that move the cursor, end a line or reorder text on a terminal or a page:
+    control characters (C0, DEL, C1: ANSI escapes start with one), format characters
+    (bidi overrides), line and paragraph separators."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def check_class_names(names: Sequence[str], source: str) -> None:
+    """Class names end up on the screen, in Markdown and HTML reports: one holding a
+    control character (a newline, an escape sequence) is refused, naming it escaped."""
+    for name in names:
+        bad = next((c for c in name if _unsafe(c)), None)
+        if bad is not None:
+            raise DataError(f"class name {shown(name)} of {source} contains the control character U+{ord(bad):04X}; rename the class")
+
+
+def display_name(name: str) -> str:
+    """A class name as it may be printed: control and format characters escaped
+    (\\n, \\x1b, \\u202e), so a name from a results file cannot drive the terminal or a page."""
+    if not any(_unsafe(c) for c in name):
+        return name
+    return "".join(c.encode("unicode_escape").decode("ascii") if _unsafe(c) else c for c in name)
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """A user's string as a message quotes it: escaped (repr) and cut to ``limit``
+    characters with its length, so a 20 MB name makes a one-line error."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 def read_classes_file(path: Path) -> ClassSet:
     """One class name per line, or JSON: a list of names, or {"0": "cat", ...} / {"cat": 0, ...}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"classes file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read classes file {path}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+    text = read_text_file(path, "classes file", MAX_CLASSES_FILE_BYTES)
     stripped = text.strip()
     if stripped.startswith(("[", "{")):
         names = _json_names(path, stripped)
@@ -39,7 +101,8 @@ def read_classes_file(path: Path) -> ClassSet:
         raise DataError(f"classes file {path} names {len(names)} classes; at most {MAX_CLASSES}")
     duplicates = _duplicates(names)
     if duplicates:
-        raise DataError(f"classes file {path} names {duplicates[0]!r} twice")
+        raise DataError(f"classes file {path} names {shown(duplicates[0])} twice")
+    check_class_names(names, f"classes file {path}")
     return ClassSet(len(names), f"file {path}", tuple(names))
 
 
@@ -74,6 +137,7 @@ def _is_index(key: object) -> bool:
 
 def folder_class_set(names: Sequence[str], root: Path) -> ClassSet:
     """Classes named by the folders of a tree, in sorted order (torchvision's ImageFolder)."""
+    check_class_names(names, f"the class folders of {root}")
     return ClassSet(len(names), f"class folders of {root}", tuple(sorted(names)))
 
 
@@ -105,7 +169,7 @@ def label_index(text: str, classes: ClassSet, where: str) -> int:
     if text.isdigit() and int(text) < classes.count:
         return int(text)
     known = f"one of the {classes.count} class names of {classes.source} or" if classes.named else "a class"
-    raise DataError(f"{where}: label {text!r} is not {known} index 0-{classes.count - 1}")
+    raise DataError(f"{where}: label {shown(text)} is not {known} index 0-{classes.count - 1}")
 
 
 def name_index(classes: ClassSet) -> dict[str, int]:

@@ -329,7 +329,9 @@ def model_names_matching(pattern: Optional[str]) -> list[str]:
     close = models.model_registry().close_matches(pattern)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `edgekit models` lists them all"
     timm = "" if pattern.startswith(models.TIMM_PREFIX) else " (timm models are not listed: use timm/<name>)"
-    raise UsageError(f"no registered model name contains {pattern!r}{hint}{timm}")
+    from .classes import shown  # a 20 MB pattern is quoted in part
+
+    raise UsageError(f"no registered model name contains {shown(pattern)}{hint}{timm}")
 
 
 def model_record(name: str, spec, measured: Optional[dict]) -> dict:
@@ -816,47 +818,73 @@ def bundle_command(target, bundle_dir, **values) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write results (default: the recipe's 'output', else <recipe>.results.json).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[auto|ADDRESS]",
               help="Run the cells as Ray tasks: on the cluster at ADDRESS (host:port, or auto for the one this machine joined), or, with no value, on a Ray instance started here. Device kinds: the recipe's [ray] kinds.")
-@click.option("--resume", is_flag=True, help="With --ray: keep the cells the results file already holds as done, run the rest.")
+@click.option("--resume", is_flag=True, help="Keep the cells the results file already holds as done (it records each cell as it finishes), run the rest.")
 def run_command(recipe_path: Path, json_path: Optional[Path], ray_address: Optional[str], resume: bool) -> None:
-    """Build and benchmark every cell of RECIPE (a TOML file) into one results file."""
-    from .plan import bench_cell, launcher_for, recipe_cells, results_for
+    """Build and benchmark every cell of RECIPE (a TOML file) into one results file,
+    written as each cell finishes: a failed cell is a row with its error, Ctrl-C or a kill
+    keeps the finished ones, and --resume goes on from there."""
+    from .plan import launcher_for, recipe_cells, run_here
     from .recipe import load_recipe
-    from .results.document import describe_images, results_document, write_results
 
-    if resume and ray_address is None:
-        raise UsageError("--resume applies to --ray runs (their results file records every cell as it finishes)")
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path)  # names, paths and the output checked: nothing runs for a recipe that cannot
     cells = recipe_cells(recipe)
     console = _console()
     console.print(
         f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
         f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}"
     )
+    output = json_path or recipe.output or recipe_path.with_suffix(".results.json")
+    extra = {"recipe": str(recipe_path), "reference": recipe.reference}
     if ray_address is not None:
-        return _run_on_ray(recipe, cells, ray_address, resume, json_path, console)
+        return _run_on_ray(recipe, cells, ray_address, resume, output, console)
     if any(c.settings["device_kinds"] for c in cells):
         console.print("note: [ray] kinds apply to --ray runs; every cell runs here")
     launcher = launcher_for(cells[0].settings)
     launcher.check(recipe.backends)
     _check_images(cells)
-    runs = []
-    with _progress(console) as report:
-        for cell in cells:
-            runs.append(bench_cell(cell, launcher, report))
-    results, parity = results_for(runs)
-    for r in runs:  # one table per cell: model and variant in its title, the rows fit 80 columns
-        _print_results(r.run.results, r.run.parity, f"{r.cell.label} [{r.artifact.key}] on {describe_images(r.run.image_summary)}", r.run.evaluated)
-    notes = [r.note for r in runs if r.note]
-    for note in notes:
+    try:
+        with _progress(console) as report:
+            outcome = run_here(cells, launcher, output, resume=resume, command=_command_line(), extra=extra, progress=report)
+    except KeyboardInterrupt:
+        _interrupted(output, "", console)
+    _report_run(outcome, cells, console, ray=False)
+
+
+def _interrupted(output: Path, how: str, console) -> None:
+    console.print(f"interrupted: the results file {output} holds every cell finished so far (edgekit run ...{how} --resume goes on)")
+    sys.exit(130)
+
+
+def _report_run(outcome, cells, console, ray: bool) -> None:
+    """What a whole run prints and how it exits, on Ray or here: a table per finished cell,
+    the notes, the count of cells by state, where the results went; exit 1 when a row failed."""
+    from .evaluation import BackendParity
+    from .results.document import describe_images
+
+    ledger = outcome.ledger
+    results = ledger.results()
+    for unit in ledger.units:
+        rows = [r for r in results if r.environment.get("unit") == unit.id]
+        entry = ledger.entries[unit.id]
+        if not rows or entry["state"] != "done":
+            continue
+        images = entry.get("images") or {}
+        key = f" [{entry['artifact_key']}]" if entry.get("artifact_key") else ""
+        if ray:
+            title = f"{unit.label}: {entry.get('node') or '-'}"
+        else:
+            title = f"{unit.model} {unit.variant}{key}" + (f" on {describe_images(images)}" if images else "")
+        parity = [BackendParity(p["first"], p["second"], p["agreement"], p["max_abs_diff"]) for p in ledger.parity.get(unit.id, [])
+                  if all(k in p for k in ("first", "second", "agreement", "max_abs_diff"))]
+        count = int(images.get("images_evaluated", images.get("count", 0)) or 0)
+        _print_results(rows, parity, title + (" (from the previous run)" if entry.get("resumed") else ""), count)
+    for note in outcome.notes:
         console.print(f"note: {note}")
-    document = results_document(
-        results, parity=parity, command=_command_line(),
-        extra={"recipe": str(recipe_path), "reference": recipe.reference},
-    )
-    path = write_results(document, json_path or recipe.output or recipe_path.with_suffix(".results.json"))
-    console.print(f"results: {path}")
-    _exit_if_failed([r for r in results if r.error], path)
-    _exit_if_strict_budget_missed(notes, cells[0].settings)
+    counts = ledger.counts()
+    console.print(f"{len(ledger.units)} cells in {outcome.seconds:.0f} s: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    console.print(f"results: {ledger.path}")
+    _exit_if_failed([r for r in results if r.error], ledger.path)
+    _exit_if_strict_budget_missed(outcome.notes, cells[0].settings)
 
 
 def _check_images(cells) -> None:
@@ -873,35 +901,19 @@ def _exit_if_strict_budget_missed(notes, settings) -> None:
         raise EdgekitError("INT8 budget not met for " + "; ".join(n.split(":")[0] for n in budget) + " (strict)")
 
 
-def _run_on_ray(recipe, cells, address: str, resume: bool, json_path: Optional[Path], console) -> None:
+def _run_on_ray(recipe, cells, address: str, resume: bool, output: Path, console) -> None:
     from .cluster.launcher import run_on_ray
 
     if any(c.settings["remote"] for c in cells):
         raise UsageError("--ray and [bench] remote are two ways to reach devices; with --ray, a device is a node of the cluster")
     _check_images(cells)
-    output = json_path or recipe.output or recipe.path.with_suffix(".results.json")
     extra = {"recipe": str(recipe.path), "reference": recipe.reference}
     try:
         with _progress(console) as report:
             outcome = run_on_ray(cells, address=address, output=output, resume=resume, command=_command_line(), extra=extra, progress=report)
     except KeyboardInterrupt:
-        console.print(f"interrupted: the results file {output} holds every cell finished so far (edgekit run ... --ray --resume goes on)")
-        sys.exit(130)
-    ledger = outcome.ledger
-    results = ledger.results()
-    for unit in ledger.units:
-        rows = [r for r in results if r.environment.get("unit") == unit.id]
-        entry = ledger.entries[unit.id]
-        where = entry.get("node") or "-"
-        if rows and entry["state"] == "done":
-            _print_results(rows, [], f"{unit.label}: {where}" + (" (from the previous run)" if entry.get("resumed") else ""), 0)
-    for note in outcome.notes:
-        console.print(f"note: {note}")
-    counts = ledger.counts()
-    console.print(f"{len(ledger.units)} cells in {outcome.seconds:.0f} s: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    console.print(f"results: {ledger.path}")
-    _exit_if_failed([r for r in results if r.error], ledger.path)
-    _exit_if_strict_budget_missed(outcome.notes, cells[0].settings)
+        _interrupted(output, " --ray", console)
+    _report_run(outcome, cells, console, ray=True)
 
 
 def _load_results(paths) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -229,10 +230,65 @@ def stable_hash(payload: Any, length: int = 12) -> str:
 
 def manifest_seal(manifest: dict[str, Any]) -> str:
     """SHA-256 of the manifest without its seal (canonical JSON): any edit to the manifest,
-    a deleted hash list included, breaks it."""
+    a deleted hash list included, breaks it. Unkeyed: it catches accidents (a hand edit, a
+    truncated copy, a swapped file), not someone who recomputes it; it is no signature."""
     body = {k: v for k, v in manifest.items() if k != "seal"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_count(v: Any, most: int = 1 << 20) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= most
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """The fields of a manifest that edgekit reads, checked for type and range (a manifest
+    whose seal was recomputed after an edit passes the seal): one message per bad field."""
+    found: list[str] = []
+
+    def bad(path: str, expect: str, value: Any) -> None:
+        shown = json.dumps(value, default=str)
+        found.append(f"{MANIFEST_NAME}: {path} must be {expect}, got {shown[:40] + '...' if len(shown) > 40 else shown}")
+
+    def strings(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items())
+
+    if not (isinstance(manifest.get("key"), str) and manifest["key"]):
+        bad("key", "a non-empty string", manifest.get("key"))
+    model = manifest.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"]):
+        bad("model.name", "a non-empty string", model.get("name") if isinstance(model, dict) else model)
+    if "files" in manifest and not strings(manifest["files"]):
+        bad("files", "an object of file names", manifest["files"])
+    listed = manifest.get("sha256")
+    if listed is not None and not (strings(listed) and all(len(v) == 64 for v in listed.values())):
+        bad("sha256", "an object of file names to SHA-256 digests", listed)
+    if "variant" in manifest and not isinstance(manifest["variant"], str):
+        bad("variant", "a string", manifest["variant"])
+    shape = (manifest.get("input") or {}).get("shape") if isinstance(manifest.get("input"), dict) else manifest.get("input")
+    if "input" in manifest and not (
+        isinstance(shape, list) and len(shape) == 4 and _is_count(shape[1], 16)
+        and all(_is_count(d) or (isinstance(d, str) and d) for d in (shape[0], shape[2], shape[3]))
+    ):
+        bad("input.shape", "[batch, channels, height, width] (whole numbers; batch, height, width may be named)", shape)
+    prep = manifest.get("preprocessing")
+    if not isinstance(prep, dict):
+        bad("preprocessing", "an object", prep)
+    else:
+        for key in ("input_size", "resize_size"):
+            if not _is_count(prep.get(key), 16384):
+                bad(f"preprocessing.{key}", "a whole number of pixels from 1 to 16384", prep.get(key))
+        if not isinstance(prep.get("interpolation"), str):
+            bad("preprocessing.interpolation", "a string", prep.get("interpolation"))
+        for key in ("mean", "std"):
+            value = prep.get(key)
+            if not (isinstance(value, list) and len(value) == 3 and all(_is_finite(v) for v in value)) or (key == "std" and min(value) <= 0):
+                bad(f"preprocessing.{key}", "three finite numbers" + (" above 0" if key == "std" else ""), value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -240,7 +296,8 @@ class Artifact:
     """A folder under exported/ holding model files and the manifest that describes them.
 
     The manifest lists every file of the artifact with its SHA-256 and carries a seal (the
-    SHA-256 of everything else in it); ``verify`` checks both. Derived caches beside the
+    SHA-256 of everything else in it); ``verify`` checks both, then the manifest's fields
+    (a resealed manifest is still read as untrusted input). Derived caches beside the
     files (CPU forms, OpenVINO IR, TensorRT engines) carry their own records, see
     edgekit.files.
     """
@@ -308,6 +365,9 @@ class Artifact:
             return [f"{MANIFEST_NAME} has no seal (written by an older edgekit, or edited)"]
         if seal != manifest_seal(self.manifest):
             return [f"{MANIFEST_NAME} was changed after edgekit wrote it (its seal does not match)"]
+        malformed = manifest_problems(self.manifest)
+        if malformed:  # anyone can recompute an unkeyed seal: the fields are checked too
+            return malformed
         listed = self.manifest.get("sha256")
         if not isinstance(listed, dict) or not listed:
             return [f"{MANIFEST_NAME} lists no files"]

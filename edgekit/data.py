@@ -19,6 +19,7 @@ import re
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,14 +27,16 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .classes import folder_class_set, label_index, name_index
+from .classes import MAX_LABEL_FILE_BYTES, check_class_names, folder_class_set, label_index, name_index, read_text_file, shown
 from .core import BackendUnavailableError, ClassSet, DataError, Preprocessing, UsageError
 
 if TYPE_CHECKING:
     from .evaluation import ViewTable
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".gif", ".avif"}  # GIF: its first frame
+# Image files edgekit does not read: listed in one warning per folder, never silently dropped.
+UNREAD_IMAGE_SUFFIXES = {".heic", ".heif", ".jxl", ".svg", ".dng", ".cr2", ".nef", ".arw", ".raw", ".psd", ".ico", ".jp2"}
 _WNID = re.compile(r"^n\d{8}$")
 _ILSVRC_VAL = re.compile(r"^ILSVRC2012_val_(\d{8})$")
 VIEWS_FORMAT = "edgekit-views/1"
@@ -216,7 +219,7 @@ def labelled_folder(
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
         raise DataError(f"cannot list image folder {root}: {e.strerror}") from None
-    subdirs = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+    subdirs = [Path(e.path) for e in entries if not e.name.startswith(".") and _is(e, "dir", root)]
     custom = classes if classes is not None and not classes.is_imagenet else None
     space: Optional[ClassSet] = custom
     if subdirs and labels_file is None:
@@ -245,6 +248,7 @@ def labelled_folder(
             images.append(LabelledImage(p, None if label is None else (label,)))
         if missing:
             raise DataError(f"{labels_file} has no label for {len(missing)} of {len(files)} images (e.g. {missing[0]}); label every image or move the others out")
+    _note_unread_images(root, subdirs if subdirs and labels_file is None else [root])
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
     return images, space
@@ -261,7 +265,24 @@ def _image_files(folder: Path) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError as e:
         raise DataError(f"cannot list image folder {folder}: {e.strerror}") from None
-    return sorted(Path(e.path) for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+    images = [e for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+    return sorted(Path(e.path) for e in images if _is(e, "file", folder))
+
+
+def _is(entry: os.DirEntry, kind: str, folder: Path) -> bool:
+    """``entry.is_dir()`` / ``is_file()``, except that an entry that cannot be followed (a
+    symlink loop, a link into a folder that cannot be read) is False with a warning naming
+    it, instead of an OSError."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as e:
+        if entry.path not in _UNFOLLOWABLE:  # said once, however often the folder is listed
+            _UNFOLLOWABLE.add(entry.path)
+            warnings.warn(f"skipped {entry.path}: it cannot be followed ({e.strerror})", stacklevel=3)
+        return False
+
+
+_UNFOLLOWABLE: set[str] = set()
 
 
 def _space_label(folder: str, space: ClassSet, root: Path) -> int:
@@ -277,22 +298,36 @@ def _read_label_file(path: Path, files: Sequence[Path] = (), classes: Optional[C
     """(file name -> label index, the class set when not ImageNet-1k). Without ``classes``,
     labels that are not all ImageNet synsets or indices are class names: sorted, they are
     the class set."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read label file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"label file {path} is not UTF-8 text (expected '<file name> <label>' lines)") from None
+    lines = read_text_file(path, "label file", MAX_LABEL_FILE_BYTES).splitlines()  # BOM dropped; /dev/zero refused
     content = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if classes is None and content and all(line.isdigit() for line in content):
         return _ground_truth_labels(path, content, files), None
     pairs = _label_pairs(path, lines)
     if classes is None:
         try:
-            return {name: parse_label(text.split()[0]) for _, name, text in pairs}, None
+            return _label_table(path, [(number, name, parse_label(text.split()[0]), text) for number, name, text in pairs]), None
         except DataError:
-            classes = ClassSet(len({t for _, _, t in pairs}), f"labels of {path}", tuple(sorted({t for _, _, t in pairs})))
-    return {name: label_index(text, classes, f"{path}:{number}") for number, name, text in pairs}, classes
+            names = tuple(sorted({t for _, _, t in pairs}))
+            check_class_names(names, f"label file {path}")
+            classes = ClassSet(len(names), f"labels of {path}", names)
+    return _label_table(path, [(number, name, label_index(text, classes, f"{path}:{number}"), text) for number, name, text in pairs]), classes
+
+
+def _label_table(path: Path, labelled: Sequence[tuple[int, str, int, str]]) -> dict[str, int]:
+    """File name -> label from (line number, file name, label, label text); a file labelled
+    twice with two different labels is an error naming both lines (the same label twice is
+    accepted)."""
+    table: dict[str, int] = {}
+    first: dict[str, tuple[int, str]] = {}
+    for number, name, label, text in labelled:
+        if name in table and table[name] != label:
+            line, before = first[name]
+            raise DataError(
+                f"{path} labels {shown(name)} twice, differently: line {line} says {shown(before, 40)}, line {number} says {shown(text, 40)}; keep one label per file"
+            )
+        table[name] = label
+        first.setdefault(name, (number, text))
+    return table
 
 
 def _label_pairs(path: Path, lines: Sequence[str]) -> list[tuple[int, str, str]]:
@@ -400,7 +435,7 @@ def split_folders(root: Path) -> Optional[dict[str, Path]]:
 
 def _class_folder_names(folder: Path) -> list[str]:
     try:
-        return [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+        return [e.name for e in os.scandir(folder) if not e.name.startswith(".") and _is(e, "dir", folder)]
     except OSError:
         return []
 
@@ -465,6 +500,101 @@ def resolve_images(
     return make_image_set(images, views_per_image, description, view_offset, view_stride, space)
 
 
+MAX_COMPARED_FILES = 100_000  # files whose size is shared, read in part to look for photos in two sets
+
+
+def same_content(first: Sequence[Path], second: Sequence[Path]) -> Optional[list[tuple[Path, Path]]]:
+    """(a file of ``first``, a byte-identical file of ``second``) pairs. Sizes are compared
+    first (a stat per file); only files whose size occurs in both sets are read: their
+    first and last 4 KiB, then the whole file (SHA-256) where those match too. None when
+    more than MAX_COMPARED_FILES files share a size (not looked at: too costly).
+    Cached per pair of lists."""
+    found = _same_content(tuple(str(p) for p in first), tuple(str(p) for p in second))
+    return None if found is None else list(found)
+
+
+@lru_cache(maxsize=16)
+def _same_content(first: tuple[str, ...], second: tuple[str, ...]) -> Optional[tuple[tuple[Path, Path], ...]]:
+    sizes = [_sizes(first), _sizes(second)]
+    common = set(sizes[0].values()) & set(sizes[1].values())
+    candidates = [[p for p in paths if size.get(p) in common] for paths, size in zip((first, second), sizes)]
+    if not candidates[0]:
+        return ()
+    if len(candidates[0]) + len(candidates[1]) > MAX_COMPARED_FILES:
+        return None
+    keys = [{p: (size[p], _digest(p, partial=True)) for p in found} for found, size in zip(candidates, sizes)]
+    shared = set(keys[0].values()) & set(keys[1].values())
+    seen: dict[tuple, str] = {}
+    for p in candidates[1]:
+        if keys[1][p] in shared and keys[1][p][1] is not None:
+            seen.setdefault((keys[1][p], _digest(p)), p)
+    pairs = []
+    for p in candidates[0]:
+        if keys[0][p] in shared and keys[0][p][1] is not None:
+            match = seen.get((keys[0][p], _digest(p)))
+            if match is not None:
+                pairs.append((Path(p), Path(match)))
+    return tuple(pairs)
+
+
+def _sizes(paths: Sequence[str]) -> dict[str, int]:
+    sizes = {}
+    for p in paths:
+        try:
+            sizes[p] = os.stat(p).st_size
+        except OSError:  # unreadable files are skipped (and said so) when decoded
+            pass
+    return sizes
+
+
+def _digest(path: str, partial: bool = False) -> Optional[str]:
+    """SHA-256 of the file, or of its first and last 4 KiB (``partial``); None if unreadable."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            if partial:
+                h.update(f.read(4096))
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                h.update(f.read(4096))
+            else:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _overlap(held_out: Sequence[Path], training: Sequence[Path], held_name: str, training_name: str, root: Path) -> Optional[str]:
+    """A note for the image set's description when evaluation images are byte-identical
+    to training (or calibration) ones, said once as a warning; None when none are. Not
+    refused: real data sets carry a few such duplicates, and the count is recorded with
+    the results so a reader can weigh the figure."""
+    pairs = same_content(held_out, training)
+    if pairs is None:
+        warnings.warn(
+            f"did not look for photos shared by {held_name} and {training_name}: more than {MAX_COMPARED_FILES:,} of their "
+            "files share a size (reading them would cost more than the run)",
+            stacklevel=2,
+        )
+        return f"not compared with {training_name} (too many files)"
+    if not pairs:
+        return None
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            return str(p)
+
+    a, b = pairs[0]
+    warnings.warn(
+        f"{len(pairs)} of the {len(held_out)} images of {held_name} {'is' if len(pairs) == 1 else 'are'} byte-identical to images of {training_name} "
+        f"(e.g. {rel(a)} = {rel(b)}); their top-1 is not held out",
+        stacklevel=2,
+    )
+    return f"{len(pairs)} image{'' if len(pairs) == 1 else 's'} of {held_name} byte-identical to images of {training_name}"
+
+
 def _data_images(
     root: Path, labels_file: Optional[Path], split: Optional[str], val_split: Optional[float], seed: int, classes: Optional[ClassSet],
 ) -> tuple[list[LabelledImage], Optional[ClassSet], str]:
@@ -480,7 +610,11 @@ def _data_images(
         images, space = labelled_folder(chosen, None, classes, every_class)
         if space is not None and space.source.startswith("class folders"):
             space = ClassSet(space.count, f"class folders of {root}", space.names)
-        return images, space, f"{chosen} ({len(images)} images, the {split or VAL} split)"
+        other = folders[TRAIN if chosen == folders[VAL] else VAL]
+        other_files = [p for d in sorted(_class_folder_names(other)) for p in _image_files(other / d)]
+        val_files, train_files = ([i.path for i in images], other_files) if chosen == folders[VAL] else (other_files, [i.path for i in images])
+        note = _overlap(val_files, train_files, f"{folders[VAL].name}/", f"{folders[TRAIN].name}/", root)
+        return images, space, f"{chosen} ({len(images)} images, the {split or VAL} split{'; ' + note if note else ''})"
     images, space = labelled_folder(root, labels_file, classes)
     if split is None or val_split is None:
         return images, space, f"{root} ({len(images)} images)"
@@ -489,7 +623,8 @@ def _data_images(
     parts = split_images(images, val_split, seed)
     if not parts[split]:
         raise DataError(f"the {split} split of {root} is empty ({len(images)} images, --val-split {val_split})")
-    return parts[split], space, f"{root} ({len(parts[split])} images, the {split} split: --val-split {val_split}, seed {seed})"
+    note = _overlap([i.path for i in parts[VAL]], [i.path for i in parts[TRAIN]], "the val split", "the train split", root)
+    return parts[split], space, f"{root} ({len(parts[split])} images, the {split} split: --val-split {val_split}, seed {seed}{'; ' + note if note else ''})"
 
 
 def _check_split_not_empty(folders: dict[str, Path], split: str) -> None:
@@ -514,13 +649,24 @@ class ImageRequest:
     seed: int = 0
     split: Optional[str] = None  # TRAIN or VAL where the folder has splits
     val_split: Optional[float] = None
+    held_out: Optional["ImageRequest"] = None  # calibration images: the evaluation images they must not share content with
 
     def resolve(self, classes: Optional[ClassSet] = None) -> ImageSet:
         """List the images; their labels index ``classes`` (the model's) when given."""
-        return resolve_images(
+        images = resolve_images(
             self.data_dir, self.labels_file, self.views_per_image, self.limit, self.view_offset, self.view_stride, self.seed,
             self.split, self.val_split, classes,
         )
+        if self.held_out is not None and self.data_dir is not None:
+            try:
+                evaluated = self.held_out.resolve(classes)
+            except DataError:  # said when evaluation itself lists them
+                return images
+            note = _overlap(sorted({v.image.path for v in evaluated.views}), sorted({v.image.path for v in images.views}),
+                            f"evaluation (--data {self.held_out.data_dir})", f"calibration (--calib {self.data_dir})", Path(self.data_dir))
+            if note:
+                images = dataclasses.replace(images, description=f"{images.description}; {note}")
+        return images
 
     @property
     def has_training_split(self) -> bool:
@@ -570,7 +716,11 @@ def calibration_request(settings) -> ImageRequest:
     split of --data where it has one (never the images evaluation uses), else the
     bundled photos' odd views."""
     if settings["calib"] is not None:
-        return default_calibration(settings["calib"], settings["calib_labels"], settings["calib_limit"], settings["seed"])
+        request = default_calibration(settings["calib"], settings["calib_labels"], settings["calib_limit"], settings["seed"])
+        if settings["data"] is not None:  # the same photo in both is found by content, said and recorded
+            held_out = evaluation_images(settings["data"], settings["labels"], val_split=settings["val_split"])
+            request = dataclasses.replace(request, held_out=held_out)
+        return request
     if evaluation_images(settings["data"], settings["labels"], val_split=settings["val_split"]).has_training_split:
         return training_images(settings["data"], settings["labels"], settings["val_split"], settings["seed"], settings["calib_limit"])
     return default_calibration(None)
@@ -599,49 +749,214 @@ class UnreadableImage(DataError):
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _open_rgb(path: Path):
+def _note_unread_images(root: Path, folders: Sequence[Path]) -> None:
+    """One warning per listed folder tree naming how many files of which image formats
+    edgekit leaves out (HEIC, RAW...), so none is dropped without a word."""
+    counts: dict[str, int] = {}
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            suffix = os.path.splitext(e.name)[1].lower()
+            if suffix in UNREAD_IMAGE_SUFFIXES:
+                counts[suffix] = counts.get(suffix, 0) + 1
+    key = str(root)
+    if counts and key not in _NOTED_UNREAD:
+        _NOTED_UNREAD.add(key)
+        listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+        total = sum(counts.values())
+        warnings.warn(
+            f"{total} file{'s' if total != 1 else ''} in {root} not read ({listed}): edgekit reads {', '.join(sorted(IMAGE_SUFFIXES))}; "
+            "convert them (e.g. to JPEG) to include them", stacklevel=3,
+        )
+
+
+_NOTED_UNREAD: set[str] = set()
+_UNSUPPORTED_HINTS = {".avif": "this Pillow cannot read AVIF (Pillow 11.3 or later can)"}
+
+
+
+from contextlib import contextmanager  # noqa: E402 (the decode budget's section)
+
+# The decode budget: the one rule every path that reads images goes through (evaluation
+# workers, calibration, distillation, pruning, bundles, the on-device runner, fine-tuning).
+# A file is measured from its header before any pixel is decoded: the estimated peak
+# memory of decoding it and making its view (the decoded file, its RGB copy, the view's
+# crop, the resized image, whose long side grows with the aspect ratio: a 317-byte
+# 1 x 60,000 PNG resized to a short side of 256 is 15.4 million pixels tall). One image
+# over the budget is skipped, named, with the reason; a JPEG over it is first decoded at
+# a reduced DCT scale that keeps its short side at least the resize size. The decode
+# threads of a process share the budget, so memory stays bounded however many threads
+# decode at once.
+DECODE_BUDGET_MB = 128
+_DECODE_BUDGET = DECODE_BUDGET_MB * 2**20
+# Bytes per pixel of Pillow's decoded modes, with the 16-bit and 32-bit greyscale
+# scaling of _to_rgb (float64 values + 8-bit result); RGB conversion adds 4 where the mode is not RGB.
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 12, "I;16B": 12, "I;16L": 12, "I;16N": 12, "I": 14, "F": 14}
+
+
+class _Budget:
+    """Bytes that decode threads of this process may hold at once; an image waits until
+    its estimate fits beside the others' (one over the whole budget never gets here)."""
+
+    def __init__(self, total: int):
+        import threading
+
+        self.total, self.free, self.cond = total, total, threading.Condition()
+
+    @contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        cost = min(max(cost, 0), self.total)
+        with self.cond:
+            self.cond.wait_for(lambda: self.free >= cost)
+            self.free -= cost
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += cost
+                self.cond.notify_all()
+
+
+_BUDGET = _Budget(_DECODE_BUDGET)
+_BOMB_WARNING_FILTERED = False
+if hasattr(os, "register_at_fork"):  # a forked data-loader worker starts with its own, empty budget
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_BUDGET", _Budget(_DECODE_BUDGET)))
+
+
+def _short_side_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing the short side to ``size`` (torchvision's truncation)."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    return (size, new_long) if w <= h else (new_long, size)
+
+
+def decode_cost(size: tuple[int, int], mode: str, prep: Optional[Preprocessing] = None, scale: float = 1.0, extra_per_pixel: int = 0) -> int:
+    """Estimated peak bytes of decoding an image of ``size`` and ``mode`` and making one
+    view of it (``scale``: the view's crop; ``extra_per_pixel``: a caller's own copies)."""
+    w, h = max(1, size[0]), max(1, size[1])
+    pixels = w * h
+    cost = pixels * (_MODE_BYTES.get(mode, 4) + (0 if mode == "RGB" else 4) + extra_per_pixel)
+    cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+    if scale < 1.0:
+        cost += 4 * cw * ch
+    if prep is not None:
+        rw, rh = _short_side_size(cw, ch, max(prep.resize_size, prep.input_size))
+        cost += 4 * (rw * rh + rw * ch)  # the horizontal pass, then the resized image
+    return cost
+
+
+def _over_budget(path: Path, size: tuple[int, int], cost: int, prep: Optional[Preprocessing], scale: float) -> "UnreadableImage":
+    w, h = size
+    what = f"{w} x {h} pixels"
+    if prep is not None:
+        cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+        rw, rh = _short_side_size(cw, ch, max(prep.resize_size, prep.input_size))
+        if 4 * rw * rh > cost // 2:
+            what += f", {rw} x {rh} once its short side is resized to {max(prep.resize_size, prep.input_size)}"
+    return UnreadableImage(path, f"decoding it would take about {cost / 2**20:,.0f} MB ({what}), over edgekit's {DECODE_BUDGET_MB} MB decode budget")
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Pillow's and the file system's errors as UnreadableImage with the decoder's words."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return _to_rgb(im)
+        yield
     except Image.DecompressionBombError as e:
         raise UnreadableImage(path, f"larger than Pillow's pixel limit ({str(e).split('(')[0].strip()})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:
+        hint = _UNSUPPORTED_HINTS.get(path.suffix.lower())
+        raise UnreadableImage(path, hint or str(e).splitlines()[0]) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreadableImage(path, reason) from None
 
 
+@contextmanager
+def decoded_rgb(path: Path, prep: Optional[Preprocessing] = None, scale: float = 1.0, extra_per_pixel: int = 0) -> Iterator:
+    """The file as an 8-bit RGB PIL image, within the decode budget: its header is read
+    first, and a file whose view (``prep``'s resize of its ``scale`` crop) would cost more
+    than the budget is an UnreadableImage naming why; the bytes stay reserved until the
+    block ends. GIF and other animations: the first frame."""
+    from PIL import Image
+
+    global _BOMB_WARNING_FILTERED
+    if not _BOMB_WARNING_FILTERED:  # the budget decides below; Pillow's warning under its hard limit would only repeat it
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _BOMB_WARNING_FILTERED = True
+    path = Path(path)
+    with _reading(path):
+        f = open(path, "rb")
+    with f:
+        with _reading(path):
+            im = Image.open(f)
+            cost = decode_cost(im.size, im.mode, prep, scale, extra_per_pixel)
+            if cost > _DECODE_BUDGET and im.format == "JPEG" and prep is not None:
+                im.draft("RGB", _draft_request(im.size, prep, scale))  # libjpeg's DCT scaling: 1/2, 1/4 or 1/8
+                cost = decode_cost(im.size, im.mode, prep, scale, extra_per_pixel)
+            if cost > _DECODE_BUDGET:
+                raise _over_budget(path, im.size, cost, prep, scale)
+        with _BUDGET.hold(cost):
+            with _reading(path):
+                image = _to_rgb(im)
+            del im
+            yield image
+
+
+def _draft_request(size: tuple[int, int], prep: Preprocessing, scale: float) -> tuple[int, int]:
+    """The smallest size a JPEG may be decoded at and still give its view a short side of
+    at least the resize size."""
+    w, h = size
+    factor = max(prep.resize_size, prep.input_size) / max(1e-9, scale * min(w, h))
+    return (min(w, int(np.ceil(w * factor)) + 1), min(h, int(np.ceil(h * factor)) + 1))
+
+
+def _open_rgb(path: Path, prep: Optional[Preprocessing] = None):
+    """The file as 8-bit RGB (the decode budget applied to the file, and to ``prep``'s
+    resize when given); UnreadableImage when it cannot be read."""
+    with decoded_rgb(path, prep) as image:
+        return image
+
+
 def _to_rgb(im):
     """8-bit RGB. Pillow's convert() clips 16-bit and 32-bit greyscale to 0..255 (a 16-bit
-    PNG turns white), so those are scaled to 8 bits first."""
+    PNG turns white), so those are scaled to 8 bits first (in place: one float copy)."""
     from PIL import Image
 
     if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
         values = np.asarray(im, dtype=np.float64)
         if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and values.max(initial=0) > 255):
-            values = values / 257.0  # 0..65535 -> 0..255
+            values /= 257.0  # 0..65535 -> 0..255
         elif im.mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
-        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+            values *= 255.0
+        np.clip(np.rint(values, out=values), 0, 255, out=values)
+        im = Image.fromarray(values.astype(np.uint8), mode="L")
+        del values
+    if im.mode == "RGB":
+        im.load()  # the pixels, read before the file closes
+        return im
     return im.convert("RGB")
 
 
 def preprocess(view: ImageView, prep: Preprocessing) -> np.ndarray:
-    """One view as a CHW float32 array ready for the model."""
+    """One view as a CHW float32 array ready for the model (within the decode budget)."""
     from PIL import Image
 
-    image = _open_rgb(view.image.path)
     scale, fx, fy, flip = VIEW_GRID[view.view]
-    if scale < 1.0:
-        w, h = image.size
-        cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
-        left, top = int(round(fx * (w - cw))), int(round(fy * (h - ch)))
-        image = image.crop((left, top, left + cw, top + ch))
-    if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    image = _resize_short_side(image, prep.resize_size, _RESAMPLING[prep.interpolation])
-    image = _center_crop(image, prep.input_size)
+    with decoded_rgb(view.image.path, prep, scale) as image:
+        if scale < 1.0:
+            w, h = image.size
+            cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+            left, top = int(round(fx * (w - cw))), int(round(fy * (h - ch)))
+            image = image.crop((left, top, left + cw, top + ch))
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image = _resize_short_side(image, prep.resize_size, _RESAMPLING[prep.interpolation])
+        image = _center_crop(image, prep.input_size)
     array = np.asarray(image, dtype=np.float32) / 255.0
     array = (array - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
@@ -649,9 +964,7 @@ def preprocess(view: ImageView, prep: Preprocessing) -> np.ndarray:
 
 def _resize_short_side(image, size: int, resample: int):
     w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)  # torchvision truncates the same way
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h = _short_side_size(w, h, size)
     if (new_w, new_h) == (w, h):
         return image
     return image.resize((new_w, new_h), resample=resample)
@@ -762,7 +1075,7 @@ def iter_batches(
             read += len(batch.indices)
             yield batch.array, list(batch.labels)
     if skipped:
-        warnings.warn(skipped_summary(skipped), stacklevel=2)
+        warnings.warn(f"{skipped_summary(skipped)}; left out of {image_set.description} ({read} views read)", stacklevel=2)
     if read == 0:
         raise DataError(f"none of the images in {image_set.description} could be read")
 

@@ -21,6 +21,7 @@ import json
 import platform
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
@@ -136,7 +137,8 @@ class Bundle:
         from .core import ClassSet
         from .data import ImageView, LabelledImage, make_image_set
 
-        images = self.meta["images"]
+        images = self.meta.get("images")
+        _check_images(images, self.path)
         views = tuple(
             ImageView(LabelledImage(self.inside(v["file"], "image"), tuple(v["labels"]) if v["labels"] is not None else None), int(v["view"]))
             for v in images["views"]
@@ -150,6 +152,39 @@ class Bundle:
 
         reference = self.meta.get("reference")
         return None if not reference else LogitsFile.from_npy(self.inside(reference.get("file"), "reference"))
+
+
+def _check_images(images: Any, path: Path) -> None:
+    """bundle.json's images section, field by field: bundle.json is not among the hashed
+    files, so an edited one is untrusted input (one error line, never a traceback)."""
+    from .data import VIEW_GRID
+
+    def refuse(what: str, value: Any) -> None:
+        shown = json.dumps(value, default=str)
+        raise DataError(f"bundle {path}: {BUNDLE_FILE} {what}, got {shown[:60] + '...' if len(shown) > 60 else shown}; make the bundle again")
+
+    if not isinstance(images, dict):
+        refuse("images must be an object", images)
+    if not isinstance(images.get("description"), str):
+        refuse("images.description must be a string", images.get("description"))
+    if images.get("classes") is not None and not (isinstance(images["classes"], dict) and isinstance(images["classes"].get("count"), int)
+                                                  and not isinstance(images["classes"]["count"], bool) and images["classes"]["count"] >= 1):
+        refuse("images.classes must be an object with a count", images["classes"])
+    views = images.get("views")
+    if not isinstance(views, list) or not views:
+        refuse("images.views must be a non-empty list", views)
+    for i, v in enumerate(views):
+        where = f"images.views[{i}]"
+        if not isinstance(v, dict) or not {"file", "labels", "view"} <= set(v):
+            refuse(f"{where} must be an object with file, labels and view", v)
+        if not isinstance(v["file"], str):
+            refuse(f"{where}.file must be a path", v["file"])
+        labels = v["labels"]
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in labels)):
+            refuse(f"{where}.labels must be null or a list of class indices", labels)
+        view = v["view"]
+        if not (isinstance(view, int) and not isinstance(view, bool) and 0 <= view < len(VIEW_GRID)):
+            refuse(f"{where}.view must be a view number from 0 to {len(VIEW_GRID) - 1}", view)
 
 
 def _names(names: list[str], shown: int = 3) -> str:
@@ -272,10 +307,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a kill cleans up like Ctrl-C
+    warnings.showwarning = _show_warning  # a skipped image and the like: one 'warning:' line, as edgekit's CLI prints it
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     progress = _StageLines()

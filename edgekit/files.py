@@ -1,8 +1,16 @@
 """Writing files so that nothing is ever half-written, and cleaning up after writers that died.
 
-* ``atomic_write_bytes`` / ``atomic_write_text``: a unique temporary file beside the
-  target, fsync, then ``os.replace``; concurrent writers never clash, a failed write
-  leaves the old file as it was, and an OSError is one ``WriteError`` line naming the path.
+* ``atomic_write_bytes`` / ``atomic_write_text``: every file edgekit writes to a path a
+  user gave (results, reports, profiles, JUnit, manifests, bundles' files) goes through
+  them. A regular file (or none yet): a unique temporary file beside the target, fsync,
+  then ``os.replace``; concurrent writers never clash, a failed write leaves the old file
+  as it was. What is at the path is respected, never replaced: a symbolic link is
+  followed and its target written atomically (one another user planted in a shared
+  sticky folder such as /tmp is refused, as the kernel's protected_symlinks does);
+  a character device or FIFO (``--json /dev/stdout``, ``/dev/null``, a named pipe) is
+  written in place; this process's own descriptors (/dev/stdout, /dev/stderr,
+  /dev/fd/N) are written through the descriptor; a folder, block device or socket is
+  refused. An OSError is one ``WriteError`` line naming the path.
 * Staging folders: everything edgekit builds (artifact folders, derived caches, bundles,
   bench work folders) is written inside a ``.tmp-...`` folder that names its writer
   (host, boot, process id and start time), then renamed into place. The next run removes
@@ -18,10 +26,14 @@ Standard library only: the on-device runner imports it.
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import json
 import os
+import re
 import shutil
 import socket
+import stat as _stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,11 +157,16 @@ def staged_file(path: Path) -> Iterator[Path]:
     """Yields a temporary path to write; on success it replaces ``path`` atomically, on
     failure (or interruption) nothing is left behind."""
     path = Path(path)
-    staging = make_staging_dir(path.parent, path.name[:60])
+    try:
+        staging = make_staging_dir(path.parent, path.name[:60])
+    except OSError as e:  # a read-only or full folder: one line naming the file
+        raise WriteError(path, write_error_reason(e), e.errno) from None
     try:
         target = staging / path.name
         yield target
         os.replace(target, path)
+    except OSError as e:
+        raise WriteError(path, write_error_reason(e), e.errno) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -231,6 +248,26 @@ def derived_is_current(file: Path, made_from: dict[str, Any]) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def writing_derived(file: Path, what: str, export_makes_it: bool = True) -> Iterator[None]:
+    """Around the write of a derived cache beside an artifact (a CPU form, an IR): a
+    folder edgekit cannot write (read-only storage, a full disk) is one WriteError line
+    naming the folder and what to do, not an OSError from deep inside."""
+    file = Path(file)
+    try:
+        yield
+    except (WriteError, OSError) as e:
+        reason = e.reason if isinstance(e, WriteError) else write_error_reason(e)
+        folder = file.parent
+        raise WriteError(
+            file, reason, getattr(e, "errno", None),
+            f"cannot write {what} {file.name} beside the artifact in {folder} ({reason}): it is made on first use and is missing "
+            "or out of date there; make the folder writable"
+            + (f" and run `edgekit export {folder}` once (it makes every CPU form)" if export_makes_it else "")
+            + ", or copy the artifact folder somewhere writable and use the copy",
+        ) from None
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
@@ -290,17 +327,112 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all or nothing; return ``Path(path)``.
+FIFO_WAIT_S = 10.0  # how long a write to a FIFO waits for a process to open it for reading
+MAX_LINK_HOPS = 40
+_OWN_FD = re.compile(r"/dev/(?P<std>stdout|stderr)|/dev/fd/(?P<fd>\d+)|/proc/(?P<pid>self|\d+)/fd/(?P<pfd>\d+)")
 
-    Creates missing parent folders; writes a unique temporary file beside the target
-    (``tempfile.mkstemp``), fsyncs it, gives it the mode the file would have had, then
-    ``os.replace``s it over the target. On any OSError (read-only folder, full disk, no
-    permission, a folder in the way) the temporary file is removed, the old file stays as
-    it was, and :class:`WriteError` (an EdgekitError, exit 1) says
-    ``cannot write PATH: REASON``. An interrupt (Ctrl-C) also removes the temporary file.
-    """
-    path = Path(path)
+
+def _own_descriptor(path: Path) -> Optional[int]:
+    """The descriptor ``path`` names when it is one of this process's own (/dev/stdout,
+    /dev/stderr, /dev/fd/N, /proc/self/fd/N): written through the descriptor itself, so
+    ``--json /dev/stdout`` continues the stream (a pipe, a terminal, a file the shell
+    opened) instead of opening or replacing what the link points to."""
+    if os.name != "posix":
+        return None
+    m = _OWN_FD.fullmatch(os.path.normpath(os.fspath(path)))
+    if m is None:
+        return None
+    if m["std"]:
+        return 1 if m["std"] == "stdout" else 2
+    if m["fd"]:
+        return int(m["fd"])
+    if m["pid"] != "self" and int(m["pid"]) != os.getpid():
+        return None  # another process's descriptor: an ordinary (magic) link
+    return int(m["pfd"])
+
+
+def _write_descriptor(fd: int, data: bytes) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what Python buffered for this descriptor goes first
+        with contextlib.suppress(Exception):
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _check_link(link: Path, st: os.stat_result) -> None:
+    """Refuse to follow a link another user made in a shared sticky folder (/tmp): the
+    classic way to make a privileged writer overwrite a file of the attacker's choosing.
+    The kernel's protected_symlinks rule: followed when the link is the writer's own or
+    the folder owner's."""
+    try:
+        folder = os.stat(link.parent)
+    except OSError:
+        return
+    shared = folder.st_mode & _stat.S_ISVTX and folder.st_mode & _stat.S_IWOTH
+    if shared and st.st_uid not in (os.geteuid(), folder.st_uid):
+        raise WriteError(link, f"it is a symbolic link another user (uid {st.st_uid}) made in the shared folder {link.parent}; "
+                               "edgekit does not follow it: write to its target directly if you mean to")
+
+
+def _follow_links(path: Path) -> Path:
+    """Where a write to ``path`` lands: symbolic links at the last component followed hop by
+    hop, as open() would (the folders above resolve by themselves)."""
+    current = path
+    for _ in range(MAX_LINK_HOPS):
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return current
+        if not _stat.S_ISLNK(st.st_mode):
+            return current
+        _check_link(current, st)
+        current = Path(os.path.join(os.path.dirname(current), os.readlink(current)))  # an absolute target replaces the folder
+    raise WriteError(path, "too many levels of symbolic links", _errno.ELOOP)
+
+
+def _write_in_place(path: Path, data: bytes, fifo: bool) -> bool:
+    """Write a character device or FIFO as it is (no temporary file, no rename). A FIFO is
+    opened without blocking and waits FIFO_WAIT_S for a reader, never forever. Returns
+    False when the path turned into a regular file meanwhile (write it atomically)."""
+    flags = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | (os.O_NONBLOCK if fifo else 0)
+    deadline = time.monotonic() + FIFO_WAIT_S
+    while True:
+        try:
+            fd = os.open(path, flags)
+            break
+        except OSError as e:
+            if not (fifo and e.errno == _errno.ENXIO):
+                raise
+            if time.monotonic() >= deadline:
+                raise WriteError(path, f"it is a FIFO and no process opened it for reading within {FIFO_WAIT_S:g} s", e.errno) from None
+            time.sleep(0.05)
+    try:
+        if _stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        if fifo:
+            os.set_blocking(fd, True)
+        _write_descriptor(fd, data)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _kind(mode: int) -> Optional[str]:
+    """What a file that edgekit will not write is ('a folder'...); None for those it writes."""
+    if _stat.S_ISDIR(mode):
+        return "a folder"
+    if _stat.S_ISBLK(mode):
+        return "a block device"
+    if _stat.S_ISSOCK(mode):
+        return "a socket"
+    if _stat.S_ISREG(mode) or _stat.S_ISCHR(mode) or _stat.S_ISFIFO(mode):
+        return None
+    return "not a regular file"
+
+
+def _replace_atomically(path: Path, data: bytes, old: Optional[os.stat_result]) -> None:
     tmp: Optional[str] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,13 +448,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             mode = _target_mode(path)
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
+            if old is not None and hasattr(os, "fchown") and os.geteuid() == 0:  # root rewriting a user's file: still theirs
+                with contextlib.suppress(OSError):
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
             os.fsync(f.fileno())
         if not hasattr(os, "fchmod"):
             os.chmod(tmp, mode)
         os.replace(tmp, path)
         tmp = None
-    except OSError as e:
-        raise WriteError(path, write_error_reason(e), e.errno) from None
     finally:
         if tmp is not None:
             try:
@@ -330,7 +463,49 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             except OSError:
                 pass
     _fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path``; return ``Path(path)``. The one function through which
+    edgekit writes a file at a path a user gave.
+
+    A regular file (or nothing yet) is written all or nothing: missing parent folders are
+    created, a unique temporary file beside the target (``tempfile.mkstemp``) is written,
+    fsynced, given the mode (and, for root, the owner) the old file had, then
+    ``os.replace``d over the target. What is at the path is never replaced by something
+    else: a symbolic link is followed and its target written so (a link another user
+    made in a shared sticky folder is refused); a character device or FIFO is written
+    in place (``/dev/null``; ``/dev/full`` fails with "No space left on device"; a FIFO
+    waits FIFO_WAIT_S for a reader); this process's own descriptors (``/dev/stdout``,
+    ``/dev/stderr``, ``/dev/fd/N``) are written through the descriptor; a folder, block
+    device or socket is refused. On any OSError (read-only folder, full disk, no
+    permission) the temporary file is removed, the old file stays as it was, and
+    :class:`WriteError` (an EdgekitError, exit 1) says ``cannot write PATH: REASON``. An
+    interrupt (Ctrl-C) also removes the temporary file.
+    """
+    given = Path(path)
+    try:
+        fd = _own_descriptor(given)
+        if fd is not None:
+            _write_descriptor(fd, data)
+            return given
+        target = _follow_links(given)
+        try:
+            old: Optional[os.stat_result] = os.stat(target)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            kind = _kind(old.st_mode)
+            if kind == "a folder":  # the system's own words, as a rename onto it would say
+                raise WriteError(given, os.strerror(_errno.EISDIR), _errno.EISDIR)
+            if kind is not None:
+                raise WriteError(given, f"it is {kind}; edgekit writes regular files, character devices (/dev/stdout) and FIFOs only")
+            if not _stat.S_ISREG(old.st_mode) and _write_in_place(target, data, _stat.S_ISFIFO(old.st_mode)):
+                return given
+        _replace_atomically(target, data, old)
+    except OSError as e:
+        raise WriteError(given, write_error_reason(e), e.errno) from None
+    return given
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:

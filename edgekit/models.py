@@ -360,7 +360,7 @@ def load_model(
     torch.manual_seed(RANDOM_INIT_SEED)  # random init (and anything stochastic in build) repeats
     if weights_file is not None:
         weights_file = Path(weights_file)
-        state, meta = read_checkpoint(weights_file, weights_key)
+        state, meta = read_checkpoint(weights_file, weights_key, limit=_checkpoint_limit(entry, name))
         head = _head_width(entry, state)
         classes = _checkpoint_classes(classes, head, meta, weights_file, default)
         torch.manual_seed(RANDOM_INIT_SEED)
@@ -437,16 +437,84 @@ STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_ema", "state_dic
 EDGEKIT_META = "edgekit"
 
 
-def read_checkpoint(path: Path, key: Optional[str] = None) -> tuple[dict, dict]:
+# A checkpoint may hold more than the weights (an EMA copy, Adam's two moments: 4x) and a
+# wider head; beyond 4x the model's state dict plus this slack it is refused unread.
+CHECKPOINT_SLACK = 256 << 20
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own limit on its JSON header
+
+
+def _checkpoint_limit(entry: ModelEntry, name: str) -> tuple[int, int, str]:
+    """(bytes the model's state dict needs, most bytes a checkpoint for it may declare, name),
+    from a build on the meta device (no memory)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = entry.build(num_classes=entry.spec.num_classes)
+    except (NotImplementedError, RuntimeError):
+        probe = entry.build(num_classes=entry.spec.num_classes)
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    return need, 4 * need + CHECKPOINT_SLACK, name
+
+
+def _declared_bytes(path: Path) -> int:
+    """What reading ``path`` would inflate to, from metadata only: the uncompressed sizes in a
+    zip's central directory (torch.save's format; torch allocates each record at that size),
+    the tensors a safetensors header declares, else the file's own size."""
+    import json
+    import struct
+    import zipfile
+
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return max(size, sum(i.file_size for i in z.infolist()))
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return size  # torch.load names what is wrong with it
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return size
+            (length,) = struct.unpack("<Q", head)
+            if length > SAFETENSORS_HEADER_LIMIT:
+                return max(size, length)
+            try:
+                header = json.loads(f.read(length))
+                declared = sum(int(v["data_offsets"][1]) - int(v["data_offsets"][0]) for k, v in header.items() if k != "__metadata__")
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                return size  # safetensors names what is wrong with it
+            return max(size, declared)
+    return size
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def read_checkpoint(path: Path, key: Optional[str] = None, limit: Optional[tuple[int, int, str]] = None) -> tuple[dict, dict]:
     """(state_dict of tensors, edgekit metadata) from a checkpoint file, without running
     code: safetensors, or torch.load(weights_only=True) of a state_dict or of a training
     script's dict holding one (``key`` chooses when several are there). ``module.``
-    prefixes (DataParallel, DDP) are dropped."""
+    prefixes (DataParallel, DDP) are dropped. ``limit`` (from _checkpoint_limit): a file
+    that declares more bytes than that is refused before anything is inflated."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"checkpoint {path} does not exist")
+    if limit is not None:
+        need, most, name = limit
+        try:
+            declared = _declared_bytes(path)
+        except OSError as e:
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+        if declared > most:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} declares {_mib(declared)} of data but {name} needs {_mib(need)} "
+                f"(at most {_mib(most)} accepted): refused before loading (a zip bomb, or not a checkpoint of {name})"
+            )
     if path.suffix == ".safetensors":
         raw = _read_safetensors(path)
     else:

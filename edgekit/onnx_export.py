@@ -105,6 +105,8 @@ def read_preprocessing_file(path: Path) -> dict[str, Any]:
     """A small JSON describing how an imported ONNX model wants its images: input_size,
     resize_size (or crop_pct), interpolation, mean, std, and optionally classes (a list of
     names). Unknown keys and bad values are one-line errors."""
+    import math
+
     from .core import DataError
 
     try:
@@ -120,6 +122,8 @@ def read_preprocessing_file(path: Path) -> dict[str, Any]:
         value = data.get(key)
         if value is not None and not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
             raise DataError(f"preprocessing file {path}: {key} must be three numbers, got {value!r}")
+        if value is not None and not all(math.isfinite(v) for v in value):  # json reads NaN and Infinity
+            raise DataError(f"preprocessing file {path}: {key} must be finite numbers, got {value!r}")
     if data.get("std") and any(v <= 0 for v in data["std"]):
         raise DataError(f"preprocessing file {path}: std must be positive")
     for key in ("input_size", "resize_size"):
@@ -158,12 +162,15 @@ def import_onnx_file(path: Path, root: Path = Path("exported"), preprocessing_fi
     from .core import DataError, imagenet_class_set
 
     path = Path(path)
+    external = external_data_files(path)  # before the checker: its message for a missing .bin is poor
     check_onnx_file(path)
     described = read_preprocessing_file(preprocessing_file) if preprocessing_file is not None else None
     if classes is None and described and described.get("classes"):
         names = tuple(described["classes"])
         classes = ClassSet(len(names), f"preprocessing file {preprocessing_file}", names)
     digest = sha256_file(path)
+    if external:  # the weights are part of what the model is: another .bin is another artifact
+        digest = stable_hash({"onnx": digest, "external_data": {name: sha256_file(file) for name, file in external.items()}})
     name = path.stem
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
@@ -192,7 +199,10 @@ def import_onnx_file(path: Path, root: Path = Path("exported"), preprocessing_fi
                        **({"classes": classes.identity} if not classes.is_imagenet else {})})
 
     def populate(staging: Path) -> dict[str, Any]:
-        shutil.copyfile(path, staging / ONNX_NAME)
+        if external:  # inlined: the artifact stays one sealed model.onnx that every step and bundle carries
+            onnx.save(onnx.load(str(path), load_external_data=True), str(staging / ONNX_NAME))
+        else:
+            shutil.copyfile(path, staging / ONNX_NAME)
         return {
             "model": {"name": name, "source": "onnx-file", "origin": str(path.resolve()), "weights_source": None,
                       "num_classes": classes.count, "classes": classes.to_dict()},
@@ -201,11 +211,61 @@ def import_onnx_file(path: Path, root: Path = Path("exported"), preprocessing_fi
             "output": {"name": output.name, "shape": out_dims},
             "variant": "fp32",
             "files": {"onnx": ONNX_NAME},
-            "steps": [{"step": "import", "parent": None, "origin": str(path.resolve())}],
+            "steps": [{"step": "import", "parent": None, "origin": str(path.resolve()),
+                       **({"external_data_inlined": sorted(external)} if external else {})}],
             "tools": tool_versions(),
         }
 
     return build_artifact_folder(root, name, key, populate)
+
+
+SINGLE_FILE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less room for the graph around the weights
+
+
+def external_data_files(path: Path) -> dict[str, Path]:
+    """{location: file} for the external data an ONNX file keeps beside it
+    (``onnx.save(model, path, save_as_external_data=True)``), checked: every location a
+    file in the model's own folder (not absolute, no '..', no link out), present, long
+    enough for its tensors, and all of it small enough to inline into one file. Each
+    problem is one InvalidModelFileError naming the .onnx and the data file. Empty when
+    the weights are inside the .onnx (or it is not ONNX at all: check_onnx_file says so)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX, truncated, missing: the checker's one line
+        return {}
+    folder = path.resolve().parent
+    files: dict[str, Path] = {}
+    need: dict[str, int] = {}
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = info.location or ""
+        if not location or location.startswith(("/", "\\")) or "\\" in location or ".." in Path(location).parts or (len(location) > 1 and location[1] == ":"):
+            raise InvalidModelFileError(f"{path}: tensor {tensor.name} keeps its data at {location!r}, not a file beside the model; "
+                                        "edgekit reads external data only from the .onnx file's own folder")
+        file = path.parent / location
+        if not file.is_file():
+            raise InvalidModelFileError(f"{path}: its weights are in the external data file {file} (tensor {tensor.name}), which is "
+                                        f"{'not a regular file' if file.exists() else 'missing'}; put it beside {path.name}, where onnx.save(..., save_as_external_data=True) wrote it")
+        if folder not in file.resolve().parents:
+            raise InvalidModelFileError(f"{path}: external data file {location} leads outside the model's folder (to {file.resolve()})")
+        offset, size = info.offset or 0, file.stat().st_size
+        end = offset + (info.length if info.length else max(size - offset, 0))
+        if end > size:
+            raise InvalidModelFileError(f"{path}: external data file {file} has {size} bytes, but tensor {tensor.name} needs {end}; "
+                                        "it is truncated or belongs to another model")
+        files[location] = file
+        need[location] = max(need.get(location, 0), end)
+    total = path.stat().st_size + sum(need.values()) if files else 0
+    if total > SINGLE_FILE_LIMIT:
+        raise InvalidModelFileError(f"{path}: with its external data ({', '.join(sorted(files))}) the model is {total / 2**30:.1f} GiB, "
+                                    "above ONNX's 2 GiB single-file limit; edgekit artifacts keep the graph and its weights in one model.onnx")
+    return files
 
 
 def _torch_export(loaded: LoadedModel, path: Path, options: ExportOptions) -> None:

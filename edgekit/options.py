@@ -381,7 +381,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("power", "--power", "choice", "bench", "Power and energy per image: tegrastats (Jetson), nvml (NVIDIA GPUs), rapl (x86 CPU package), auto (what there is).", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
     # backend settings
     Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the PyTorch baseline, or pairs such as openvino:gpu,pytorch:cuda (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
-    Option("threads", "--threads", "int", "backend", "Intra-op threads (default: the runtime's choice); TensorRT has none.", recipe="bench", commands=_TIMED, on_device=True, minimum=1, applies_to=("pytorch", "onnxruntime", "openvino")),
+    Option("threads", "--threads", "int", "backend", "Intra-op threads (default: the runtime's choice); TensorRT has none.", recipe="bench", commands=_TIMED, on_device=True, minimum=1, maximum=1024, applies_to=("pytorch", "onnxruntime", "openvino")),
     Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32, not the CPU's bf16); f16: FP16 TensorRT engines from an FP32 artifact.", recipe="bench", commands=_TIMED, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
     Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("openvino",)),
     Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),

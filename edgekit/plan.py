@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .backends.base import check_devices, parse_devices
-from .core import Artifact, BenchResult, UsageError
+from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .data import ImageSet
 from .evaluation import BackendParity
 from .options import Settings, check_applicable, runner_argv
@@ -225,3 +225,47 @@ def results_for(runs: Sequence[CellRun]) -> tuple[list[BenchResult], list[dict]]
         results += r.run.results
         parity += [{"model": r.cell.model, "variant": r.cell.variant, **dataclasses.asdict(p)} for p in r.run.parity]
     return results, parity
+
+
+def run_here(cells: Sequence[Cell], launcher: Launcher, output: Path, *, resume: bool, command: Optional[str], extra: dict[str, Any],
+             progress: Progress = _no_progress):
+    """Every cell of a recipe, one after the other, where ``launcher`` says (here or over
+    ssh), each recorded in the results file at ``output`` as it finishes (the ledger the Ray
+    path writes, cluster/ledger.py). A cell that fails is a row per backend with its error
+    and the run goes on; Ctrl-C or SIGTERM marks the unfinished cells interrupted, writes
+    the file and raises KeyboardInterrupt. With ``resume``, the cells the file holds as
+    done are kept. Returns a ledger.RunOutcome."""
+    import dataclasses
+    import time
+
+    from .cluster.ledger import RUNNING, Ledger, RunOutcome, local_units
+    from .results.document import results_document
+
+    where = str(launcher.remote.host) if isinstance(launcher, SshLauncher) else platform.node()
+    node = {"name": where}
+    ledger = Ledger(output, local_units(cells), command, {**extra, "cluster": {"address": None, "launcher": launcher.name}}, resume, local=True)
+    ledger.write()  # the file accounts for every cell from the start (and the output is writable)
+    notes: list[str] = []
+    started = time.monotonic()
+    try:
+        for unit in ledger.to_run:
+            cell = cells[unit.cell]
+            ledger.entries[unit.id] = {"state": RUNNING, "node": where}
+            ledger.write()  # the file says which cell runs
+            began = time.monotonic()
+            try:
+                run = bench_cell(cell, launcher, progress)
+            except EdgekitError as e:  # this cell's model, weights or build: its rows say why, the others go on
+                ledger.fail(unit, str(e))
+                progress(cell.label, f"failed: {e}", None, None)
+            else:
+                document = results_document(list(run.run.results), images=run.run.image_summary, parity=[dataclasses.asdict(x) for x in run.run.parity])
+                ledger.record(unit, document, node, time.monotonic() - began, artifact_key=run.artifact.key)
+                if run.note:
+                    notes.append(run.note)
+            ledger.write()
+    except BaseException:  # Ctrl-C, SIGTERM (a KeyboardInterrupt here), or a bug: keep what finished
+        ledger.interrupt()
+        ledger.write()
+        raise
+    return RunOutcome(ledger, notes, time.monotonic() - started)

@@ -128,7 +128,11 @@ def load_recipe(path: Path) -> Recipe:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
+        with open(path, "rb") as f:  # never more than MAX_RECIPE_BYTES, whatever the file (or a FIFO, /dev/zero) holds
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe names what to build and measure, not data")
+        text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
     except OSError as e:
         raise RecipeError(f"cannot read recipe {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
@@ -137,6 +141,8 @@ def load_recipe(path: Path) -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise RecipeError(f"{path}: not valid TOML for edgekit: arrays or tables nested too deeply (a recipe needs two levels)") from None
     locate = _Locator(path, text)
     sections = recipe_options()
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
@@ -177,7 +183,7 @@ def load_recipe(path: Path) -> Recipe:
         tables={"": top, **{k: v for k, v in tables.items() if k != "model"}},
         per_model=per_model,
         reference=top.get("reference"),
-        output=(path.parent / top["output"]) if top.get("output") else None,
+        output=_output_path(path, top["output"], locate) if top.get("output") else None,
         name=top.get("name", path.stem),
     )
     for model in recipe.models:  # a key no variant or backend reads is a mistake (edgekit.options.check_applicable)
@@ -188,7 +194,109 @@ def load_recipe(path: Path) -> Recipe:
             section, key = option.recipe_path or ("", option.key)
             overridden = key in per_model.get(model, {}) and section in PER_MODEL_SECTIONS
             raise RecipeError(locate.at(key, f"model.{model}" if overridden else section, message))
+    _check_inputs_exist(recipe, locate)
+    _check_models(recipe, locate)
     return recipe
+
+
+# --------------------------------------------------------------------------- what a recipe names must be there
+
+MAX_RECIPE_BYTES = 1024 * 1024
+# Paths a recipe names that must exist before the first cell runs ([ray] shared is made by the nodes).
+MUST_EXIST = tuple(sorted(RELATIVE_TO_RECIPE - {"shared"}))
+
+
+def _check_inputs_exist(recipe: Recipe, locate: "_Locator") -> None:
+    """Weights, classes, preprocessing, calibration, evaluation, label and distillation
+    paths are there: a misspelt path fails now, not after other cells were measured."""
+    for model in recipe.models:
+        settings = recipe.settings_for(model)
+        for key in MUST_EXIST:
+            if settings[key] is None or Path(settings[key]).exists():
+                continue
+            option = BY_KEY[key]
+            section, name = option.recipe_path or ("", key)
+            overridden = name in recipe.per_model.get(model, {})
+            raise RecipeError(locate.at(name, f"model.{model}" if overridden else section, f"'{name}' names {settings[key]}, which does not exist (paths are relative to the recipe's folder)"))
+
+
+def _check_models(recipe: Recipe, locate: "_Locator") -> None:
+    """Every model is a registered name, a timm/ name timm knows, or a file or folder
+    (an ONNX file, an artifact): a misspelt name fails before any cell runs."""
+    for model in recipe.models:
+        if Path(model).exists():
+            continue
+        from .core import UnknownModelError
+        from .models import get_entry, model_registry
+
+        try:
+            if model.startswith("timm/"):
+                get_entry(model)
+            else:
+                model_registry().get(model)
+        except UnknownModelError as e:
+            raise RecipeError(locate.at("models", "", f"{e} (and no file or folder {model!r} exists)")) from None
+        except ImportError as e:  # timm/ names need timm
+            raise RecipeError(locate.at("models", "", f"model {model!r}: {e}")) from None
+
+
+def _output_path(recipe_path: Path, output: str, locate: "_Locator") -> Path:
+    """Where a recipe may write its results: a relative path inside the recipe's folder
+    (no '..', no absolute path, not through a symlink leading out), and not over a file
+    that is not an edgekit results file. A recipe from someone else must not be able to
+    overwrite ~/.bashrc; the --json flag, typed by the user, may name any path."""
+    problem = output_problem(recipe_path, output)
+    if problem:
+        raise RecipeError(locate.at("output", "", f"'output' cannot be {output!r}: {problem}"))
+    return recipe_path.parent / output
+
+
+def output_problem(recipe_path: Path, output: str) -> Optional[str]:
+    """Why ``output`` cannot be a recipe's results path, or None."""
+    import os
+    import stat
+
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in output):
+        return "it holds a control character"
+    if PurePosixPath(output).is_absolute() or PureWindowsPath(output).is_absolute() or PureWindowsPath(output).drive or output.startswith("~"):
+        return "a recipe writes only inside its own folder (a relative path, e.g. results/run.json); pass --json PATH to write elsewhere"
+    if ".." in PurePosixPath(output.replace("\\", "/")).parts:
+        return "'..' leaves the recipe's folder; pass --json PATH to write elsewhere"
+    target = recipe_path.parent / output
+    folder = recipe_path.parent.resolve()
+    try:
+        resolved = target.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return "it cannot be resolved (a symlink loop)"
+    if resolved == folder or folder not in resolved.parents:
+        return f"it leads out of the recipe's folder (to {resolved}, through a symlink); pass --json PATH to write elsewhere"
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"it cannot be checked ({e.strerror or e})"
+    if stat.S_ISLNK(mode):
+        return "it is a symlink; a recipe's results file is a plain file"
+    if not stat.S_ISREG(mode):
+        return "it exists and is not a plain file"
+    if not is_results_file(target):
+        return "it exists and is not an edgekit results file (edgekit replaces only its own results)"
+    return None
+
+
+def is_results_file(path: Path) -> bool:
+    """Whether ``path`` holds an edgekit results document (its first key says so)."""
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return re.match(rb'\s*\{\s*"format"\s*:\s*"edgekit-results/', head) is not None
 
 
 _MOVED = {("prune", "distill_steps"): "[distill] steps", ("prune", "distill_data"): "[distill] data", ("export", "out"): "[export] artifacts"}

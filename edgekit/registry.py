@@ -52,7 +52,9 @@ class Registry(Generic[T]):
                 hint = f"; known: {', '.join(self._entries)}"
             else:
                 hint = ""
-            raise self._unknown_error(f"unknown {self.kind} {name!r}{hint}") from None
+            from .classes import shown  # a 20 MB name is quoted in part
+
+            raise self._unknown_error(f"unknown {self.kind} {shown(name)}{hint}") from None
 
 
 __all__ = ["Registry", "UnknownModelError"]

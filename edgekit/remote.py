@@ -45,18 +45,28 @@ _TARGET = re.compile(rf"^(?:(?P<user>{_NAME})@)?(?P<host>\[[0-9A-Fa-f:.]+\]|{_NA
 # through Include, PKCS11Provider, SecurityKeyProvider, ssh-keysign through
 # HostbasedAuthentication...), opens other connections or sockets (ProxyJump, *Forward,
 # Control*, IdentityAgent, Tunnel), or sends local data away (SendEnv, SetEnv, ForwardAgent,
-# GSSAPIDelegateCredentials). HostKeyAlias is left out too: it chooses the name a new host
-# key is trusted under in known_hosts, so a recipe could pin its own server's key for any
-# other host. Anything else stays possible, typed by the user: `edgekit bench --ssh-option`
-# or the EDGEKIT_SSH_OPTS environment variable.
+# GSSAPIDelegateCredentials), or weakens how the host is verified: HostKeyAlias (the name a
+# new host key is trusted under), StrictHostKeyChecking and UserKnownHostsFile (no check, or
+# an empty known_hosts: any server's key accepted), HostKeyAlgorithms (a key type that
+# known_hosts has none of counts as a new host, accepted on first use). Anything else stays
+# possible, typed by the user: `edgekit bench --ssh-option` or the EDGEKIT_SSH_OPTS
+# environment variable.
 RECIPE_SSH_OPTIONS = (
     "AddressFamily", "BatchMode", "CASignatureAlgorithms", "CertificateFile", "CheckHostIP", "Ciphers", "Compression",
-    "ConnectTimeout", "ConnectionAttempts", "GSSAPIAuthentication", "HostKeyAlgorithms", "IPQoS", "IdentitiesOnly",
+    "ConnectTimeout", "ConnectionAttempts", "GSSAPIAuthentication", "IPQoS", "IdentitiesOnly",
     "IdentityFile", "KbdInteractiveAuthentication", "KexAlgorithms", "LogLevel", "MACs", "NumberOfPasswordPrompts",
     "PasswordAuthentication", "Port", "PreferredAuthentications", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
-    "PubkeyAuthentication", "RekeyLimit", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking",
-    "TCPKeepAlive", "UpdateHostKeys", "User", "UserKnownHostsFile",
+    "PubkeyAuthentication", "RekeyLimit", "ServerAliveCountMax", "ServerAliveInterval",
+    "TCPKeepAlive", "UpdateHostKeys", "User",
 )
+# edgekit's own options that keep a connection safe, first in every ssh command line (ssh
+# keeps the first value it is given): never prompt, and check the host's key (a new host's
+# key is learnt, a changed one refused). A recipe can set neither (BatchMode=no from a recipe
+# is overridden); the host-key policy is the user's to change, on the command line only
+# (--ssh-option StrictHostKeyChecking=..., or -o in EDGEKIT_SSH_OPTS), which then replaces
+# edgekit's.
+SECURITY_SSH_OPTIONS = (("BatchMode", "yes"), ("StrictHostKeyChecking", "accept-new"))
+_USER_MAY_REPLACE = frozenset({"stricthostkeychecking"})
 _RECIPE_SSH_OPTIONS = {name.lower(): name for name in RECIPE_SSH_OPTIONS}
 # Why some well-known keywords are refused (the allow-list above decides; this only explains).
 _REFUSED_BECAUSE = {
@@ -93,6 +103,10 @@ _REFUSED_BECAUSE = {
     "setenv": "it sends values to the remote environment",
     "hostname": "it connects to a host other than the recipe's 'remote'",
     "hostkeyalias": "it chooses which host name a new host key is trusted under",
+    "stricthostkeychecking": "it decides whether the host's key is checked; only you may change that",
+    "userknownhostsfile": "it chooses the known_hosts file the host's key is checked against; only you may change that",
+    "globalknownhostsfile": "it chooses the known_hosts file the host's key is checked against; only you may change that",
+    "hostkeyalgorithms": "a key type your known_hosts lacks would make a known host look new, its key accepted unchecked",
     "hashknownhosts": "it changes how host keys are written to known_hosts",
     "xauthlocation": "it names a local program to run",
 }
@@ -236,16 +250,33 @@ class RemoteRequest:
         return cls(host, SshSettings.from_environment(ssh_options), python, remote_dir)
 
 
+def _named_options(settings: SshSettings) -> set[str]:
+    """The option names (lower case) that ``settings`` gives ssh with -o."""
+    names = [ssh_option_name(o) for o in settings.options]
+    extra = list(settings.extra_args)
+    for i, arg in enumerate(extra):
+        if arg == "-o" and i + 1 < len(extra):
+            names.append(ssh_option_name(extra[i + 1]))
+        elif arg.startswith("-o") and len(arg) > 2:
+            names.append(ssh_option_name(arg[2:]))
+    return {n.lower() for n in names if n}
+
+
 def ssh_command(host: RemoteHost, settings: SshSettings, remote_command: str) -> list[str]:
-    """ssh takes the first value it is given for an option, so the user's come first."""
+    """ssh takes the first value it is given for an option: edgekit's security options come
+    first (SECURITY_SSH_OPTIONS; the host-key policy only where the user did not name one),
+    then EDGEKIT_SSH_OPTS (the user's), then the -o options (--ssh-option, or a recipe's
+    allow-listed ones), then edgekit's defaults for the rest."""
     args = ["ssh"]
+    named = _named_options(settings)
+    for name, value in SECURITY_SSH_OPTIONS:
+        if name.lower() not in (named & _USER_MAY_REPLACE):
+            args += ["-o", f"{name}={value}"]
+    args += list(settings.extra_args)
     for option in settings.options:
         args += ["-o", option]
-    args += list(settings.extra_args)
     args += [
-        "-o", "BatchMode=yes",
         "-o", f"ConnectTimeout={settings.connect_timeout}",
-        "-o", "StrictHostKeyChecking=accept-new",
         "-o", "ServerAliveInterval=15",
     ]
     if host.port:
@@ -384,9 +415,28 @@ def run_remote(
         raise _ssh_failure(host, returncode, tail, "the runner")
     text = _run(host, settings, f"cat {_argument_path(folder + '/' + REMOTE_RESULTS)}", "fetching the results", timeout=120)
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as e:
         raise EdgekitError(f"{host}: the results file is not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting too deep
+        raise EdgekitError(f"{host}: the results file is not valid JSON ({(str(e).splitlines() or [type(e).__name__])[0][:100]})") from None
+    return _checked_results(document, host)
+
+
+def _checked_results(document: object, host: RemoteHost) -> dict:
+    """A device's results document, validated like any results file before a field is read
+    (a broken or hostile runner's file is one error naming the host, never a traceback)."""
+    from .core import DataError
+    from .results.document import validate_results_document
+
+    try:
+        validate_results_document(document, f"{host}: results")
+    except DataError as e:  # the run failed there: exit 1, like a runner that crashed
+        raise EdgekitError(str(e)) from None
+    assert isinstance(document, dict)
+    if not isinstance(document.get("images"), dict):
+        raise EdgekitError(f"{host}: results: images must be an object (the images the device ran), got {type(document.get('images')).__name__}")
+    return document
 
 
 def bench_remote(

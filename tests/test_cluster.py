@@ -160,7 +160,7 @@ def test_resume_refuses_a_damaged_results_file(tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path):
     path = _recipe(tmp_path)
-    assert_one_line_error(run_cli("run", str(path), "--resume", cwd=tmp_path), "--resume applies to --ray runs")
+    # --resume applies to local runs too now (tests/test_faults_runs.py)
     assert_one_line_error(run_cli("run", str(path), "--ray", "127.0.0.1:1", cwd=tmp_path), "cannot reach the Ray cluster at 127.0.0.1:1")
     assert_one_line_error(run_cli("run", str(path), "--ray", "nowhere", cwd=tmp_path), "expected auto, HOST:PORT")
     remote = _recipe(tmp_path / "remote", TINY.replace("[bench]", '[bench]\nremote = "pi@device"'))

@@ -175,11 +175,11 @@ def test_reference_names_that_disagree_use_the_new_one_with_a_warning():
     assert not any("names reference model" in w for w in report.warnings)
 
 
-def test_cells_listed_twice_are_warned_about():
+def test_cells_listed_twice_are_refused():
     new = _run()
     new["results"].append(copy.deepcopy(new["results"][0]))
-    report = compare(_run(), new, 0.5, 0.10)
-    assert any("the new results has 2 cell(s) more than once" in w for w in report.warnings)
+    with pytest.raises(GateError, match=r"the new results has cell .* more than once \(results\[0\] and results\[4\]\)"):
+        compare(_run(), new, 0.5, 0.10)
 
 
 # --------------------------------------------------------------------------- refusing to pass vacuously
@@ -370,7 +370,7 @@ def test_cli_refuses_an_empty_baseline_and_unmatched_runs_with_exit_2(tmp_path):
     assert "check passed" not in proc.stdout + proc.stderr
     other = _run()
     for r in other["results"]:
-        r["model"] = "efficientnet_lite0"
+        r["model"] = "efficientnet_lite0" + r["model"]  # distinct: duplicate cells are refused first
     other["reference"] = None
     proc = run_cli("check", _write(tmp_path, "other.json", other), "--baseline", new, cwd=tmp_path)
     assert_one_line_error(proc, "no cell of the new results matches a cell of the baseline", code=2)

@@ -110,7 +110,7 @@ def test_unreadable_or_unsafe_option_text_is_refused(tmp_path, option, reason):
 
 
 def test_allowed_ssh_options_load(tmp_path):
-    options = ['"IdentityFile=~/.ssh/id"', '"identitiesonly yes"', '"StrictHostKeyChecking = accept-new"', '"User=jetson"', '"Port 2222"', f'"UserKnownHostsFile={tmp_path / "kh"}"']
+    options = ['"IdentityFile=~/.ssh/id"', '"identitiesonly yes"', '"ServerAliveInterval = 30"', '"User=jetson"', '"Port 2222"', '"ConnectTimeout 5"']
     recipe = load_recipe(_write(tmp_path, _bench(options)))
     assert recipe.tables["bench"]["ssh_options"][0] == "IdentityFile=~/.ssh/id"
     assert len(recipe.settings_for(recipe.models[0])["ssh_options"]) == len(options)
@@ -123,7 +123,8 @@ def test_the_allow_list_is_one_function():
     for name in ("ProxyCommand", "LocalCommand", "PermitLocalCommand", "ProxyJump", "KnownHostsCommand", "RemoteCommand", "Include", "Match",
                  "PKCS11Provider", "SecurityKeyProvider", "ControlPath", "ControlMaster", "ControlPersist", "LocalForward", "RemoteForward",
                  "DynamicForward", "SendEnv", "SetEnv", "ForwardAgent", "ForwardX11", "IdentityAgent", "Tunnel", "EnableSSHKeysign",
-                 "HostbasedAuthentication", "GSSAPIDelegateCredentials", "HostKeyAlias", "Hostname", "XAuthLocation"):
+                 "HostbasedAuthentication", "GSSAPIDelegateCredentials", "HostKeyAlias", "Hostname", "XAuthLocation",
+                 "StrictHostKeyChecking", "UserKnownHostsFile", "GlobalKnownHostsFile", "HostKeyAlgorithms"):
         assert recipe_safe_ssh_option(f"{name}=x"), name
     assert ssh_option_name('  "ProxyCommand" sh') == "ProxyCommand" and ssh_option_name("proxycommand=sh") == "proxycommand"
 

@@ -95,7 +95,7 @@ def write_cpu_form(artifact: Artifact, form: str) -> Path:
     """The INT8 QDQ graph lowered for the CPU provider in ``form`` ('u8s8' or 'u8u8', see
     int8_cpu_form), cached beside the artifact by name and hashed (see edgekit.files);
     `edgekit export` writes both and a bundle ships both ready-made."""
-    from ..files import derived_is_current, record_derived, staged_file
+    from ..files import derived_is_current, record_derived, staged_file, writing_derived
 
     lowered = artifact.path / CPU_FORM_FILES[form]
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_LOWERING_VERSION, "form": form}
@@ -106,9 +106,10 @@ def write_cpu_form(artifact: Artifact, form: str) -> Path:
 
         model = onnx.load(str(artifact.onnx_path))
         lower_qdq_for_cpu(model, form)
-        with staged_file(lowered) as tmp:  # atomic: a half-written file is never read
-            onnx.save(model, str(tmp))
-        record_derived(lowered, made_from)
+        with writing_derived(lowered, "the INT8 CPU form"):  # read-only storage: one line saying what to do
+            with staged_file(lowered) as tmp:  # atomic: a half-written file is never read
+                onnx.save(model, str(tmp))
+            record_derived(lowered, made_from)
     return lowered
 
 

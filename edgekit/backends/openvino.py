@@ -104,9 +104,10 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
     expected = _ir_manifest(source, compress_fp16)
     if ir_is_intact(folder, expected):
         return folder / "model.xml"
-    from ..files import make_staging_dir, release_staging_dir
+    from ..files import make_staging_dir, release_staging_dir, writing_derived
 
-    staging = make_staging_dir(folder.parent, folder.name)
+    with writing_derived(folder, "OpenVINO's IR folder", export_makes_it=False):  # read-only storage: one line saying what to do
+        staging = make_staging_dir(folder.parent, folder.name)
     try:
         model = ov.convert_model(str(source))
         # save_model compresses weights to FP16 unless told not to
@@ -135,7 +136,7 @@ def cpu_form(artifact: Artifact, form: str) -> Path:
     0..127 (EfficientNet-Lite2's KL vs FP32: 0.0031 instead of 0.0077). Without VNNI the
     CPU plugin adds pairs of u8 x s8 products in int16, which 0..255 can overflow, so the
     'any' form keeps them at 0..127."""
-    from ..files import derived_is_current, record_derived, staged_file
+    from ..files import derived_is_current, record_derived, staged_file, writing_derived
 
     lowered = artifact.path / CPU_FORM_FILES[form]
     made_from = {"source": artifact.onnx_path.name, "source_sha256": artifact.manifest.get("sha256", {}).get(artifact.onnx_path.name), "lowering": CPU_FORM_VERSION, "form": form}
@@ -146,9 +147,10 @@ def cpu_form(artifact: Artifact, form: str) -> Path:
 
         model = onnx.load(str(artifact.onnx_path))
         lower_qdq_for_cpu(model, "u8s8", widen_clamped=form == "vnni")
-        with staged_file(lowered) as tmp:
-            onnx.save(model, str(tmp))
-        record_derived(lowered, made_from)
+        with writing_derived(lowered, "the INT8 CPU form"):  # read-only storage: one line saying what to do
+            with staged_file(lowered) as tmp:
+                onnx.save(model, str(tmp))
+            record_derived(lowered, made_from)
     return lowered
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..core import BackendUnavailableError, EdgekitError, UsageError
 from ..options import BY_KEY, runner_argv
 from . import on_device
-from .ledger import Ledger
+from .ledger import Ledger, RunOutcome
 from .placement import BUILD_RESOURCE, DEFAULT_KIND, Node, Unit, cluster_problems, full_edgekit, plan_units, timing_resources
 
 LOCAL = "local"  # `--ray` alone: a Ray instance on this machine, for trying it out
@@ -186,11 +186,7 @@ def run_on_ray(
     return outcome
 
 
-@dataclass
-class RayRun:
-    ledger: Ledger
-    notes: list[str]
-    seconds: float
+RayRun = RunOutcome  # what a run leaves, the same on Ray and here (ledger.RunOutcome)
 
 
 class _Run:

@@ -1,26 +1,43 @@
-"""The one results file of a cluster run, rewritten (atomically) each time a unit finishes.
+"""The one results file of `edgekit run`, rewritten (atomically) each time a unit finishes:
+on a Ray cluster (launcher.py) and here (plan.run_here) alike.
 
 At every moment the file is a valid results document: the rows of the units finished so
 far, and a ``cluster`` section that accounts for every unit (done, failed with its reason,
-running, waiting, or interrupted by Ctrl-C). ``--resume`` reads it back and keeps the rows
-of the units that are done; failed ones run again.
+running, waiting, or interrupted by Ctrl-C or SIGTERM). ``--resume`` reads it back and
+keeps the rows of the units that are done; failed ones run again. A local run's units are
+its cells (kind ``local``), so its file resumes locally, a Ray run's on Ray.
 
 Ray-free and torch-free.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..core import BenchResult, DataError
-from .placement import Unit
+from ..core import BenchResult, DataError, stable_hash
+from .placement import Unit, settings_digest
 
 DONE, FAILED, WAITING, RUNNING, INTERRUPTED = "done", "failed", "waiting", "running", "interrupted"
+LOCAL_KIND = "local"  # the kind of every unit of a run without Ray: this machine (or its --remote device)
+
+
+def local_units(cells: Sequence[Any]) -> tuple[Unit, ...]:
+    """A run here: one unit per cell, every backend of the cell, in recipe order ([ray]
+    kinds do not apply). Ids are stable across runs of the same recipe, as on Ray."""
+    units = []
+    for index, cell in enumerate(cells):
+        backends = list(cell.backends)
+        digest = settings_digest(cell.settings)
+        unit_id = stable_hash({"model": cell.model, "variant": cell.variant, "kind": LOCAL_KIND, "backends": backends, "settings": digest}, 16)
+        units.append(Unit(index, cell.model, cell.variant, LOCAL_KIND, tuple(backends), unit_id))
+    return tuple(units)
 
 
 class Ledger:
-    def __init__(self, path: Path, units: Sequence[Unit], command: Optional[str], extra: dict[str, Any], resume: bool = False):
+    def __init__(self, path: Path, units: Sequence[Unit], command: Optional[str], extra: dict[str, Any], resume: bool = False, local: bool = False):
+        self.local = local  # no Ray: the document's machine is this one, rows carry no Ray node
         self.path = Path(path)
         self.units = tuple(units)
         self.command = command
@@ -69,17 +86,21 @@ class Ledger:
         if self.entries[unit.id]["state"] in (WAITING, RUNNING):
             self.entries[unit.id] = {"state": RUNNING, "node": node.get("name"), "ray_node": node.get("ray_node")}
 
-    def record(self, unit: Unit, document: dict[str, Any], node: dict[str, Any], seconds: float, attempts: int = 1) -> None:
+    def record(self, unit: Unit, document: dict[str, Any], node: dict[str, Any], seconds: float, attempts: int = 1, artifact_key: Optional[str] = None) -> None:
         """A finished unit: its rows (some may carry their backend's error), marked with the
         node that timed them and the unit."""
         where = {"node": node.get("name"), "node_ip": node.get("ip"), "ray_node": node.get("ray_node"), "kind": unit.kind, "unit": unit.id}
+        if self.local:
+            where = {k: v for k, v in where.items() if v is not None}
         self.rows[unit.id] = [{**row, "environment": {**(row.get("environment") or {}), **where}} for row in document.get("results", [])]
         self.parity[unit.id] = [{"model": unit.model, "variant": unit.variant, "unit": unit.id, **p} for p in document.get("parity", [])]
         failed = [r["backend"] for r in self.rows[unit.id] if r.get("error")]
-        self.nodes[node["ray_node"]] = {k: v for k, v in node.items() if k != "ray_node"}
+        if node.get("ray_node") is not None:
+            self.nodes[node["ray_node"]] = {k: v for k, v in node.items() if k != "ray_node"}
         self.entries[unit.id] = {
-            "state": DONE, "node": node.get("name"), "ray_node": node.get("ray_node"), "seconds": round(seconds, 2),
-            "images": document.get("images"), **({"failed_backends": failed} if failed else {}),
+            "state": DONE, "node": node.get("name"), **({"ray_node": node.get("ray_node")} if not self.local else {}),
+            "seconds": round(seconds, 2), "images": document.get("images"),
+            **({"artifact_key": artifact_key} if artifact_key else {}), **({"failed_backends": failed} if failed else {}),
             **({"attempts": attempts} if attempts > 1 else {}),
         }
 
@@ -115,11 +136,22 @@ class Ledger:
         rows = [r for u in self.units for r in self.rows.get(u.id, [])]
         document = results_document(
             [], command=self.command, parity=[p for u in self.units for p in self.parity.get(u.id, [])],
-            machine={"cluster": self.extra.get("cluster", {}).get("address")},
+            machine=self._local_machine(rows) if self.local else {"cluster": self.extra.get("cluster", {}).get("address")},
             extra={**self.extra, "cluster": {**self.extra.get("cluster", {}), "nodes": self.nodes, "units": units, "counts": self.counts()}},
         )
         document["results"] = rows  # as the nodes wrote them (BenchResult dicts), in recipe order
         return document
+
+    @staticmethod
+    def _local_machine(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """This machine, as its first measured row describes it (a run's results document
+        always did so), else as timing.machine_info() does."""
+        for row in rows:
+            if not row.get("error") and (row.get("environment") or {}).get("cpu"):
+                return {k: v for k, v in row["environment"].items() if k not in ("unit", "kind", "node")}
+        from ..timing import machine_info
+
+        return machine_info()
 
     def write(self) -> Path:
         from ..results.document import validate_results_document, write_results
@@ -127,3 +159,13 @@ class Ledger:
         document = self.document()
         validate_results_document(document, self.path)
         return write_results(document, self.path)
+
+
+@dataclass
+class RunOutcome:
+    """What a whole `edgekit run` leaves, on Ray or here: the ledger (rows and states, the
+    file written), notes to print, and the seconds the cells took."""
+
+    ledger: Ledger
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0

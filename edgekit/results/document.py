@@ -92,6 +92,17 @@ def _show(value: Any) -> str:
 class _Check:
     expect: str
     ok: Callable[[Any], bool]
+    # a sane range on top of ``ok``: (what the message says, the test); a value that passes
+    # ``ok`` but not this is named with the range
+    sane: Optional[tuple[str, Callable[[Any], bool]]] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """What ``value`` must be, or None when it is fine."""
+        if not self.ok(value):
+            return self.expect
+        if self.sane is not None and not self.sane[1](value):
+            return self.sane[0]
+        return None
 
 
 def _is_number(v: Any) -> bool:
@@ -109,6 +120,22 @@ NON_NEGATIVE_INT = _Check("a non-negative integer", lambda v: _is_int(v) and v >
 POSITIVE_NUMBER = _Check("a positive number", lambda v: _is_number(v) and v > 0)
 NON_NEGATIVE_NUMBER = _Check("a number >= 0", lambda v: _is_number(v) and v >= 0)
 PERCENT = _Check("a percentage from 0 to 100", lambda v: _is_number(v) and 0 <= v <= 100)
+# Sane physical ranges: a latency from a nanosecond to about three hours, a rate up to a
+# trillion images per second, a size or memory figure up to a petabyte. A value outside
+# them is a damaged or hand-edited file (1e308 overflows every ratio and plot axis).
+MS_RANGE = (1e-6, 1e7)
+
+
+def _within(check: _Check, text: str, lo: float, hi: float) -> _Check:
+    return dataclasses.replace(check, sane=(text, lambda v: lo <= v <= hi))
+
+
+LATENCY_MS = _within(POSITIVE_NUMBER, "a latency from 1e-06 to 1e+07 ms", *MS_RANGE)
+DURATION_MS = _within(NON_NEGATIVE_NUMBER, "a time from 0 to 1e+07 ms", 0, MS_RANGE[1])
+RATE = _within(NON_NEGATIVE_NUMBER, "a rate from 0 to 1e+12 per second", 0, 1e12)
+POSITIVE_RATE = _within(POSITIVE_NUMBER, "a rate up to 1e+12 per second", 0, 1e12)
+MEGABYTES = _within(NON_NEGATIVE_NUMBER, "a size from 0 to 1e+09 MB", 0, 1e9)
+SECONDS = _within(NON_NEGATIVE_NUMBER, "a time from 0 to 1e+07 seconds", 0, 1e7)
 POINTS = _Check("a number of points from -100 to 100", lambda v: _is_number(v) and -100 <= v <= 100)
 
 
@@ -145,14 +172,14 @@ def _opt(check: _Check) -> _Field:
 LATENCY_FIELDS = {
     "batch_size": _req(POSITIVE_INT),
     "iterations": _req(POSITIVE_INT),
-    "p50_ms": _req(POSITIVE_NUMBER),
-    "p90_ms": _req(POSITIVE_NUMBER),
-    "p99_ms": _req(POSITIVE_NUMBER),
-    "mean_ms": _req(POSITIVE_NUMBER),
-    "throughput_ips": _req(POSITIVE_NUMBER),
-    "p50_rounds": _Field(kind="list", items=POSITIVE_NUMBER),
-    "compute_p50_ms": _opt(POSITIVE_NUMBER),
-    "compute_mean_ms": _opt(POSITIVE_NUMBER),
+    "p50_ms": _req(LATENCY_MS),
+    "p90_ms": _req(LATENCY_MS),
+    "p99_ms": _req(LATENCY_MS),
+    "mean_ms": _req(LATENCY_MS),
+    "throughput_ips": _req(POSITIVE_RATE),
+    "p50_rounds": _Field(kind="list", items=LATENCY_MS),
+    "compute_p50_ms": _opt(LATENCY_MS),
+    "compute_mean_ms": _opt(LATENCY_MS),
 }
 
 PER_CLASS_FIELDS = {
@@ -204,8 +231,8 @@ THROUGHPUT_FIELDS = {
     "requests": _req(POSITIVE_INT),
     "streams": _req(NON_NEGATIVE_INT),
     "inferences": _req(NON_NEGATIVE_INT),
-    "seconds": _req(NON_NEGATIVE_NUMBER),
-    "throughput_ips": _req(NON_NEGATIVE_NUMBER),
+    "seconds": _req(SECONDS),
+    "throughput_ips": _req(RATE),
 }
 
 POWER_FIELDS = {
@@ -218,9 +245,9 @@ POWER_FIELDS = {
     "energy_per_inference_mj": _req(NON_NEGATIVE_NUMBER),
     "energy_method": _Field(STRING, nullable=False),
     "batch_size": _opt(POSITIVE_INT),
-    "peak_ram_mb": _opt(NON_NEGATIVE_NUMBER),
+    "peak_ram_mb": _opt(MEGABYTES),
     "mean_gpu_load_pct": _opt(PERCENT),
-    "gpu_memory_mb": _opt(NON_NEGATIVE_NUMBER),
+    "gpu_memory_mb": _opt(MEGABYTES),
 }
 
 # a row that did not fail; a failed row (a non-null "error") may lack the timing fields
@@ -233,13 +260,13 @@ ROW_FIELDS = {
     "providers": _Field(kind="list", items=STRING),
     "threads": _opt(NON_NEGATIVE_INT),
     "latency": _Field(required=True, nullable=False, kind="list", spec=LATENCY_FIELDS),
-    "peak_rss_mb": _Field(NON_NEGATIVE_NUMBER, required=True),
-    "size_mb": _opt(NON_NEGATIVE_NUMBER),
+    "peak_rss_mb": _Field(MEGABYTES, required=True),
+    "size_mb": _opt(MEGABYTES),
     "accuracy": _Field(kind="object", spec=ACCURACY_FIELDS),
     "environment": _Field(kind="object"),
     "throughput": _Field(kind="list", spec=THROUGHPUT_FIELDS),
     "power": _Field(kind="list", spec=POWER_FIELDS),
-    "gpu_memory_mb": _opt(NON_NEGATIVE_NUMBER),
+    "gpu_memory_mb": _opt(MEGABYTES),
     "error": _opt(NON_EMPTY_STRING),
 }
 FAILED_ROW_OPTIONAL = ("artifact_key", "precision", "latency", "peak_rss_mb")
@@ -253,8 +280,8 @@ STRINGS = _Field(required=True, nullable=False, kind="list", items=STRING)
 
 PROFILE_PRICE_FIELDS = {
     "module": _req(NON_EMPTY_STRING),
-    "ms": _req(NON_NEGATIVE_NUMBER),
-    "float_ms": _Field(NON_NEGATIVE_NUMBER, required=True),  # null: not in the FP32 parent
+    "ms": _req(DURATION_MS),
+    "float_ms": _Field(DURATION_MS, required=True),  # null: not in the FP32 parent
     "precisions": STRINGS,
     "ops": STRINGS,
     "fused_with": STRINGS,
@@ -270,8 +297,8 @@ PROFILE_BACKEND_FIELDS = {
     "variant": _opt(STRING),
     "batch_size": _req(POSITIVE_INT),
     "iterations": _req(POSITIVE_INT),
-    "e2e_p50_ms": _req(NON_NEGATIVE_NUMBER),
-    "sum_ms": _req(NON_NEGATIVE_NUMBER),
+    "e2e_p50_ms": _req(DURATION_MS),
+    "sum_ms": _req(DURATION_MS),
     "note": _opt(STRING),
     "prices": _Field(required=True, nullable=False, kind="list", spec=PROFILE_PRICE_FIELDS),
     "float": _Field(kind="object"),  # the FP32 parent's profile on the same backend, or null
@@ -378,8 +405,9 @@ def _check_value(value: Any, field: _Field, path: str, problems: _Problems, requ
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
             if field.items is not None:
-                if not field.items.ok(item):
-                    problems.bad(item_path, field.items.expect, item)
+                wrong = field.items.problem(item)
+                if wrong is not None:
+                    problems.bad(item_path, wrong, item)
             elif field.spec is not None:
                 if not isinstance(item, dict):
                     problems.bad(item_path, "an object", item)
@@ -388,6 +416,8 @@ def _check_value(value: Any, field: _Field, path: str, problems: _Problems, requ
         return
     if field.check is not None and not field.check.ok(value):
         problems.bad(path, _expect(field), value)
+    elif field.check is not None and field.check.problem(value) is not None:
+        problems.bad(path, field.check.problem(value), value)
 
 
 def _check_row(row: Any, path: str, problems: _Problems) -> None:

@@ -262,17 +262,25 @@ def failed_cells(document: dict, baseline_cells: Optional[dict[CellKey, Any]] = 
     return found
 
 
-def _duplicate_warnings(document: dict, which: str) -> list[str]:
-    seen: dict[CellKey, int] = {}
-    for r in _rows(document):
+def refuse_duplicate_cells(document: dict, which: str) -> None:
+    """GateError (exit 2) when a cell (model, variant, backend, batch) is in ``document``
+    more than once: comparing one copy would let the other hide a regression."""
+    seen: dict[CellKey, list[int]] = {}
+    for i, r in enumerate(document.get("results") or []):
+        if not isinstance(r, dict):
+            continue
         for s in r.get("latency") or []:
-            key = (r["model"], r["variant"], r["backend"], s["batch_size"])
-            seen[key] = seen.get(key, 0) + 1
-    twice = sorted(k for k, n in seen.items() if n > 1)
-    if not twice:
-        return []
-    shown = ", ".join(label(k) for k in twice[:3]) + (" ..." if len(twice) > 3 else "")
-    return [f"{which} has {len(twice)} cell(s) more than once ({shown}): the last one is compared"]
+            if isinstance(s, dict):
+                key = (r.get("model"), r.get("variant"), r.get("backend"), s.get("batch_size"))
+                seen.setdefault(key, []).append(i)
+    twice = sorted(((k, rows) for k, rows in seen.items() if len(rows) > 1), key=lambda kr: kr[1])
+    if twice:
+        key, rows = twice[0]
+        more = f" (and {len(twice) - 1} more cell{'s' if len(twice) > 2 else ''})" if len(twice) > 1 else ""
+        raise GateError(
+            f"{which} has cell {label(key)} more than once (results[{rows[0]}] and results[{rows[1]}]){more}: "
+            "one copy could hide a regression in the other; keep one row per model, variant, backend and batch"
+        )
 
 
 def machine_warnings(baseline: dict, new: dict) -> list[str]:
@@ -328,6 +336,8 @@ def compare(
     latency_noise_floor = check_threshold(latency_noise_floor, "--latency-noise-floor")
     if not _rows(baseline):
         raise GateError("the baseline has no results: a check against an empty baseline would pass without judging anything")
+    refuse_duplicate_cells(baseline, "the baseline")
+    refuse_duplicate_cells(new, "the new results")
     same_images, image_warnings = check_image_sets(baseline, new, allow_different_images)
     name, warnings = choose_reference(baseline, new, reference)
     warnings += image_warnings
@@ -350,7 +360,6 @@ def compare(
         raise GateError(f"reference model {name!r} is in neither run (models: {models})")
 
     warnings += machine_warnings(baseline, new)
-    warnings += _duplicate_warnings(baseline, "the baseline") + _duplicate_warnings(new, "the new results")
     old_failed = {k[:3]: e for k, e in failed_cells(baseline, {}).items()}
     findings: list[Finding] = []
     reference_compared = False

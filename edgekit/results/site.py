@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..classes import display_name
 from ..core import BenchResult, DataError, LatencyStats
 from ..backends.base import BASELINE_BACKEND
 from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
@@ -621,7 +622,7 @@ class _ClassSection:
 
 def _per_class_cells(c: dict[str, Any]) -> list[str]:
     correct = c.get("correct")
-    return [str(c["class"]), str(c["name"]), str(c["images"]), "-" if correct is None else str(correct), f"{c['top1']:.1f}"]
+    return [str(c["class"]), display_name(str(c["name"])), str(c["images"]), "-" if correct is None else str(correct), f"{c['top1']:.1f}"]
 
 
 def _listed_note(section: _ClassSection) -> Optional[str]:
@@ -630,7 +631,7 @@ def _listed_note(section: _ClassSection) -> Optional[str]:
 
 
 def _confusion_text(c: dict[str, Any]) -> str:
-    return f"{c.get('true_name', c['true'])} -> {c.get('predicted_name', c['predicted'])}: {c['count']}"
+    return f"{display_name(str(c.get('true_name', c['true'])))} -> {display_name(str(c.get('predicted_name', c['predicted'])))}: {c['count']}"
 
 
 def _markdown_cell(text: str) -> str:
@@ -699,7 +700,7 @@ def _confusion_classes(acc) -> tuple[list[int], dict[int, str]]:
         names.setdefault(int(c["true"]), str(c.get("true_name", c["true"])))
         names.setdefault(int(c["predicted"]), str(c.get("predicted_name", c["predicted"])))
     shown = sorted({int(t) for t, _, _ in acc.confusion} | {int(p) for _, p, _ in acc.confusion} | {int(c["class"]) for c in acc.per_class or ()})
-    return shown, {c: names.get(c, str(c)) for c in shown}
+    return shown, {c: display_name(names.get(c, str(c))) for c in shown}
 
 
 def _plot_confusion(acc, title: str, path: Path) -> _Figure:

@@ -336,6 +336,9 @@ def class_notes_row(results: Sequence[BenchResult]) -> Optional[BenchResult]:
 
 
 def _short_name(name: str, limit: int = CLASS_NAME_CHARS) -> str:
+    from ..classes import display_name  # control characters escaped: a name cannot drive the terminal
+
+    name = display_name(str(name))
     return name if len(name) <= limit else name[: limit - 1] + "~"
 
 

@@ -73,6 +73,10 @@ def build_artifact(
 
 def open_target(target: str, settings: Settings, progress: Progress) -> tuple[Artifact, bool]:
     """A model name, an artifact folder or an ONNX file -> (FP32 or finished artifact, reused)."""
+    from ..classes import shown
+
+    if len(target) > 4096 or any(len(part.encode(errors="replace")) > 255 for part in Path(target).parts):  # PATH_MAX, NAME_MAX
+        raise UsageError(f"{shown(target)} is not a model name, an artifact folder or an ONNX file (too long); `edgekit models` lists the names")
     path = Path(target)
     root = Path(settings["artifacts"])
     if path.is_dir():

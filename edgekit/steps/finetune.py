@@ -56,6 +56,10 @@ def training_split(settings: Settings) -> tuple[ImageSet, ImageSet, ClassSet]:
         raise DataError(f"{data}: its labels are ImageNet-1k synsets or indices; fine-tuning learns a head for your own classes (name them with class folders or --classes)")
     if not train.labelled or not val.labelled:
         raise DataError(f"{data}: every training and validation image needs a label")
+    present = {v.image.labels[0] for v in train.views}
+    if space.count < 2 or len(present) < 2:
+        only = f"{space.count} class" if space.count < 2 else f"images of {len(present)} of its {space.count} classes"
+        raise DataError(f"the training split of {data} has {only}; fine-tuning a classifier needs at least 2 classes (a single class scores 100% by construction)")
     shared = {v.image.path.resolve() for v in train.views} & {v.image.path.resolve() for v in val.views}
     if shared:
         raise DataError(f"the validation split shares {len(shared)} files with training (e.g. {sorted(shared)[0]})")

@@ -68,12 +68,21 @@ class FinetuneReport:
     seconds: float
     resumed_from_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # files left out (file, split, reason); the counts above exclude them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- data
+
+
+class _Skipped:
+    """An image that could not be read (or is over the decode budget): left out of its
+    batch (see _collate), and named once in a warning by finetune()."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
 
 
 class _TrainImages:
@@ -83,6 +92,7 @@ class _TrainImages:
         from torchvision.transforms import v2
 
         self.items = list(items)
+        self.prep = prep
         interpolation = v2.InterpolationMode(prep.interpolation) if prep.interpolation in ("nearest", "bilinear", "bicubic") else v2.InterpolationMode.BILINEAR
         steps: list = [v2.PILToTensor()]
         if augment == "none":
@@ -100,13 +110,17 @@ class _TrainImages:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from ..data import UnreadableImage, _open_rgb
+        from ..data import UnreadableImage, decoded_rgb
 
         path, label = self.items[i]
         try:
-            return self.transform(_open_rgb(Path(path))), label
-        except UnreadableImage:
-            return None  # left out of its batch (see _collate); every backend's evaluation skips it too
+            with decoded_rgb(Path(path), self.prep) as image:  # the decode budget every reader shares
+                k = min(image.size) // max(self.prep.resize_size, self.prep.input_size)
+                if k >= 2:  # a photo far larger than the crop: box-reduce it before it becomes a tensor
+                    image = image.reduce(k)
+                return self.transform(image), label
+        except UnreadableImage as e:
+            return _Skipped(path, e.reason)  # left out of its batch and named; every backend's evaluation skips it too
 
 
 class _ValImages:
@@ -125,8 +139,8 @@ class _ValImages:
         path, label = self.items[i]
         try:
             return preprocess(ImageView(LabelledImage(Path(path), (label,)), 0), self.prep), label
-        except UnreadableImage:
-            return None
+        except UnreadableImage as e:
+            return _Skipped(path, e.reason)
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int):
@@ -143,12 +157,16 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int):
 
 
 def _collate(items):
+    """(x, y, skipped): the readable items stacked (x, y None when there are none) and the
+    _Skipped ones."""
     from torch.utils.data import default_collate
 
-    kept = [item for item in items if item is not None]
+    kept = [item for item in items if not isinstance(item, _Skipped)]
+    skipped = [item for item in items if isinstance(item, _Skipped)]
     if not kept:
-        return None
-    return default_collate(kept)
+        return None, None, skipped
+    x, y = default_collate(kept)
+    return x, y, skipped
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -181,16 +199,18 @@ def _set_mode(module: "nn.Module", head: str, head_only: bool) -> None:
     dict(module.named_modules())[head].train()
 
 
-def evaluate_top1(module: "nn.Module", loader) -> float:
+def evaluate_top1(module: "nn.Module", loader, skipped: Optional[dict[str, str]] = None) -> float:
+    """Top-1 (%) over the loader's readable images; unreadable ones go into ``skipped``."""
     import torch
 
     module.eval()
     correct = total = 0
     with torch.inference_mode():
-        for batch in loader:
-            if batch is None:
+        for x, y, unread in loader:
+            if skipped is not None:
+                skipped.update((s.path, s.reason) for s in unread)
+            if x is None:
                 continue
-            x, y = batch
             predicted = module(x).argmax(1)
             correct += int((predicted == torch.as_tensor(y)).sum())
             total += len(y)
@@ -235,6 +255,8 @@ def finetune(
     optimizer = scheduler = None
     current_phase = None
     stale = state["stale"]
+    unread: dict[str, dict[str, str]] = {"train": {}, "val": {}}  # file -> reason, per split
+    said: set[str] = set()
     for epoch in range(resumed, len(phases)):
         phase = phases[epoch]
         head_only = phase in ("probe", "head")
@@ -253,10 +275,10 @@ def finetune(
         _set_mode(module, head, head_only)
         begin = time.perf_counter()
         losses, correct, seen = 0.0, 0, 0
-        for step, batch in enumerate(_loader(train_data, options.batch_size, True, options.seed, epoch), 1):
-            if batch is None:
+        for step, (x, y, skipped) in enumerate(_loader(train_data, options.batch_size, True, options.seed, epoch), 1):
+            unread["train"].update((s.path, s.reason) for s in skipped)
+            if x is None:
                 continue
-            x, y = batch
             logits = module(x.contiguous(memory_format=torch.channels_last))
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -267,8 +289,9 @@ def finetune(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             progress(f"epoch {epoch + 1}/{len(phases)} ({phase})", step, steps_per_epoch)
-        progress(f"epoch {epoch + 1}/{len(phases)}: validating on {len(val)} images", None, None)
-        val_top1 = evaluate_top1(module, val_loader)
+        progress(f"epoch {epoch + 1}/{len(phases)}: validating on {len(val) - len(unread['val'])} images", None, None)
+        val_top1 = evaluate_top1(module, val_loader, unread["val"])
+        _say_skipped(unread, said, len(train), len(val))
         record = EpochRecord(epoch + 1, phase, losses / max(seen, 1), 100 * correct / max(seen, 1), val_top1, time.perf_counter() - begin)
         history.append(record)
         progress(
@@ -288,9 +311,27 @@ def finetune(
     module.to(memory_format=torch.contiguous_format)
     module.eval()
     return FinetuneReport(
-        train_images=len(train), val_images=len(val), best_epoch=best_epoch, best_val_top1=best_top1,
+        train_images=len(train) - len(unread["train"]), val_images=len(val) - len(unread["val"]), best_epoch=best_epoch, best_val_top1=best_top1,
         epochs_run=len(history), stopped_early=len(history) < len(phases), seconds=time.perf_counter() - started,
         resumed_from_epoch=resumed, history=history,
+        skipped=[{"file": f, "split": split, "reason": r} for split, files in unread.items() for f, r in files.items()],
+    )
+
+
+def _say_skipped(unread: dict[str, dict[str, str]], said: set[str], train: int, val: int) -> None:
+    """One warning for the files found unreadable since the last one (the decoder's
+    reason, the counts that are left), as evaluation does."""
+    import warnings
+
+    from ..data import skipped_summary
+
+    new = [(0, f, r) for files in unread.values() for f, r in files.items() if f not in said]
+    if not new:
+        return
+    said.update(f for _, f, _ in new)
+    warnings.warn(
+        f"{skipped_summary(new)}; left out of fine-tuning ({train - len(unread['train'])} of {train} training "
+        f"and {val - len(unread['val'])} of {val} validation images used)", stacklevel=3,
     )
 
 
