@@ -162,7 +162,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     # --- sealed artifacts
     swapped = faults.copy_artifact(tiny, w / "swapped")
     faults.swap_model_and_strip_hashes(swapped, lite0 / "model.onnx")
-    t.error_case("sha256 deleted from manifest.json, model.onnx replaced", ("bench", str(swapped), *QUICK), 1, "was changed after edgekit wrote it")
+    t.error_case("sha256 deleted from manifest.json, model.onnx replaced", ("bench", str(swapped), *QUICK), 2, "was changed after edgekit wrote it")
 
     def swapped_cache():
         from edgekit.backends import BackendOptions, get_backend
@@ -217,8 +217,8 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
             shutil.rmtree(bundle)
             shutil.copytree(pristine, bundle, symlinks=True)
             faults.edit_bundle(bundle, change)
-            return one_line(faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off"), 1, "bundle")
-        t.case(f"bundle.json {case}", "python3 -m edgekit.device_runner bench", "refused, one error line, exit 1", escape)
+            return one_line(faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off"), 2, "bundle")
+        t.case(f"bundle.json {case}", "python3 -m edgekit.device_runner bench", "refused, one error line, exit 2", escape)
 
     def symlink_out():
         shutil.rmtree(bundle)
@@ -229,8 +229,8 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
         shutil.copyfile(image, outside)
         image.unlink()
         image.symlink_to(outside)
-        return one_line(faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off"), 1, "leads outside the bundle")
-    t.case("bundle image replaced by a symlink out of the bundle (same bytes)", "python3 -m edgekit.device_runner bench", "refused, one error line, exit 1", symlink_out)
+        return one_line(faults.run_bundle_runner(bundle, "bench", "--iterations", "2", "--power", "off"), 2, "leads outside the bundle")
+    t.case("bundle image replaced by a symlink out of the bundle (same bytes)", "python3 -m edgekit.device_runner bench", "refused, one error line, exit 2", symlink_out)
 
     # --- the gate
     edgekit("bench", str(tiny), "--backend", "onnxruntime", *QUICK, "--json", "gate.json", cwd=w)
@@ -258,7 +258,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
 
     # --- one-line errors instead of tracebacks
     (w / "w.pth").write_text("not weights\n")
-    t.error_case("weights file that is text", ("export", "squeezenet1_1", "--weights", "w.pth"), 1, "cannot be loaded with weights_only=True")
+    t.error_case("weights file that is text", ("export", "squeezenet1_1", "--weights", "w.pth"), 2, "cannot be loaded with weights_only=True")
     binary = bytes(range(256)) * 8
     (w / "labels.bin").write_bytes(binary)
     (w / "recipe.bin").write_bytes(binary)
@@ -266,10 +266,10 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     flat = w / "flat"
     flat.mkdir()
     shutil.copyfile(faults.SAMPLES / "chelsea.png", flat / "chelsea.png")
-    t.error_case("binary labels file", ("bench", str(tiny), "--data", str(flat), "--labels", "labels.bin", *QUICK), 1, "not UTF-8")
+    t.error_case("binary labels file", ("bench", str(tiny), "--data", str(flat), "--labels", "labels.bin", *QUICK), 2, "not UTF-8")
     t.error_case("binary recipe file", ("run", "recipe.bin"), 2, "recipe.bin")
-    t.error_case("binary results file (check)", ("check", "results.bin", "--baseline", "gate.json"), 1, "results.bin")
-    t.error_case("binary results file (report)", ("report", "results.bin", "-o", "rep"), 1, "results.bin")
+    t.error_case("binary results file (check)", ("check", "results.bin", "--baseline", "gate.json"), 2, "results.bin")
+    t.error_case("binary results file (report)", ("report", "results.bin", "-o", "rep"), 2, "results.bin")
     for name, change, fragment in (
         ("results: [{}]", lambda d: d.update(results=[{}]), "results[0]"),
         ("a null p50", lambda d: d["results"][0]["latency"][0].update(p50_ms=None), "p50_ms"),
@@ -279,13 +279,13 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
         bad = json.loads(json.dumps(doc))
         change(bad)
         (w / "bad.json").write_text(json.dumps(bad))
-        t.error_case(f"malformed results ({name}) given to check", ("check", "gate.json", "--baseline", "bad.json"), 1, "bad.json", fragment)
-        t.error_case(f"malformed results ({name}) given to report", ("report", "bad.json", "-o", "rep"), 1, "bad.json", fragment)
+        t.error_case(f"malformed results ({name}) given to check", ("check", "gate.json", "--baseline", "bad.json"), 2, "bad.json", fragment)
+        t.error_case(f"malformed results ({name}) given to report", ("report", "bad.json", "-o", "rep"), 2, "bad.json", fragment)
 
     import torch
 
     torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), (torch.zeros(1, 3, 32, 32),), str(w / "features.onnx"), dynamo=False)
-    t.error_case("ONNX whose output is a feature map, not [N, classes]", ("bench", "features.onnx", *QUICK), 1, "[N, classes] logits")
+    t.error_case("ONNX whose output is a feature map, not [N, classes]", ("bench", "features.onnx", *QUICK), 2, "[N, classes] logits")
 
     bombs = faults.labelled_class_tree(w / "bombs", ["chelsea.png", "coffee.png"])
     faults.decompression_bomb(next(bombs.iterdir()) / "bomb.png")
