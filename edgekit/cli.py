@@ -946,9 +946,11 @@ def report_command(results, out_dir: Path, title: str) -> None:
               help="Least run-to-run noise assumed for a p50, whatever the rounds (bench --repeats) show; all there is from one round.")
 @click.option("--allow-different-images", is_flag=True, help="Judge runs evaluated on different image sets (refused otherwise).")
 @click.option("--reference", help="Model whose latency normalises the others (default: the recipe's 'reference').")
+@click.option("--trust-raw-latency", is_flag=True,
+              help="Both runs come from one quiet, dedicated machine: a raw p50 (no --reference) may fail, not only be inconclusive.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Also write JUnit XML here.")
 def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_regression: str, latency_noise_floor: str,
-                  allow_different_images: bool, reference, junit_path) -> None:
+                  allow_different_images: bool, reference, trust_raw_latency: bool, junit_path) -> None:
     """Compare NEW with --baseline for CI, on the evidence (docs/ci-gate.md).
 
     Exit 0: no regression shown (PASS, INCONCLUSIVE where the images or timing cannot
@@ -969,7 +971,8 @@ def check_command(new: Path, baseline: Path, max_top1_drop: float, max_latency_r
             raise UsageError(f"{flag}: expected a percentage such as 10%, got {text!r}") from None
     old_doc, new_doc = _load_results([baseline, new])
     report = compare(old_doc, new_doc, max_top1_drop, percentages["--max-latency-regression"], reference,
-                     allow_different_images=allow_different_images, latency_noise_floor=percentages["--latency-noise-floor"])
+                     allow_different_images=allow_different_images, latency_noise_floor=percentages["--latency-noise-floor"],
+                     trust_raw_latency=trust_raw_latency)
     console = _console()
     for warning in report.warnings:
         console.print(f"warning: {warning}")

@@ -95,7 +95,11 @@ def test_a_cell_slower_than_its_neighbours_fails_on_the_normalised_ratio():
 
 
 def test_a_whole_machine_slower_keeps_every_ratio_but_the_yardstick_fails_raw():
-    report = compare(_run(), _run(scale={k: 1.5 for k in P50}), 0.5, 0.10)
+    # a raw p50 cannot tell a slower machine from a slower model: inconclusive by default
+    default = compare(_run(), _run(scale={k: 1.5 for k in P50}), 0.5, 0.10)
+    assert all(status == "inconclusive" for (key, _), status in _statuses(default, "latency").items() if key[0] == REF)
+    assert "--trust-raw-latency" in _finding(default, (REF, "fp32", "onnxruntime", 1), "latency").message
+    report = compare(_run(), _run(scale={k: 1.5 for k in P50}), 0.5, 0.10, trust_raw_latency=True)
     statuses = _statuses(report, "latency")
     assert all(status == "pass" for (key, _), status in statuses.items() if key[0] == MODEL)
     assert all(status == "fail" for (key, _), status in statuses.items() if key[0] == REF)
@@ -148,7 +152,7 @@ def test_new_and_missing_cells():
 
 
 def test_without_a_reference_raw_p50s_are_compared_with_a_warning():
-    report = compare(_run(reference=None), _run(reference=None, scale={(MODEL, "fp32"): 1.3}), 0.5, 0.10)
+    report = compare(_run(reference=None), _run(reference=None, scale={(MODEL, "fp32"): 1.3}), 0.5, 0.10, trust_raw_latency=True)
     f = _finding(report, (MODEL, "fp32", "onnxruntime", 1), "latency")
     assert f.status == "fail" and "+30.0% raw p50 (one round per run: the verdict rests on a single round" in f.message
     assert "allowed +10%" in f.message

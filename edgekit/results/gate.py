@@ -320,12 +320,16 @@ def compare(
     *,
     allow_different_images: bool = False,
     latency_noise_floor: float = DEFAULT_NOISE_FLOOR,
+    trust_raw_latency: bool = False,
 ) -> GateReport:
     """Judge ``new`` against ``baseline``.
 
     ``max_top1_drop``: points of top-1 (or agreement) a cell may lose beyond the noise;
     ``max_latency_regression``: a fraction (0.10 = 10% slower) beyond the noise;
-    ``latency_noise_floor``: the least run-to-run noise assumed for a p50 (a fraction).
+    ``latency_noise_floor``: the least run-to-run noise assumed for a p50 (a fraction);
+    ``trust_raw_latency``: a raw p50 (no reference model to divide by) may fail; by default
+    it is at most inconclusive, because load that changes between two runs moves raw p50s
+    by more than any floor while the rounds of each run agree (benchmarks/results/check_noise.md).
     All must be finite and >= 0 (UsageError, exit 2). Raises GateError (exit 2) when
     nothing could be judged: an empty baseline, a new file with no results, no cell in
     common, a reference model that is in neither run, or runs on different image sets
@@ -373,10 +377,10 @@ def compare(
             continue
         findings.append(_accuracy(key, before, cell, max_top1_drop, same_images))
         if name is None:
-            findings.append(_latency(key, before, cell, max_latency_regression, None, latency_noise_floor))
+            findings.append(_latency(key, before, cell, max_latency_regression, None, latency_noise_floor, trust_raw=trust_raw_latency))
         elif cell.is_reference:
             reference_compared = True
-            findings.append(_latency(key, before, cell, max_latency_regression, None, latency_noise_floor, yardstick=True))
+            findings.append(_latency(key, before, cell, max_latency_regression, None, latency_noise_floor, yardstick=True, trust_raw=trust_raw_latency))
         else:
             ref_key = (name, key[1], key[2], key[3])
             old_ref, new_ref = old_cells.get(ref_key), new_cells.get(ref_key)
@@ -578,6 +582,7 @@ def _latency(
     references: Optional[tuple[Cell, Cell]],
     noise_floor: float = DEFAULT_NOISE_FLOOR,
     yardstick: bool = False,
+    trust_raw: bool = False,
 ) -> Finding:
     pairs = [(before.p50_rounds, after.p50_rounds)]
     if references is not None:
@@ -606,8 +611,12 @@ def _latency(
             f", floor {_allowed(noise_floor)} applies" if half_width < floor else "")
     slowdown, allowed = math.log1p(change), math.log1p(max_regression)
     detail = f"p50 {before.p50_ms:.2f} -> {after.p50_ms:.2f} ms, {change:+.1%} {basis} ({noise}; allowed +{_allowed(max_regression)})"
-    if slowdown - margin > allowed:
+    if slowdown - margin > allowed and (references is not None or trust_raw):
         return Finding(key, "latency", "fail", f"{detail}: slower beyond the noise")
+    if slowdown - margin > allowed:
+        return Finding(key, "latency", "inconclusive", f"{detail}: slower beyond the rounds' noise, but a raw p50 also moves with "
+                       "the machine's load between runs, which no round sees: judged inconclusive (exit 0; name a --reference "
+                       "model, or pass --trust-raw-latency on a dedicated runner)")
     if slowdown > allowed:
         return Finding(key, "latency", "inconclusive", f"{detail}: above the allowance but within the noise, judged inconclusive (exit 0)")
     return Finding(key, "latency", "pass", detail)
