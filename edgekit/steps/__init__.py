@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..core import Artifact, UsageError
-from ..options import Settings
+from ..options import BY_STEP, Settings
 
 Progress = Callable[[str, Optional[int], Optional[int]], None]
 
@@ -29,8 +29,12 @@ class Step:
     name: str  # as it appears in variant names
     kind: str  # "training": a new model; "structural": changes the float PyTorch module; "numeric": rewrites the float ONNX
     module: str  # edgekit.steps.<module> holds run()
-    flag: str  # the command-line option that asks for it
     groups: tuple[str, ...]  # option groups it reads
+
+    @property
+    def flag(self) -> str:
+        """The command-line option that asks for it (declared in options.py: Option.step)."""
+        return BY_STEP[self.name].flag
 
     def run(self, parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
         return importlib.import_module(f"{__name__}.{self.module}").run(parent, settings, root, progress)
@@ -39,11 +43,11 @@ class Step:
 STEPS: dict[str, Step] = {
     step.name: step
     for step in (
-        Step("finetuned", "training", "finetune", "--finetune", ("finetune",)),
-        Step("pruned", "structural", "prune", "--prune", ("prune", "distill")),
-        Step("dw-separable", "structural", "dwsep", "--dw-separable", ("dw_separable", "distill")),
-        Step("int8", "numeric", "int8", "--int8", ("int8",)),
-        Step("fp16", "numeric", "fp16", "--fp16", ()),
+        Step("finetuned", "training", "finetune", ("finetune",)),
+        Step("pruned", "structural", "prune", ("prune", "distill")),
+        Step("dw-separable", "structural", "dwsep", ("dw_separable", "distill")),
+        Step("int8", "numeric", "int8", ("int8",)),
+        Step("fp16", "numeric", "fp16", ()),
     )
 }
 BASE = "fp32"  # the exported model itself: no step
@@ -80,13 +84,7 @@ def parse_variant(name: str) -> tuple[Step, ...]:
 
 def variant_from_settings(settings: Settings) -> str:
     """The variant the command-line flags ask for (--prune, --dw-separable, --int8, --fp16)."""
-    parts = [name for name, asked in (
-        ("finetuned", settings["finetune"]),
-        ("pruned", settings["prune"] is not None),
-        ("dw-separable", settings["dw_separable"]),
-        ("int8", settings["int8"]),
-        ("fp16", settings["fp16"]),
-    ) if asked]
+    parts = [name for name in STEPS if settings[BY_STEP[name].key] not in (None, False)]  # in chain order
     name = "+".join(parts) or BASE
     try:
         parse_variant(name)
