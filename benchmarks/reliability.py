@@ -409,7 +409,7 @@ def run_cases(t: Table, w: Path, art: dict[str, Path]) -> None:
     t.error_case("recipe batch = [true]", ("run", "bool.toml"), 2, "batch")
 
     def sixteen_bit():
-        from edgekit.data import _open_rgb
+        from edgekit.data.decode import _open_rgb
 
         rgb = __import__("numpy").asarray(_open_rgb(faults.sixteen_bit_png(w / "ramp16.png")))
         return rgb.min() == 0 and rgb.max() == 255 and 100 < rgb[:, 32, 0].mean() < 160, f"pixel range {rgb.min()}..{rgb.max()}, middle column {rgb[:, 32, 0].mean():.0f}"

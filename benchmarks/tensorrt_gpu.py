@@ -74,7 +74,7 @@ def main() -> int:
 
 
 def measure(artifact, precision, batches, iterations) -> dict:
-    options = BackendOptions(precision=precision, batch_sizes=batches)
+    options = BackendOptions(batch_sizes=batches, own={"precision": precision})
     request = BenchRequest(
         backends=("pytorch", "tensorrt"), options=options, images=HELD_OUT_EVALUATION,
         timing=TimingOptions(batch_sizes=batches, warmup=50, iterations=iterations, max_seconds=30),

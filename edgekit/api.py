@@ -24,18 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
-from .core import Artifact, BenchResult, UsageError
+from .core import Artifact, BenchResult, EdgekitError, UsageError
 from .options import Option, Settings, keyword_options
+from .progress import BenchProgress
+from .progress import Progress as BuildProgress
 
 if TYPE_CHECKING:
     from .evaluation import BackendParity
+    from .launch import Launcher
+    from .launch.ledger import RunOutcome
     from .plan import Cell, CellRun
     from .profiling import ArtifactProfile
+    from .recipe import Recipe
+    from .results.gate import GateReport
 
 PathLike = Union[str, Path]
 Announce = Callable[[Artifact, bool], None]
-BuildProgress = Callable[[str, Optional[int], Optional[int]], None]  # (stage, done, total)
-BenchProgress = Callable[[str, str, Optional[int], Optional[int]], None]  # (label, stage, done, total)
 
 # The commands whose options each function takes. `edgekit bundle` passes its own values
 # (backends, batch, views...) through export, so export accepts them too.
@@ -120,15 +124,31 @@ class BenchReport:
     command: Optional[str] = None  # what produced it, for the document
     reused: bool = True  # the artifact was already built
     extra: dict[str, Any] = field(default_factory=dict)  # document sections of a run elsewhere (bundle, remote command)
+    budget_met: Optional[bool] = None  # an INT8 artifact's budget on the calibration images; None: not INT8
+    baseline_missing: bool = False  # PyTorch was asked for but the artifact has none (an imported ONNX): labels only
+    strict: bool = False  # --strict: a missed INT8 budget fails the run (raise_for_failures)
 
     @classmethod
-    def from_cell_run(cls, run: "CellRun", remote: Optional[str] = None, command: Optional[str] = None) -> "BenchReport":
+    def from_cell_run(cls, run: "CellRun", remote: Optional[str] = None, command: Optional[str] = None, strict: bool = False) -> "BenchReport":
         bench_run = run.run
         rows = tuple(bench_run.results)
         return cls(
             run.artifact, rows, dict(bench_run.image_summary or {}), dict(bench_run.machine or (rows[0].environment if rows else {})),
             bench_run.evaluated, tuple(bench_run.parity), run.note, remote, command, run.reused, dict(bench_run.extra),
+            run.budget_met, run.baseline_missing, strict,
         )
+
+    @property
+    def baseline_note(self) -> Optional[str]:
+        """Why accuracy is judged on labels only (no PyTorch original), or None."""
+        from .plan import no_original_note
+
+        return no_original_note(self.artifact) if self.baseline_missing else None
+
+    @property
+    def compared(self) -> bool:
+        """Whether accuracy was judged against PyTorch on the same images (else on labels only)."""
+        return any(r.accuracy is not None and r.accuracy.agreement is not None for r in self.rows)
 
     @property
     def failed(self) -> tuple[BenchResult, ...]:
@@ -154,18 +174,10 @@ class BenchReport:
 
     def to_document(self, command: Optional[str] = None) -> dict[str, Any]:
         """The results document (format edgekit-results/1) as `edgekit bench` writes it."""
-        from .results.document import results_document
+        from .results.document import bench_document
 
-        artifact = self.artifact
-        return results_document(
-            self.rows,
-            parity=[dataclasses.asdict(p) for p in self.parity],
-            artifact={"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")},
-            images=self.images,
-            command=command or self.command,
-            extra=self.extra,
-            machine=self.machine,
-        )
+        return bench_document(self.rows, artifact=self.artifact, images=self.images, parity=self.parity, command=command or self.command,
+                              extra=self.extra, machine=self.machine)
 
     def write(self, path: Optional[PathLike] = None, *, command: Optional[str] = None) -> Path:
         """Write the results document atomically to ``path`` (default: ``default_path``) and
@@ -174,6 +186,13 @@ class BenchReport:
         from .results.document import write_results
 
         return write_results(self.to_document(command), Path(path) if path is not None else self.default_path)
+
+    def raise_for_failures(self, path: PathLike) -> None:
+        """After the document went to ``path``: an EdgekitError (exit 1) when a backend failed
+        (saying how many measured rows ``path`` holds), or, under ``strict``, when the INT8
+        budget was not met."""
+        raise_if_failed(self.failed, path)
+        raise_if_budget_missed(self.artifact, self.strict)
 
 
 # --------------------------------------------------------------------------- the functions
@@ -216,8 +235,9 @@ def export(
         parse_variant(variant)
         cell = dataclasses.replace(cell, variant=variant)
     from .options import check_applicable
+    from .session import BenchSettings
 
-    check_applicable(settings, settings["backends"] if settings.given("backends") else (), None if variant is None else (variant,))  # bundle: its backends
+    check_applicable(settings, settings.bind(BenchSettings).backends if settings.given("backends") else (), None if variant is None else (variant,))  # bundle: its backends
     artifact, _ = build(cell, progress, announce)
     return record_deploy_files(artifact)
 
@@ -254,7 +274,8 @@ def bench(
         limit=limit, device=device, remote=remote, random_init=random_init, artifacts=artifacts,
     )
     settings = _settings("bench", given)
-    from .plan import bench_cell, launcher_for
+    from .launch import launcher_for
+    from .plan import bench_cell
     from .session import bench_request
 
     cell = _requested_cell(target, variant, settings)
@@ -263,7 +284,10 @@ def bench(
     bench_request(settings).images.resolve()  # a bad image folder too
     run = bench_cell(cell, launcher, progress, announce)
     call = _python_call("bench", target, {**({"variant": variant} if variant else {}), **given})
-    return BenchReport.from_cell_run(run, remote=settings["remote"], command=call)
+    from .remote import RemoteSettings
+    from .steps.int8 import Int8Policy
+
+    return BenchReport.from_cell_run(run, remote=settings.bind(RemoteSettings).host, command=call, strict=settings.bind(Int8Policy).strict)
 
 
 def _requested_cell(target: PathLike, variant: Optional[str], settings: Settings, profiling: bool = False) -> "Cell":
@@ -320,7 +344,10 @@ def profile(
     from .session import backend_options, bench_request, evaluation_set
 
     cell = _requested_cell(target, variant, settings, profiling=True)
-    if len(settings["batch"]) != 1:
+    from .timing import TimingOptions
+
+    timing = settings.bind(TimingOptions)
+    if len(timing.batch_sizes) != 1:
         raise UsageError("profile one batch size at a time (--batch N)")
     from .backends import get_backend
 
@@ -344,7 +371,7 @@ def profile(
                 else "the calibration images it was made with were not given (pass the same --calib and --calib-limit)"
             )
     return profile_artifact(
-        artifact, cell.backends, backend_options(settings), x, settings["batch"][0], settings["iterations"], settings["warmup"],
+        artifact, cell.backends, backend_options(settings), x, timing.batch_sizes[0], timing.iterations, timing.warmup,
         kl, kl_images, kl_note, progress,
     )
 
@@ -389,3 +416,336 @@ def load_results(path: PathLike) -> dict[str, Any]:
     if not str(path):
         raise UsageError("name a results file")
     return load_results_document(Path(path))
+
+
+# --------------------------------------------------------------------------- what a result means for the exit code
+
+
+def raise_if_failed(failed: Sequence[BenchResult], path: PathLike) -> None:
+    """One EdgekitError (exit 1) for failed rows, saying how many measured rows the results
+    file at ``path`` holds (it is read back: never a claim that rows were saved when none were)."""
+    if not failed:
+        return
+    import json
+
+    names = ", ".join(r.backend for r in failed)
+    try:
+        rows = json.loads(Path(path).read_text())["results"]
+        measured: Optional[int] = sum(1 for r in rows if not r.get("error"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        measured = None
+    if measured is None:
+        saved = f"see {path}"
+    elif measured:
+        saved = f"the other rows were saved to {path}: {measured} measured"
+    else:
+        saved = f"no row was measured; {path} records the failure{'s' if len(failed) != 1 else ''}"
+    raise EdgekitError(f"{names} failed: {failed[0].error} ({saved})")
+
+
+def raise_if_budget_missed(artifact: Artifact, strict: bool) -> None:
+    """Under ``strict`` (--strict), an INT8 artifact that missed its budget is an EdgekitError
+    (exit 1); the artifact is kept either way."""
+    from .plan import budget_met
+
+    if strict and budget_met(artifact) is False:
+        raise EdgekitError(f"INT8 budget not met (kept the best artifact: {artifact.path})")
+
+
+# --------------------------------------------------------------------------- profile, bundle
+
+
+def write_profile(found: "ArtifactProfile", path: Optional[PathLike] = None, *, command: Optional[str] = None) -> Path:
+    """Write what ``profile`` found as a results document with a ``profile`` section (default:
+    profile.json beside the artifact) and return where it went; an EdgekitError when no
+    backend could be profiled (nothing is written then)."""
+    from .results.document import profile_document, write_results
+    from .timing import machine_info
+
+    if not found.profiles:
+        raise EdgekitError("no backend could be profiled: " + "; ".join(f"{k}: {v}" for k, v in found.unavailable.items()))
+    document = profile_document(found.to_dict(), command=command, machine=machine_info())
+    return write_results(document, Path(path) if path is not None else found.path / "profile.json")
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """A bundle written by ``bundle``: its folder and what its bundle.json says."""
+
+    path: Path
+    meta: dict[str, Any]  # bundle.json
+    size_mb: float
+
+    @property
+    def run_command(self) -> str:
+        """What to run inside it on the device."""
+        from .device_runner import RUN_COMMAND
+
+        return RUN_COMMAND
+
+
+def bundle(
+    target: PathLike,
+    out: PathLike,
+    *,
+    progress: BenchProgress = lambda label, stage, done, total: None,
+    announce: Announce = lambda artifact, reused: None,
+    **options: Any,
+) -> BundleInfo:
+    """Build ``target`` (as ``export``) and write a self-contained bundle folder at ``out`` (an
+    old bundle there is replaced) that benches it on a device with numpy, Pillow and the
+    backends' runtimes only: the ONNX, the evaluation images, the PyTorch FP32 logits for
+    them and a torch-free runner. ``**options``: the options of ``edgekit bundle``; progress
+    is (label, stage, done, total) with labels 'build' and 'bundle'."""
+    import json
+
+    from .bundle import check_backends, make_bundle
+    from .session import bench_request, evaluation_set
+
+    settings = _settings("export", options)
+    from .session import BenchSettings
+
+    bench_settings = settings.bind(BenchSettings)
+    names = check_backends(bench_settings.backends)
+    request = bench_request(settings)
+    request.images.resolve()  # a bad image folder fails before any export work
+    artifact = export(target, progress=lambda stage, done, total: progress("build", stage, done, total), announce=announce, **options)
+    image_set = evaluation_set(artifact, request.images)
+    folder = make_bundle(
+        artifact, names, image_set, Path(out), device=bench_settings.device, batch_sizes=bench_settings.batch_sizes,
+        progress=lambda stage, done, total: progress("bundle", stage, done, total),
+    )
+    meta = json.loads((folder / "bundle.json").read_text())
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    return BundleInfo(folder, meta, size)
+
+
+# --------------------------------------------------------------------------- models, artifacts
+
+
+def model_names(pattern: Optional[str] = None) -> list[str]:
+    """Registered names containing ``pattern`` (any case); a pattern that matches none is
+    refused in one line, with the closest names."""
+    from . import models
+
+    names = models.list_model_names()
+    if not pattern:
+        return names
+    found = [n for n in names if pattern.lower() in n.lower()]
+    if found:
+        return found
+    close = models.model_registry().close_matches(pattern)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `edgekit models` lists them all"
+    timm = "" if pattern.startswith(models.TIMM_PREFIX) else " (timm models are not listed: use timm/<name>)"
+    from .classes import shown  # a 20 MB pattern is quoted in part
+
+    raise UsageError(f"no registered model name contains {shown(pattern)}{hint}{timm}")
+
+
+def model_record(name: str, spec: Any, measured: Optional[dict]) -> dict:
+    """One model for `edgekit models --json`: the same keys for every model (docs/cli.md)."""
+    ref = spec.reference
+    return {
+        "name": name,
+        "family": spec.family,
+        "source": spec.source,
+        "input_size": spec.preprocessing.input_size,
+        "params_m": ref.params_m,
+        "gmacs": ref.gflops,
+        "top1": ref.top1,
+        "reference": ref.source,
+        "offline_weights": bool(spec.offline_weights),
+        "measured": measured,
+    }
+
+
+def _measured(name: str) -> dict:
+    """Params and GMACs counted from the built model (``error``: why not)."""
+    from . import models
+
+    try:
+        params, gmacs = models.complexity_of(name)
+        return {"params_m": round(params, 4), "gmacs": round(gmacs, 4), "error": None}
+    except Exception as e:  # a model that cannot run on meta still keeps its row
+        return {"params_m": None, "gmacs": None, "error": type(e).__name__}
+
+
+def models(
+    pattern: Optional[str] = None, *, offline_only: bool = False, measure: bool = False,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[dict[str, Any]]:
+    """The registered models whose name contains ``pattern``, as `edgekit models --json` lists
+    them (published params, GMACs, top-1); ``measure``: counted from each built model too
+    (on the meta device; ``progress`` is (done, total) as they are built)."""
+    from . import models as registry
+
+    names = model_names(pattern)
+    rows = []
+    for done, name in enumerate(names, 1):
+        spec = registry.get_spec(name)
+        if not (offline_only and not spec.offline_weights):
+            rows.append(model_record(name, spec, _measured(name) if measure else None))
+        if measure:
+            progress(done, len(names))
+    return rows
+
+
+def artifact_facts(artifact: Artifact) -> dict:
+    """What `edgekit inspect --json` prints: the same keys for every artifact (docs/cli.md);
+    the manifest's own sections (steps, parity, quantization) as they are."""
+    from .deploy import SECTION, file_state
+
+    manifest = artifact.manifest
+    problems = artifact.problems()
+    section = manifest.get(SECTION)
+    deploy = None
+    if isinstance(section, dict):
+        deploy = {
+            runtime: [{"file": str(e.get("file")), "when": str(e.get("when") or ""), "state": file_state(artifact, str(e.get("file"))) or "ok"} for e in entries]
+            for runtime, entries in section.items()
+        }
+    model = manifest.get("model") or {}
+    return {
+        "path": str(artifact.path),
+        "key": artifact.key,
+        "model": artifact.model_name,
+        "variant": manifest.get("variant", "fp32"),
+        "weights": model.get("weights"),
+        "integrity": {"intact": not problems, "problems": problems, "sealed_files": len(manifest.get("sha256") or {})},
+        "steps": manifest.get("steps", []),
+        "parity": manifest.get("parity"),
+        "quantization": manifest.get("quantization"),
+        "deploy": deploy,
+    }
+
+
+def raise_if_not_intact(artifact: Artifact, facts: Mapping[str, Any]) -> None:
+    """An InvalidModelFileError (exit 2) naming the first problem of an artifact that is not intact."""
+    from .core import InvalidModelFileError
+
+    problems = facts["integrity"]["problems"]
+    if problems:
+        raise InvalidModelFileError(f"{artifact.path} is not intact: {problems[0]}; export it again")
+
+
+# --------------------------------------------------------------------------- reports and the gate
+
+
+def report(results: Sequence[PathLike], out: PathLike = "report", title: str = "edgekit report") -> list[Path]:
+    """Markdown, CSV and HTML tables and PNG plots from results files into the folder ``out``;
+    returns the paths written."""
+    from .results.document import load_results_documents
+    from .results.site import write_report
+
+    return write_report(load_results_documents(results), Path(out), title, sources=[str(p) for p in results])
+
+
+def check(
+    new: PathLike, baseline: PathLike, *, max_top1_drop: float = 0.5, max_latency_regression: float = 0.10,
+    latency_noise_floor: float = 0.10, reference: Optional[str] = None, allow_different_images: bool = False,
+    trust_raw_latency: bool = False,
+) -> "GateReport":
+    """Compare the results file ``new`` with ``baseline`` (docs/ci-gate.md): each finding PASS,
+    FAIL, INCONCLUSIVE, NEW or MISSING; ``raise_if_regressed`` says what it means for the exit."""
+    from .results.document import load_results_documents
+    from .results.gate import compare
+
+    old_doc, new_doc = load_results_documents([baseline, new])
+    return compare(old_doc, new_doc, max_top1_drop, max_latency_regression, reference, allow_different_images=allow_different_images,
+                   latency_noise_floor=latency_noise_floor, trust_raw_latency=trust_raw_latency)
+
+
+def raise_if_regressed(found: "GateReport") -> None:
+    """An EdgekitError (exit 1) when a finding failed or a baseline cell is missing."""
+    failed = [f for f in found.findings if f.status in ("fail", "missing")]
+    if failed:
+        raise EdgekitError(f"{len(failed)} regression(s): " + "; ".join(f"{f.label} {f.check}" for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A recipe read and checked for form, its cells, where its results go and the launcher
+    that runs them: what ``run`` does, before any work."""
+
+    recipe: "Recipe"
+    cells: tuple["Cell", ...]
+    output: Path
+    launcher: "Launcher"
+
+    @property
+    def summary(self) -> str:
+        recipe = self.recipe
+        return (f"recipe {recipe.name}: {len(recipe.models)} models x {len(recipe.variants)} variants x backends "
+                f"{', '.join(recipe.backends)} x batch {', '.join(map(str, recipe.batch))}")
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the plan ignores, said before it runs."""
+        from .cluster.placement import ClusterSettings
+
+        if self.launcher.name != "ray" and any(c.settings.bind(ClusterSettings).kinds for c in self.cells):
+            return ("[ray] kinds apply to --ray runs; every cell runs here",)
+        return ()
+
+    @property
+    def strict(self) -> bool:
+        """--strict ([int8] strict): a cell's missed INT8 budget fails the run."""
+        from .steps.int8 import Int8Policy
+
+        return self.cells[0].settings.bind(Int8Policy).strict
+
+    def check(self) -> None:
+        """Refuse what cannot run (runtimes, the device or cluster, the images), before any work."""
+        self.launcher.check_cells(self.cells)
+
+    def run(self, *, resume: bool = False, command: Optional[str] = None,
+            progress: BenchProgress = lambda label, stage, done, total: None) -> "RunOutcome":
+        """Build and bench every cell into the results file, written as each finishes (a failed
+        cell is a row with its error; Ctrl-C keeps the finished ones and raises
+        KeyboardInterrupt); ``resume``: keep the cells the file holds as done."""
+        from .launch import run_recipe
+
+        extra = {"recipe": str(self.recipe.path), "reference": self.recipe.reference}
+        return run_recipe(self.cells, self.launcher, self.output, resume=resume, command=command, extra=extra, progress=progress)
+
+    def raise_for_failures(self, outcome: "RunOutcome") -> None:
+        """After the run: an EdgekitError (exit 1) when a row failed, or, under ``strict``,
+        when a cell missed its INT8 budget."""
+        raise_if_failed(outcome.failed, outcome.ledger.path)
+        if outcome.budget_missed and self.strict:
+            raise EdgekitError("INT8 budget not met for " + "; ".join(outcome.budget_missed) + " (strict)")
+
+
+def plan_run(recipe: PathLike, output: Optional[PathLike] = None, ray: Optional[str] = None) -> RunPlan:
+    """Read the recipe (a TOML file: names, paths and the output checked, so nothing runs for
+    a recipe that cannot) and plan its cells: here or over ssh as its [bench] remote says,
+    or, with ``ray`` ('local', 'auto' or the head's address), as Ray tasks on a cluster.
+    Results go to ``output``, else the recipe's 'output', else <recipe>.results.json."""
+    from .launch import launcher_for
+    from .plan import recipe_cells
+    from .recipe import load_recipe
+
+    path = Path(recipe)
+    loaded = load_recipe(path)
+    cells = recipe_cells(loaded)
+    target = Path(output) if output is not None else loaded.output or path.with_suffix(".results.json")
+    if ray is not None:
+        from .cluster.launcher import RayLauncher
+
+        launcher: "Launcher" = RayLauncher(ray)
+    else:
+        launcher = launcher_for(cells[0].settings)
+    return RunPlan(loaded, cells, Path(target), launcher)
+
+
+def run(recipe: PathLike, output: Optional[PathLike] = None, *, ray: Optional[str] = None, resume: bool = False,
+        command: Optional[str] = None, progress: BenchProgress = lambda label, stage, done, total: None) -> "RunOutcome":
+    """`edgekit run RECIPE`: plan (``plan_run``), check, then build and bench every cell into
+    one results file. Returns the outcome (``outcome.ledger.path``: the file; its rows,
+    notes and the cells that missed their INT8 budget)."""
+    planned = plan_run(recipe, output, ray)
+    planned.check()
+    return planned.run(resume=resume, command=command, progress=progress)

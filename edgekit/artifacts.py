@@ -8,16 +8,25 @@ renamed into place only when complete, and an intact folder with the same key is
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .core import MANIFEST_NAME, Artifact, EdgekitError, InvalidModelFileError, sha256_file, write_manifest
-from .files import make_staging_dir, move_aside, release_staging_dir
+from .core import MANIFEST_NAME, Artifact, EdgekitError, InvalidModelFileError, manifest_seal, sha256_file
+from .files import atomic_write_text, make_staging_dir, move_aside, release_staging_dir
 
 ARTIFACT_FORMAT = "edgekit-artifact/2"  # 2: sealed manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal and write the manifest atomically; returns it as written."""
+    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "seal"}, default=str))
+    manifest["seal"] = manifest_seal(manifest)
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
 
 
 def artifact_dir_name(model_name: str) -> str:

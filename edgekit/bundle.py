@@ -24,7 +24,7 @@ import shutil
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .data import SAMPLES_DIR, ImageSet, skipped_summary
 from .device_runner import BUNDLE_FILE, BUNDLE_FORMAT, RUN_COMMAND
 from .evaluation import LogitsFile
 from .files import atomic_write_text, make_staging_dir, move_aside, release_staging_dir, work_folder
+from .progress import Progress
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARTIFACT_DIR = "artifact"
@@ -42,9 +43,6 @@ REFERENCE_FILE = "reference/pytorch_fp32_logits.npy"
 # Where the runner starts; everything these import, at any depth, is copied with them.
 RUNNER_DATA = ("samples/imagenet_classes.tsv",)  # class names for --data folders named by synset
 NOT_ON_DEVICE = {"torch", "torchvision", "timm", "onnx", "click", "rich", "matplotlib", "torch_pruning"}
-
-# (stage, done, total) -> None
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
 # --------------------------------------------------------------------------- the runner's code
@@ -144,7 +142,8 @@ def _copy_runner(staging: Path) -> None:
 def check_backends(backends: Sequence[str]) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(backends))
     if not names:
-        raise UsageError("name a backend: --backend onnxruntime, openvino or tensorrt")
+        *others, last = deployable_backends()
+        raise UsageError(f"name a backend: --backend {', '.join(others)} or {last}")
     for name in names:
         BACKENDS.get(name)  # unknown names: one line with the close ones
         if name not in deployable_backends():

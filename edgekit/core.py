@@ -91,6 +91,10 @@ class ExportError(EdgekitError):
     """The export itself failed (the work ran)."""
 
 
+class ProfilerUnavailable(Exception):
+    """This backend (or this device) has no per-node profiler; the message says why."""
+
+
 # --------------------------------------------------------------------------- specs
 
 
@@ -394,16 +398,6 @@ class Artifact:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise InvalidModelFileError(f"{self.path}: {found[0]}{more}; export it again")
         return self
-
-
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Seal and write the manifest atomically; returns it as written."""
-    from .results.document import atomic_write_text
-
-    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "seal"}, default=str))
-    manifest["seal"] = manifest_seal(manifest)
-    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return manifest
 
 
 # --------------------------------------------------------------------------- results

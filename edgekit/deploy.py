@@ -27,7 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .core import Artifact, write_manifest
+from .artifacts import write_manifest
+from .core import Artifact
 
 SECTION = "deploy"
 

@@ -24,9 +24,10 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .core import Artifact, BackendUnavailableError, DataError, EdgekitError, UsageError, sha256_file
+from .progress import BenchProgress
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "edgekit-bundle/1"
@@ -34,8 +35,6 @@ RUN_COMMAND = "python3 -m edgekit.device_runner bench"
 PARTIAL_EXIT = 3  # results.json was written, but some backends failed (their rows say why)
 BASE_PACKAGES = (("numpy", "numpy"), ("PIL", "pillow"))
 
-# (backend, stage, done, total) -> None, as in edgekit.session.Progress
-Progress = Callable[[str, str, Optional[int], Optional[int]], None]
 
 
 def _python() -> str:
@@ -199,38 +198,40 @@ def default_bundle_dir() -> Path:
 # --------------------------------------------------------------------------- running
 
 
-def run_bundle(bundle: Bundle, settings, progress: Progress = lambda backend, stage, done, total: None, command: Optional[str] = None):
+def run_bundle(bundle: Bundle, settings, progress: BenchProgress = lambda backend, stage, done, total: None, command: Optional[str] = None):
     """Verify, run every backend in its own worker, compare with the bundled logits.
     ``settings`` (edgekit.options.Settings) leave backends, batch sizes and device to the
     bundle's unless given. Returns (results document, bench run)."""
-    from .data import evaluation_images
+    from .data import ImageSettings
     from .results.document import results_document
-    from .session import bench_request, evaluation_set, run_session
+    from .session import BenchSettings, bench_request, evaluation_set, run_session
     from .telemetry import check_power_source
 
     bundle.verify()
-    backends = settings["backends"] if settings.given("backends") else bundle.backends
+    bench = settings.bind(BenchSettings)
+    backends = bench.backends if settings.given("backends") else bundle.backends
     for backend in backends:
         if backend not in bundle.backends:
             raise UsageError(f"this bundle was made for {', '.join(bundle.backends)}, not {backend}; make one with: edgekit bundle ... --backend {backend}")
     for backend in backends:
         check_runtime(backend)
-    check_power_source(settings["power"])
+    check_power_source(bench.power)
     defaults = bundle.meta.get("defaults", {})
     settings = settings.replace(
-        batch=settings["batch"] if settings.given("batch") else tuple(defaults.get("batch_sizes", (1,))),
-        device=settings["device"] if settings.given("device") else _bundle_device(defaults),
+        batch=bench.batch_sizes if settings.given("batch") else tuple(defaults.get("batch_sizes", (1,))),
+        device=bench.device if settings.given("device") else _bundle_device(defaults),
     )
     request = bench_request(settings, backends)
     from .backends.base import check_devices
 
-    check_devices(settings["device"], backends, named_must_run=False)  # what this machine has, before any timing
+    check_devices(request.options.device, backends, named_must_run=False)  # what this machine has, before any timing
     artifact = bundle.artifact
     shape = artifact.manifest["input"]["shape"]
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"this model has a static batch of {shape[0]}; bundle one exported without --static to time other batch sizes")
-    if settings["data"] is not None:
-        images = evaluation_set(artifact, evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"], settings["val_split"]))
+    chosen = settings.bind(ImageSettings)
+    if chosen.data is not None:
+        images = evaluation_set(artifact, chosen.evaluation())
         reference = None
     else:
         images, reference = bundle.image_set(), bundle.reference()
@@ -317,10 +318,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a kill cleans up like Ctrl-C
     warnings.showwarning = _show_warning  # a skipped image and the like: one 'warning:' line, as edgekit's CLI prints it
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
     progress = _StageLines()
     try:
-        require_packages(BASE_PACKAGES, "the edgekit runner")
+        require_packages(BASE_PACKAGES, "the edgekit runner")  # before the parser: the backends' modules declare options and import numpy
+        args = _parser().parse_args(argv)
         bundle = Bundle.load(args.bundle or default_bundle_dir())
         if args.command == "verify":
             print(f"bundle {bundle.path}: {bundle.verify()} files match {BUNDLE_FILE}")

@@ -414,14 +414,3 @@ def topk_accuracy(logits: np.ndarray, labels: Sequence[Optional[tuple[int, ...]]
     """Percent of images whose top-k predictions include one of their acceptable labels."""
     matrix = label_matrix(labels)
     return None if matrix is None else float(hits(logits, matrix, k).mean() * 100)
-
-
-def cross_parity(logits: dict[str, np.ndarray]) -> tuple[BackendParity, ...]:
-    names = list(logits)
-    result = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            pair = PairAccumulator()
-            pair.update(logits[a], logits[b])
-            result.append(BackendParity(a, b, 100.0 * pair.agree / pair.n if pair.n else float("nan"), pair.max_abs_diff))
-    return tuple(result)

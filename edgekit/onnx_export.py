@@ -9,6 +9,7 @@ folder that is renamed into place only when complete.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 import warnings
@@ -19,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .artifacts import ARTIFACT_FORMAT, build_artifact_folder
+from .options import declared
 from .core import ONNX_NAME, Artifact, ClassSet, ExportError, InvalidModelFileError, Preprocessing, sha256_file, stable_hash
 from .data import ImageSet, load_all
 from .models import LoadedModel, measure_complexity
@@ -31,9 +33,9 @@ PARITY_TOLERANCE = 1e-3  # max |logit diff| above which FP32 export is reported 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    opset: int = 17
-    dynamic_batch: bool = True
-    slim: bool = True  # fold shape arithmetic and constants with onnxslim
+    opset: int = declared("opset").field()
+    dynamic_batch: bool = declared("static").field(convert=operator.not_)
+    slim: bool = declared("no_slim").field(convert=operator.not_)  # fold shape arithmetic and constants with onnxslim
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Every option, declared once: its flag, type, default, range, help, group, recipe key and
-where it is used. The click options of `export`, `bench` and `bundle`, the recipe schema,
+"""The catalogue of every option: the core ones declared here, each backend's own declared
+in its module (Backend.options) and collected here. The click options of `export`, `bench` and `bundle`, the recipe schema,
 the device runner's argument parser and the argv a remote run passes to it are all
 generated from these declarations (tests/test_options.py checks each appears everywhere
 it should, with the same default).
@@ -12,276 +12,19 @@ No click, torch or numpy at import time: the on-device runner imports this modul
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from .core import UsageError
+from .option import DEVICE_DEFAULTS_FROM_BUNDLE, GROUPS, Finite, Option, bind, grouped_command  # noqa: F401 (re-exported)
+
+T = TypeVar("T")
 
 COMMANDS = ("export", "bench", "bundle", "finetune", "profile")
-# Help sections, in the order `--help` prints them: what people reach for first (what to
-# time, where, on which images, which variant), then the model, then each step's options.
-GROUPS = {
-    "bench": "Benchmark",
-    "backend": "Backend settings",
-    "data": "Images",
-    "variants": "Variants (recipes: 'variants')",
-    "model": "Model and export",
-    "general": "General",
-    "finetune": "Fine-tuning (--finetune; transfer learning to your classes)",
-    "int8": "INT8 quantization (--int8)",
-    "prune": "Structured pruning (--prune)",
-    "dw_separable": "Depthwise-separable conversion (--dw-separable)",
-    "distill": "Distillation (after --prune or --dw-separable)",
-    "remote": "Remote device (ssh)",
-    "cluster": "Ray cluster (edgekit run --ray)",
-}
 POWER_SOURCES = ("auto", "tegrastats", "nvml", "rapl", "off")
 PRECISIONS = ("f32", "bf16", "f16")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
-
-
-@dataclass(frozen=True)
-class Option:
-    key: str  # the value's name everywhere: Settings key, click parameter, recipe key in its section
-    flag: Optional[str]  # command-line flag; None for recipe-only keys
-    kind: str  # flag | switch | int | float | choice | text | path | list
-    group: str
-    help: str = ""
-    default: Any = None
-    recipe: Optional[str] = None  # "section" (key = self.key), "section.key", "" (top level); None: not in recipes
-    commands: tuple[str, ...] = ()
-    on_device: bool = False  # also an argument of the on-device runner
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    min_open: bool = False
-    max_open: bool = False
-    choices: tuple[str, ...] = ()
-    item: str = "text"  # for kind "list": int or text
-    short: Optional[str] = None
-    applies_to: tuple[str, ...] = ()  # the backends that read it (empty: all)
-    required_in: tuple[str, ...] = ()  # commands where it has no default and must be given
-    step: Optional[str] = None  # the variant step this flag asks for (int8, pruned...)
-    needs: tuple[str, ...] = ()  # what makes it do anything (see above OPTIONS); set without it: an error
-
-    @property
-    def recipe_path(self) -> Optional[tuple[str, str]]:
-        """(section, key) of this option in a recipe ('' section: the top level)."""
-        if self.recipe is None:
-            return None
-        section, _, key = self.recipe.partition(".")
-        return section, key or self.key
-
-    # ------------------------------------------------------------------ checking values
-
-    def describe(self) -> str:
-        """What a value must be, for error messages."""
-        if self.kind in ("flag", "switch"):
-            return "true or false"
-        if self.kind == "choice":
-            return "one of " + ", ".join(self.choices)
-        if self.kind in ("text", "path"):
-            return "a string"
-        if self.kind == "list":
-            return f"a list of {'integers >= ' + _num(self.minimum) if self.item == 'int' else 'strings'}"
-        if self.kind == "int":
-            return "an integer" + _range_text(self)
-        return ("a number" if self.maximum is not None else "a finite number") + _range_text(self)
-
-    def check(self, value: Any) -> bool:
-        """Whether ``value`` (from a recipe, or any caller) is valid for this option."""
-        if value is None:
-            return True
-        if self.kind in ("flag", "switch"):
-            return isinstance(value, bool)
-        if self.kind == "choice":
-            return isinstance(value, str) and value in self.choices
-        if self.kind in ("text", "path"):
-            return isinstance(value, str) and value != ""
-        if self.kind == "list":
-            if self.item == "int":
-                return isinstance(value, list) and bool(value) and all(_is_int(v) and _in_range(self, v) for v in value)
-            return isinstance(value, list) and all(isinstance(v, str) and v != "" for v in value)
-        if self.kind == "int":
-            return _is_int(value) and _in_range(self, value)
-        return _is_number(value) and _in_range(self, value)
-
-    # ------------------------------------------------------------------ generated interfaces
-
-    def click_option(self, command: str = ""):
-        import click
-
-        decls = [d for d in (self.short, self.flag) if d]
-        kwargs: dict[str, Any] = {"help": self.help, "cls": _click_classes()[1], "group": self.group}
-        if self.kind == "flag":
-            kwargs.update(is_flag=True, default=bool(self.default))
-        elif self.kind == "switch":
-            name = self.flag[2:]
-            decls = [f"--{name}/--no-{name}"]
-            kwargs.update(default=bool(self.default), show_default=True)
-        elif self.kind == "list":
-            kwargs.update(multiple=True, default=tuple(self.default or ()), show_default=bool(self.default), type=int if self.item == "int" else str)
-            if command in self.required_in:
-                kwargs.update(required=True, default=(), show_default=False)
-        else:
-            kwargs.update(type=self._click_type(), default=self.default, show_default=self.default is not None)
-        return click.option(*decls, self.key, **kwargs)
-
-    def _click_type(self):
-        import click
-
-        if self.kind == "int":
-            return click.IntRange(_int_or_none(self.minimum), _int_or_none(self.maximum))
-        if self.kind == "float":
-            return Finite(self.minimum, self.maximum, min_open=self.min_open, max_open=self.max_open)
-        if self.kind == "choice":
-            return click.Choice(list(self.choices))
-        if self.kind == "path":
-            return click.Path(path_type=Path)
-        return str
-
-    def add_argument(self, parser) -> None:
-        """The same option in the device runner's argparse parser."""
-        kwargs: dict[str, Any] = {"dest": self.key, "help": self.help}
-        default = None if self.key in DEVICE_DEFAULTS_FROM_BUNDLE else self.default
-        if self.kind == "flag":
-            kwargs.update(action="store_true")
-        elif self.kind == "switch":
-            import argparse
-
-            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
-        elif self.kind == "list":
-            kwargs.update(action="append", type=_positive_int if self.item == "int" else str, default=None)
-        else:
-            kwargs.update(type=self._argparse_type(), default=default)
-            if self.kind == "choice":
-                kwargs["choices"] = self.choices
-        parser.add_argument(self.flag, **kwargs)
-
-    def _argparse_type(self):
-        if self.kind == "int":
-            return lambda text: _checked(self, int(text))
-        if self.kind == "float":
-            return lambda text: _checked(self, float(text))
-        if self.kind == "path":
-            return Path
-        return str
-
-    def to_argv(self, value: Any) -> list[str]:
-        """``value`` as the device runner's arguments (empty where it is the runner's default)."""
-        default = None if self.key in DEVICE_DEFAULTS_FROM_BUNDLE else self.default
-        if value is None or value == default or (self.kind == "list" and tuple(value) == tuple(default or ())):
-            return []
-        if self.kind == "flag":
-            return [self.flag] if value else []
-        if self.kind == "switch":
-            return [self.flag if value else f"--no-{self.flag[2:]}"]
-        if self.kind == "list":
-            return [a for v in value for a in (self.flag, str(v))]
-        return [self.flag, str(value)]
-
-
-def _num(x: Optional[float]) -> str:
-    return str(int(x)) if x is not None and float(x).is_integer() else repr(x)
-
-
-def _range_text(option: Option) -> str:
-    lo, hi = option.minimum, option.maximum
-    if lo is not None and hi is not None:
-        return f" in {'(' if option.min_open else '['}{_num(lo)}, {_num(hi)}{')' if option.max_open else ']'}"
-    if lo is not None:
-        return f" {'>' if option.min_open else '>='} {_num(lo)}"
-    if hi is not None:
-        return f" {'<' if option.max_open else '<='} {_num(hi)}"
-    return ""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # TOML true is a bool, and bool an int
-
-
-def _is_number(v: Any) -> bool:
-    """An int or a finite float (TOML has nan and inf literals), never a bool."""
-    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
-
-
-def _in_range(option: Option, v: float) -> bool:
-    lo, hi = option.minimum, option.maximum
-    if lo is not None and (v <= lo if option.min_open else v < lo):
-        return False
-    return not (hi is not None and (v >= hi if option.max_open else v > hi))
-
-
-def _int_or_none(x: Optional[float]) -> Optional[int]:
-    return None if x is None else int(x)
-
-
-def _checked(option: Option, value: Any) -> Any:
-    import argparse
-
-    if not option.check(value):
-        raise argparse.ArgumentTypeError(f"expected {option.describe()}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-# --------------------------------------------------------------------------- click helpers (imported lazily)
-
-
-@lru_cache(maxsize=1)
-def _click_classes():
-    import click
-
-    class Finite(click.FloatRange):
-        """A float range that also refuses nan and inf (click's FloatRange lets nan through)."""
-
-        name = "finite number"
-
-        def convert(self, value, param, ctx):
-            number = super().convert(value, param, ctx)
-            if not math.isfinite(number):
-                self.fail(f"{value!r} is not a finite number", param, ctx)
-            return number
-
-    class GroupedOption(click.Option):
-        def __init__(self, *args, group: str = "", **kwargs):
-            super().__init__(*args, **kwargs)
-            self.group = group
-
-    class GroupedCommand(click.Command):
-        """`--help` with the options in sections (model, int8, prune, bench, remote...)."""
-
-        def format_options(self, ctx, formatter) -> None:
-            sections: dict[str, list] = {}
-            for param in self.get_params(ctx):
-                record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
-                if record is not None:
-                    sections.setdefault(GROUPS.get(getattr(param, "group", ""), "Options"), []).append(record)
-            order = ["Options", *GROUPS.values()]
-            for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
-                with formatter.section(title):
-                    formatter.write_dl(sections[title])
-
-    return Finite, GroupedOption, GroupedCommand
-
-
-def Finite(*args, **kwargs):  # noqa: N802 (a click type, named like one)
-    return _click_classes()[0](*args, **kwargs)
-
-
-def grouped_command():
-    """The click command class whose --help prints the option groups."""
-    return _click_classes()[2]
 
 
 # --------------------------------------------------------------------------- the declarations
@@ -304,7 +47,8 @@ _DW = ("dw-separable",)
 _STRUCTURAL = ("pruned|dw-separable",)
 _CALIBRATING = "int8|pruned|dw-separable"  # the steps that read calibration (or distillation) images
 
-OPTIONS: tuple[Option, ...] = (
+# The options of every command; each backend adds its own (Backend.options, collected below).
+CORE_OPTIONS: tuple[Option, ...] = (
     # model and export ([export] in recipes, or [model.<name>] for one model)
     Option("weights", "--weights", "path", "model", "Local checkpoint, never executed: a state_dict, a training script's dict or .safetensors; its head sets the classes.", recipe="export", commands=_ANY_MODEL),
     Option("weights_key", "--weights-key", "text", "model", "Which state dict of a checkpoint that holds several (model, model_ema...).", recipe="export", commands=_ANY_MODEL, needs=("weights",)),
@@ -371,21 +115,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     # benchmark
-    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: pytorch, onnxruntime, openvino, tensorrt.", ("pytorch", "onnxruntime"), recipe="", commands=("bench", "bundle", "profile"), on_device=True, required_in=("bundle",)),
+    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: {backends}.", (), recipe="", commands=("bench", "bundle", "profile"), on_device=True, required_in=("bundle",)),
     Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle", "profile"), on_device=True, item="int", minimum=1),
     Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_TIMED, on_device=True, minimum=1),
     Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_TIMED, on_device=True, minimum=0),
     Option("max_seconds", "--max-seconds", "float", "bench", "Time budget per batch size (at least 10 iterations run).", 15.0, recipe="bench", commands=_BENCH, on_device=True, minimum=0.1),
     Option("repeats", "--repeats", "int", "bench", "Rounds of --iterations; the spread of their p50s shows the noise.", 1, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
-    Option("throughput", "--throughput", "float", "bench", "Also time OpenVINO's throughput mode (asynchronous requests) this many seconds per batch size.", recipe="bench", commands=_BENCH, on_device=True, minimum=0.5, applies_to=("openvino",)),
     Option("power", "--power", "choice", "bench", "Power and energy per image: tegrastats (Jetson), nvml (NVIDIA GPUs), rapl (x86 CPU package), auto (what there is).", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
     # backend settings
-    Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the PyTorch baseline, or pairs such as openvino:gpu,pytorch:cuda (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
-    Option("threads", "--threads", "int", "backend", "Intra-op threads (default: the runtime's choice); TensorRT has none.", recipe="bench", commands=_TIMED, on_device=True, minimum=1, maximum=1024, applies_to=("pytorch", "onnxruntime", "openvino")),
-    Option("precision", "--precision", "choice", "backend", "OpenVINO inference precision (default f32, not the CPU's bf16); f16: FP16 TensorRT engines from an FP32 artifact.", recipe="bench", commands=_TIMED, on_device=True, choices=PRECISIONS, applies_to=("openvino", "tensorrt", "onnxruntime")),
-    Option("ov_fp16_weights", "--ov-fp16-weights", "flag", "backend", "OpenVINO: compress the IR's weights to FP16.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("openvino",)),
-    Option("trt_workspace", "--trt-workspace", "text", "backend", "TensorRT builder workspace limit, e.g. 4GiB.", recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
-    Option("cuda_graph", "--cuda-graph", "flag", "backend", "TensorRT: replay inference from a captured CUDA graph.", False, recipe="bench", commands=_TIMED, on_device=True, applies_to=("tensorrt",)),
+    Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the baseline ({baseline}), or BACKEND:DEVICE pairs, comma-separated (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
     # remote device
     Option("remote", "--remote", "text", "remote", "Run on another machine over ssh (user@host[:port]): a bundle is copied there and run; PyTorch runs here.", recipe="bench", commands=_BENCH),
     Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH, needs=("remote",)),
@@ -398,16 +136,92 @@ OPTIONS: tuple[Option, ...] = (
     Option("shared", None, "path", "cluster", "A folder every node can read (NFS, a mounted bucket): bundles travel through it instead of Ray's object store.", recipe="ray"),
 )
 
-# Runner arguments whose default is "what the bundle was made with" rather than a value.
-DEVICE_DEFAULTS_FROM_BUNDLE = frozenset({"backends", "batch", "device"})  # the runner's default: the bundle's
 
-BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
-assert len(BY_KEY) == len(OPTIONS), "option keys must be unique"
-BY_STEP: dict[str, Option] = {o.step: o for o in OPTIONS if o.step}  # the flag that asks for each step
+_DECLARED = {o.key: o for o in CORE_OPTIONS}
+
+
+def declared(key: str) -> Option:
+    """A core option's declaration, for the dataclass field bound to it (Option.field):
+    no backend module is imported."""
+    return _DECLARED[key]
+
+
+_catalogue_cache: dict[tuple, tuple[Option, ...]] = {}
+
+
+def all_options() -> tuple[Option, ...]:
+    """Every option: the core ones, then each registered backend's own (Backend.options).
+    An option several backends declare (the same key) is one option that applies to all of
+    them (choices joined, help joined); it must agree on everything else."""
+    from .backends.base import BACKENDS, BASELINE_BACKEND, default_backends, present_backends
+
+    registered = tuple((name, BACKENDS.get(name)) for name in BACKENDS.names())
+    cached = _catalogue_cache.get(registered)
+    if cached is not None:
+        return cached
+    names = ", ".join(BACKENDS.names())
+    core = [_fill(o, backends=names, baseline=BASELINE_BACKEND) for o in CORE_OPTIONS]
+    core = [dataclasses.replace(o, default=default_backends()) if o.key == "backends" else o for o in core]
+    merged: dict[str, Option] = {}
+    for name, backend in present_backends().items():
+        for option in backend.options:
+            option = dataclasses.replace(option, applies_to=(name,))
+            merged[option.key] = _merge(merged[option.key], option) if option.key in merged else option
+    found = tuple(core) + tuple(merged.values())
+    keys = [o.key for o in found]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"option keys declared twice (a backend option may not reuse a core option's key): {', '.join(duplicates)}")
+    _catalogue_cache.clear()
+    _catalogue_cache[registered] = found
+    return found
+
+
+def _fill(option: Option, **names: str) -> Option:
+    return dataclasses.replace(option, help=option.help.format(**names)) if "{" in option.help else option
+
+
+def _merge(first: Option, second: Option) -> Option:
+    """One option declared by two backends: the same flag, kind and places, their choices
+    and help joined, applying to both."""
+    same = dataclasses.replace(second, help=first.help, choices=first.choices, applies_to=first.applies_to)
+    if same != first:
+        differ = [f.name for f in dataclasses.fields(Option) if getattr(same, f.name) != getattr(first, f.name)]
+        raise ValueError(f"backends {', '.join(first.applies_to)} and {second.applies_to[0]} declare option {first.key!r} differently ({', '.join(differ)})")
+    choices = tuple(dict.fromkeys(first.choices + second.choices))
+    helps = first.help if second.help in first.help else f"{first.help}; {second.help}"
+    return dataclasses.replace(first, choices=choices, help=helps, applies_to=first.applies_to + second.applies_to)
+
+
+def backend_values(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of every backend's own options (BackendOptions.own): each backend binds
+    the ones it declared to its own typed options."""
+    return {o.key: settings[o.key] for o in all_options() if o.applies_to}
+
+
+def by_key() -> dict[str, Option]:
+    return {o.key: o for o in all_options()}
+
+
+def by_step() -> dict[str, Option]:
+    """The flag that asks for each step."""
+    return {o.step: o for o in CORE_OPTIONS if o.step}
+
+
+BY_STEP: dict[str, Option] = by_step()
+
+
+def __getattr__(name: str) -> Any:
+    # OPTIONS and BY_KEY follow the registry (a backend registered later adds its options)
+    if name == "OPTIONS":
+        return all_options()
+    if name == "BY_KEY":
+        return by_key()
+    raise AttributeError(name)
 
 
 def options_for(command: str) -> tuple[Option, ...]:
-    return tuple(o for o in OPTIONS if command in o.commands)
+    return tuple(o for o in all_options() if command in o.commands)
 
 
 def click_options(command: str):
@@ -422,13 +236,13 @@ def click_options(command: str):
 
 
 def device_options() -> tuple[Option, ...]:
-    return tuple(o for o in OPTIONS if o.on_device)
+    return tuple(o for o in all_options() if o.on_device)
 
 
 def recipe_options() -> dict[str, dict[str, Option]]:
     """section -> key -> option, for the recipe schema ('' is the top level)."""
     found: dict[str, dict[str, Option]] = {}
-    for option in OPTIONS:
+    for option in all_options():
         if option.recipe_path is not None:
             section, key = option.recipe_path
             found.setdefault(section, {})[key] = option
@@ -462,13 +276,16 @@ class Settings(Mapping[str, Any]):
 
     def __init__(self, values: Optional[Mapping[str, Any]] = None, **more: Any):
         given = {**(values or {}), **more}
-        unknown = set(given) - set(BY_KEY)
+        known = by_key()
+        unknown = set(given) - set(known)
         if unknown:
             raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        self._given = {k: v for k, v in given.items() if v is not None and not (BY_KEY[k].kind == "list" and v == ())}
-        self._values = {o.key: _normalise(o, self._given.get(o.key, o.default)) for o in OPTIONS}
+        self._given = {k: v for k, v in given.items() if v is not None and not (known[k].kind == "list" and v == ())}
+        self._values = {o.key: _normalise(o, self._given.get(o.key, o.default)) for o in known.values()}
 
-    DEFAULTS: Mapping[str, Any] = {}  # every option's default, normalised (filled in below)
+    def bind(self, cls: type[T], **given: Any) -> T:
+        """These settings as the typed options dataclass ``cls`` consumes (edgekit.option.bind)."""
+        return bind(cls, self, **given)
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -499,7 +316,9 @@ def _normalise(option: Option, value: Any) -> Any:
     return tuple(dict.fromkeys(part.strip() for v in items for part in str(v).split(",") if part.strip()))
 
 
-Settings.DEFAULTS = {o.key: _normalise(o, o.default) for o in OPTIONS}
+def defaults() -> dict[str, Any]:
+    """Every option's default, normalised."""
+    return {o.key: _normalise(o, o.default) for o in all_options()}
 
 
 def settings_from_recipe(tables: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Settings:
@@ -534,7 +353,7 @@ BENCH = "bench"  # the condition "the images are evaluated" (Option.needs)
 def is_set(settings: Settings, key: str) -> bool:
     """Whether ``key`` differs from its default: a default asks for nothing, so only a set
     option can be ignored."""
-    return settings[key] != Settings.DEFAULTS[key]
+    return settings[key] != _normalise(by_key()[key], by_key()[key].default)
 
 
 def check_applicable(settings: Settings, backends: Sequence[str], variants: Optional[Sequence[str]] = None, *, recipe: bool = False) -> None:
@@ -551,11 +370,11 @@ def applicability_problem(settings: Settings, backends: Sequence[str], variants:
     """(the first option set in vain, why), or None: each set option's step, Option.needs
     and Option.applies_to, read against the variants' steps and the backends that run."""
     if variants is None:
-        steps = {o.step for o in OPTIONS if o.step and settings[o.key]}
+        steps = {o.step for o in CORE_OPTIONS if o.step and settings[o.key]}
     else:
         steps = {part for variant in variants for part in variant.split("+")}
     context = _Context(settings, frozenset(steps), bool(backends) or recipe, recipe, variants is not None)
-    for option in OPTIONS:
+    for option in all_options():
         if not is_set(settings, option.key):
             continue
         for clause in ((option.step,) if option.step else ()) + option.needs:
@@ -601,7 +420,7 @@ class _Context:
         if condition == BENCH:
             return "a bench (bench, profile, bundle)"
         key, _, value = condition.lstrip("!").partition("=")
-        name = self.name(BY_KEY[key])
+        name = self.name(by_key()[key])
         return name if not value else f'{name} = "{value}"' if self.recipe else f"{name} {value}"
 
     def _fix(self, condition: str) -> str:
@@ -636,17 +455,12 @@ def _or(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
-def parse_list(values: Sequence[str]) -> tuple[str, ...]:
-    """`--backend a,b --backend c` -> (a, b, c), duplicates dropped."""
-    return _normalise(Option("x", None, "list", "bench"), values)
-
-
 def keyword_options(commands: Sequence[str] = COMMANDS) -> dict[str, Option]:
     """Python keyword -> option, for the options of ``commands``: each option's key (the
     Settings and recipe name) and its flag in Python form (``--dw-layer`` -> ``dw_layer``,
     ``--backend`` -> ``backend``), so the Python API takes the names ``--help`` shows too."""
     names: dict[str, Option] = {}
-    for option in OPTIONS:
+    for option in all_options():
         if set(commands) & set(option.commands):
             names[option.key] = option
             if option.flag:

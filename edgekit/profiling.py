@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .core import ProfilerUnavailable  # raised by a backend's profile (it lives in core: backends sit below this module)
+
 OUTSIDE_QDQ = "(outside: quantize/dequantize)"
 OUTSIDE_LAYOUT = "(outside: layout reorders)"
 OUTSIDE_OTHER = "(outside any module)"
@@ -29,10 +31,6 @@ OUTSIDE_ROWS = (OUTSIDE_QDQ, OUTSIDE_LAYOUT, OUTSIDE_OTHER, BETWEEN_NODES)
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
-
-
-class ProfilerUnavailable(Exception):
-    """This backend (or this device) has no per-node profiler; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .core import UsageError
+from .session import BenchSettings
 from .options import BY_KEY, PER_MODEL_SECTIONS, Settings, applicability_problem, check_recipe_value, per_model_options, recipe_options, settings_from_recipe
 from .remote import RECIPE_SSH_OPTIONS, RemoteHost, recipe_safe_ssh_option, remote_dir_problem, remote_python_problem
 
@@ -106,11 +107,11 @@ class Recipe:
 
     @property
     def backends(self) -> tuple[str, ...]:
-        return self.settings_for(self.models[0])["backends"]
+        return self.settings_for(self.models[0]).bind(BenchSettings).backends
 
     @property
     def batch(self) -> tuple[int, ...]:
-        return self.settings_for(self.models[0])["batch"]
+        return self.settings_for(self.models[0]).bind(BenchSettings).batch_sizes
 
     def settings_for(self, model: str) -> Settings:
         """Every option for one model: the recipe's tables, [model.<name>] on top, paths
@@ -172,7 +173,7 @@ def load_recipe(path: Path) -> Recipe:
             parse_variant(variant)
         except UsageError as e:
             raise RecipeError(locate.at("variants", "", str(e))) from None
-    if any(v.startswith("pruned") for v in top["variants"]) and "ratio" not in tables.get("prune", {}):
+    if any("pruned" in v.split("+") for v in top["variants"]) and "ratio" not in tables.get("prune", {}):
         raise RecipeError(locate.at("variants", "", "a 'pruned' variant needs [prune] ratio"))
     if top.get("reference") and top["reference"] not in top["models"]:
         raise RecipeError(locate.at("reference", "", f"reference {top['reference']!r} must be one of the recipe's models"))
@@ -188,7 +189,7 @@ def load_recipe(path: Path) -> Recipe:
     )
     for model in recipe.models:  # a key no variant or backend reads is a mistake (edgekit.options.check_applicable)
         settings = recipe.settings_for(model)
-        problem = applicability_problem(settings, settings["backends"], recipe.variants, recipe=True)
+        problem = applicability_problem(settings, settings.bind(BenchSettings).backends, recipe.variants, recipe=True)
         if problem is not None:
             option, message = problem
             section, key = option.recipe_path or ("", option.key)

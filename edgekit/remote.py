@@ -26,6 +26,18 @@ from typing import Callable, Optional, Sequence
 from .core import Artifact, BackendUnavailableError, EdgekitError, UsageError
 from .device_runner import BUNDLE_FILE, PARTIAL_EXIT
 from .files import work_folder
+from .options import declared
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """The remote group's options: where an ssh run goes."""
+
+    host: Optional[str] = declared("remote").field()
+    ssh_options: tuple[str, ...] = declared("ssh_options").field(convert=tuple)
+    python: str = declared("remote_python").field()
+    folder: str = declared("remote_dir").field()
+
 
 SSH_OPTS_ENV = "EDGEKIT_SSH_OPTS"  # extra ssh arguments, e.g. "-i ~/.ssh/jetson -J bastion"
 DEFAULT_REMOTE_DIR = "edgekit-bundles"  # relative: under the remote user's home
@@ -455,11 +467,11 @@ def bench_remote(
     with the host."""
     from .bundle import bundle_name, make_bundle
 
-    from .backends.base import BASELINE_BACKEND
+    from .backends.base import BASELINE_BACKEND, deployable_backends
 
     deployed = tuple(b for b in backends if b != BASELINE_BACKEND)
     if not deployed:
-        raise UsageError("--remote runs deployment backends (onnxruntime, openvino, tensorrt); add one with --backend")
+        raise UsageError(f"--remote runs deployment backends ({', '.join(deployable_backends())}); add one with --backend")
     with work_folder("remote") as tmp:
         folder = make_bundle(
             artifact, deployed, images, Path(tmp) / bundle_name(artifact, deployed),

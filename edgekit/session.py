@@ -14,23 +14,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .backends import BackendOptions
-from .backends.base import BASELINE_BACKEND, check_devices, parse_devices, parse_workspace
+from .backends.base import BASELINE_BACKEND, THREADS, check_devices, get_backend, parse_devices
 from .timing import TimingOptions
 from .core import Artifact, BenchResult, EdgekitError, UsageError, imagenet_class_set
-from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, evaluation_images
+from .data import HELD_OUT_EVALUATION, ImageRequest, ImageSet, ImageSettings
 from .evaluation import BackendParity, LogitsFile
 from .judging import judge
-from .options import BY_KEY, Settings
+from .options import Settings, backend_values, declared
+from .progress import BenchProgress
 from .files import work_folder
 from .worker import WorkerOutput, make_job, spawn, write_views
 
 BASELINE = BASELINE_BACKEND
 
 # (backend, stage, done, total) -> None
-Progress = Callable[[str, str, Optional[int], Optional[int]], None]
 
 
 def _no_progress(backend: str, stage: str, done: Optional[int], total: Optional[int]) -> None:
@@ -39,40 +39,51 @@ def _no_progress(backend: str, stage: str, done: Optional[int], total: Optional[
 
 @dataclass(frozen=True)
 class BenchRequest:
-    backends: tuple[str, ...] = BY_KEY["backends"].default
+    backends: tuple[str, ...] = ()
     options: BackendOptions = BackendOptions()
     timing: TimingOptions = TimingOptions()
     images: ImageRequest = HELD_OUT_EVALUATION
-    throughput_seconds: Optional[float] = None  # also time asynchronous throughput mode where a backend has one
     power: str = "auto"  # edgekit.telemetry source read during timing: auto, tegrastats, nvml, rapl, off
 
 
-def backend_options(settings: Settings) -> BackendOptions:
-    return BackendOptions(
-        threads=settings["threads"], device=settings["device"] or "", precision=settings["precision"],
-        compress_fp16=settings["ov_fp16_weights"], batch_sizes=tuple(settings["batch"]),
-        workspace_bytes=parse_workspace(settings["trt_workspace"]) if settings["trt_workspace"] else None,
-        cuda_graph=settings["cuda_graph"],
-    )
+@dataclass(frozen=True)
+class BenchSettings:
+    """The bench group's options that are not timing's (TimingOptions) or a backend's."""
+
+    backends: tuple[str, ...] = declared("backends").field(convert=tuple)
+    device: Optional[str] = declared("device").field()
+    power: str = declared("power").field()
+    batch_sizes: tuple[int, ...] = declared("batch").field(convert=tuple)
+    threads: Optional[int] = THREADS.field()  # declared by the backends that honour it; every session reports it
+
+
+def backend_options(settings: Settings, backends: Sequence[str] = ()) -> BackendOptions:
+    """The backends' options from ``settings``; each of ``backends`` parses its own here, so
+    a bad value (a workspace size, say) is refused before any work."""
+    bench = settings.bind(BenchSettings)
+    options = BackendOptions(threads=bench.threads, device=bench.device or "", batch_sizes=bench.batch_sizes, own=backend_values(settings))
+    for name in backends:
+        backend = get_backend(name)
+        if backend.options_type is not None:
+            backend.own_options(options)
+    return options
 
 
 def timing_options(settings: Settings) -> TimingOptions:
-    return TimingOptions(
-        batch_sizes=tuple(settings["batch"]), warmup=settings["warmup"], iterations=settings["iterations"],
-        max_seconds=float(settings["max_seconds"]), repeats=settings["repeats"],
-    )
+    return settings.bind(TimingOptions)
 
 
 def bench_request(settings: Settings, backends: Optional[Sequence[str]] = None) -> BenchRequest:
     """What `bench`, recipes and the device runner time and evaluate, from one Settings."""
-    parse_devices(settings["device"])  # its form, here or on a device (what a machine has: check_devices)
+    bench = settings.bind(BenchSettings)
+    parse_devices(bench.device)  # its form, here or on a device (what a machine has: check_devices)
+    chosen = tuple(backends if backends is not None else bench.backends)
     return BenchRequest(
-        backends=tuple(backends if backends is not None else settings["backends"]),
-        options=backend_options(settings),
+        backends=chosen,
+        options=backend_options(settings, chosen),
         timing=timing_options(settings),
-        images=evaluation_images(settings["data"], settings["labels"], settings["views"], settings["limit"], settings["seed"], settings["val_split"]),
-        throughput_seconds=settings["throughput"],
-        power=settings["power"],
+        images=settings.bind(ImageSettings).evaluation(),
+        power=bench.power,
     )
 
 
@@ -120,7 +131,7 @@ def run_session(
     images: ImageSet,
     request: BenchRequest,
     baseline: Optional[LogitsFile] = None,
-    progress: Progress = _no_progress,
+    progress: BenchProgress = _no_progress,
     run_original: bool = True,
     **environment: Any,
 ) -> BenchRun:
@@ -145,7 +156,7 @@ def run_session(
     return BenchRun(artifact=artifact, images=images, results=judged.results, parity=judged.parity, image_summary=judged.images)
 
 
-def run_bench(artifact: Artifact, request: BenchRequest, progress: Progress = _no_progress) -> BenchRun:
+def run_bench(artifact: Artifact, request: BenchRequest, progress: BenchProgress = _no_progress) -> BenchRun:
     """Check the request, list the images, run the session here."""
     check_request(artifact, request)
     return run_session(artifact, evaluation_set(artifact, request.images), request, progress=progress)
@@ -162,17 +173,17 @@ def evaluation_set(artifact: Artifact, images: ImageRequest) -> ImageSet:
     return image_set
 
 
-def _run_worker(artifact: Artifact, backend: str, request: BenchRequest, views: Path, tmp: Path, timed: bool, progress: Progress) -> WorkerOutput:
+def _run_worker(artifact: Artifact, backend: str, request: BenchRequest, views: Path, tmp: Path, timed: bool, progress: BenchProgress) -> WorkerOutput:
     # the untimed PyTorch reference always runs on the CPU, whatever device is benchmarked
     options = dataclasses.replace(request.options, batch_sizes=request.timing.batch_sizes) if timed else BackendOptions(threads=request.options.threads)
     job = make_job(
         backend, artifact, options, views, tmp,
-        timing=request.timing if timed else None, throughput_seconds=request.throughput_seconds, power=request.power,
+        timing=request.timing if timed else None, power=request.power,
     )
     return spawn(job, tmp, lambda stage, done, total: progress(backend, stage, done, total))
 
 
-def reference_logits(artifact: Artifact, images: ImageSet, folder: Path, threads: Optional[int] = None, progress: Progress = _no_progress) -> WorkerOutput:
+def reference_logits(artifact: Artifact, images: ImageSet, folder: Path, threads: Optional[int] = None, progress: BenchProgress = _no_progress) -> WorkerOutput:
     """The PyTorch original's logits on ``images`` (untimed, CPU, in a process of its own),
     written under ``folder``: the baseline a bundle carries to a device without PyTorch."""
     if not has_original(artifact):

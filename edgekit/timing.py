@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from .core import LatencyStats, UsageError
+from .options import declared
 
 if TYPE_CHECKING:
     from .telemetry import PowerMonitor
@@ -23,12 +24,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TimingOptions:
-    batch_sizes: tuple[int, ...] = (1,)
-    warmup: int = 10
-    iterations: int = 100
-    max_seconds: float = 15.0  # per batch size; stops early (after >= min_iterations) past it
+    batch_sizes: tuple[int, ...] = declared("batch").field(convert=tuple)
+    warmup: int = declared("warmup").field()
+    iterations: int = declared("iterations").field()
+    max_seconds: float = declared("max_seconds").field(convert=float)  # per batch size; stops early (after >= min_iterations) past it
     min_iterations: int = 10
-    repeats: int = 1  # rounds of `iterations`; the spread of their p50s shows the noise
+    repeats: int = declared("repeats").field()  # rounds of `iterations`; the spread of their p50s shows the noise
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):

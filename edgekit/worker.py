@@ -46,7 +46,6 @@ def make_job(
     views_file: Path,
     folder: Path,
     timing: Optional[TimingOptions] = None,
-    throughput_seconds: Optional[float] = None,
     power: str = "off",
     decode_threads: int = DECODE_THREADS,
 ) -> dict:
@@ -54,11 +53,10 @@ def make_job(
     return {
         "backend": backend,
         "artifact": str(artifact.path.resolve()),
-        "options": asdict(options),
+        "options": {**asdict(options), "own": dict(options.own)},
         "views": str(Path(views_file).resolve()),
         "decode_threads": decode_threads,
         "timing": asdict(timing) if timing else None,
-        "throughput": {"batch_sizes": list(timing.batch_sizes), "seconds": throughput_seconds} if timing and throughput_seconds else None,
         "power": power if timing else "off",
         "logits_out": str(folder / f"{backend}.logits.f32"),
         "rows_out": str(folder / f"{backend}.rows.npy"),
@@ -135,7 +133,7 @@ def _evaluate(session, job: dict, prep, batch_size: int) -> tuple[dict, list, np
 def run_job(job: dict) -> dict:
     backend = get_backend(job["backend"])
     backend.check_available()
-    options = BackendOptions(**job["options"])
+    options = BackendOptions(**{**job["options"], "batch_sizes": tuple(job["options"]["batch_sizes"])})
     device = backend.device_for(options)
     problem = backend.device_problem(device)
     if problem:  # on a device too: before anything is compiled or timed
@@ -162,7 +160,7 @@ def run_job(job: dict) -> dict:
                     batch_size,
                     timing,
                     on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
-                    compute_ms=lambda: getattr(session, "last_compute_ms", None),
+                    compute_ms=lambda: session.last_compute_ms,
                     power=monitor,
                 )
             latency.append(asdict(stats))
@@ -170,13 +168,13 @@ def run_job(job: dict) -> dict:
             if summary is not None:
                 power.append(asdict(replace(summary, batch_size=batch_size)))
     throughput = []
-    if job.get("throughput") and hasattr(session, "throughput"):
-        for batch_size in job["throughput"]["batch_sizes"]:
+    if job.get("timing") and session.throughput_seconds:  # a throughput mode asked for and offered (Session)
+        for batch_size in job["timing"]["batch_sizes"]:
             label = f"throughput batch {batch_size}"
             throughput.append(
                 session.throughput(
                     make_batch(images, batch_size),
-                    job["throughput"]["seconds"],
+                    session.throughput_seconds,
                     on_step=lambda done, total, label=label: emit(stage=label, done=done, total=total),
                 )
             )
@@ -191,7 +189,7 @@ def run_job(job: dict) -> dict:
         "gpu_memory_mb": _gpu_memory_mb() if on_gpu else None,
         "size_mb": backend.size_mb(compiled),
         # the device the session runs on (it refuses any other than asked), in the backend's spelling
-        "environment": {**machine_info(), "runtime": backend.runtime_version(), "device": getattr(session, "device", None)},
+        "environment": {**machine_info(), "runtime": backend.runtime_version(), "device": session.device},
         "evaluation_ips": (logits["count"] + len(skipped)) / logits["seconds"] if logits["seconds"] > 0 else None,
         "logits": logits,
         "skipped": [list(s) for s in skipped],

@@ -92,8 +92,8 @@ def test_bundle_lists_every_file_with_its_hash(bundle_dir, tiny_artifact):
     assert meta["reference"]["shape"] == [7, 1000] and meta["reference"]["backend"] == "pytorch"
     # the runner is edgekit's own torch-free modules, copied; nothing that needs torch
     vendored = {p.relative_to(bundle_dir / "edgekit").as_posix() for p in (bundle_dir / "edgekit").rglob("*.py")}
-    assert {"core.py", "data.py", "timing.py", "session.py", "results/tables.py", "results/document.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
-    assert not {"models.py", "onnx_export.py", "plan.py", "steps/export.py", "cli.py", "backends/pytorch.py", "bundle.py", "results/site.py"} & vendored
+    assert {"core.py", "data/__init__.py", "data/decode.py", "timing.py", "session.py", "results/tables.py", "results/document.py", "worker.py", "device_runner.py", "backends/tensorrt.py"} <= vendored
+    assert not {"models/__init__.py", "onnx_export.py", "plan.py", "steps/export.py", "cli.py", "backends/pytorch.py", "bundle.py", "results/site.py"} & vendored
     for name in vendored:
         assert (bundle_dir / "edgekit" / name).read_bytes() == (Path(__file__).parent.parent / "edgekit" / name).read_bytes()
     assert "python3 -m edgekit.device_runner bench" in (bundle_dir / "README.txt").read_text()
@@ -218,7 +218,7 @@ def test_runner_modules_are_found_from_edgekit_imports():
     from edgekit.bundle import runner_modules
 
     modules = set(runner_modules())
-    assert {"", "core", "data", "timing", "session", "results.tables", "results.document", "worker", "device_runner", "registry",
+    assert {"", "core", "data", "data.decode", "data.batches", "timing", "session", "results.tables", "results.document", "worker", "device_runner", "registry",
             "backends", "backends.base", "backends.int8_cpu_form", "transforms.qdq_graph", "options"} <= modules
     assert not {"models", "onnx_export", "plan", "steps", "cli", "backends.pytorch", "transforms.quantize", "results.site"} & modules
 

@@ -142,7 +142,8 @@ def test_an_artifact_built_by_bench_has_the_deploy_section(built, tmp_path):
     plan.build (bench, profile, run, bundle) records it as export does."""
     import shutil
 
-    from edgekit.core import Artifact, write_manifest
+    from edgekit.artifacts import write_manifest
+    from edgekit.core import Artifact
     from edgekit.options import Settings
     from edgekit.plan import build, command_cell
 
@@ -162,13 +163,13 @@ def test_an_artifact_built_by_bench_has_the_deploy_section(built, tmp_path):
 def test_boxed_tables_print_plain_when_not_a_terminal(capsys):
     from rich.table import Table
 
-    from edgekit.cli import _console
+    from edgekit.console import stdout
 
     table = Table(title="a title", title_justify="left")
     table.add_column("name")
     table.add_column("value", justify="right")
     table.add_row("no (--random-init)", "1.5")
-    _console(stderr=False).print(table)
+    stdout().print(table)
     out = capsys.readouterr().out
     _plain(out)
     assert out.splitlines() == ["a title", "name                value", "no (--random-init)    1.5"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
-from edgekit.cluster.ledger import Ledger
 from edgekit.cluster.placement import BUILD_RESOURCE, Node, cluster_problems, parse_kinds, plan_units, timing_resources
 from edgekit.core import UsageError
+from edgekit.launch.ledger import Ledger
 from edgekit.plan import recipe_cells
 from edgekit.recipe import RecipeError, load_recipe
 from ray_cluster import Cluster, processes_running
@@ -46,6 +46,14 @@ def _recipe(folder: Path, text: str = TINY) -> Path:
     path = folder / "recipe.toml"
     path.write_text(text)
     return path
+
+
+def _artifacts_in(root: Path, text: str = TINY) -> str:
+    """The recipe building into the session's artifact root (conftest's exported_root):
+    an artifact already built there with the same settings is reused by its key, so the
+    runs below time and ship artifacts instead of exporting the same two models again."""
+    assert 'artifacts = "exported"' in text
+    return text.replace('artifacts = "exported"', f'artifacts = "{root}"')
 
 
 # --------------------------------------------------------------------------- placement, no cluster
@@ -216,10 +224,10 @@ def _process(args, cwd, env=None, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def local_and_ray(tmp_path_factory):
+def local_and_ray(tmp_path_factory, exported_root):
     """The same recipe run here and through `--ray` (a Ray instance started by edgekit)."""
     folder = tmp_path_factory.mktemp("ray-local")
-    path = _recipe(folder)
+    path = _recipe(folder, _artifacts_in(exported_root))
     local = run_cli("run", str(path), "--json", "out/local.json", cwd=folder)
     assert local.returncode == 0, local.stderr
     ray = _process(["run", str(path), "--ray"], folder)
@@ -252,8 +260,10 @@ def test_resume_keeps_the_done_cells(local_and_ray):
     assert again["results"] == first["results"]
 
 
-def test_ctrl_c_leaves_a_valid_results_file_that_resume_completes(tmp_path):
-    path = _recipe(tmp_path, TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 4"))
+def test_ctrl_c_leaves_a_valid_results_file_that_resume_completes(tmp_path, exported_root):
+    # each backend of a cell times for max_seconds: the first cell is still running when
+    # Ctrl-C comes (the test sends it as soon as the results file says so), the second waits
+    path = _recipe(tmp_path, _artifacts_in(exported_root, TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 1.5")))
     proc = _process(["run", str(path), "--ray"], tmp_path, start_new_session=True)
     results = tmp_path / "out" / "results.json"
     deadline = time.monotonic() + 240
@@ -279,7 +289,7 @@ def test_ctrl_c_leaves_a_valid_results_file_that_resume_completes(tmp_path):
 # --------------------------------------------------------------------------- a real cluster
 
 
-LAB = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 3") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
+LAB = TINY.replace("iterations = 20", "iterations = 100000\nmax_seconds = 2") + '\n[ray]\nkinds = ["edge", "pytorch=cpu_box"]\nretries = 2\n'
 
 
 def _run_and_kill_a_worker(tmp_path, workers: dict[str, str], text: str):
@@ -308,9 +318,9 @@ def _run_and_kill_a_worker(tmp_path, workers: dict[str, str], text: str):
     return proc.returncode, err, workers[victim], json.loads((path.parent / "out" / "results.json").read_text())
 
 
-def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
+def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path, exported_root):
     """Two 'edge' workers time ONNX Runtime from bundles; one dies, the other takes its cell."""
-    text = LAB + '\n[model.squeezenet1_1]\nshared = "shared"\n'  # its bundle travels through a shared folder, the other's through Ray
+    text = _artifacts_in(exported_root, LAB) + '\n[model.squeezenet1_1]\nshared = "shared"\n'  # its bundle travels through a shared folder, the other's through Ray
     code, err, dead_ip, document = _run_and_kill_a_worker(tmp_path, {"a": "127.0.0.2", "b": "127.0.0.3"}, text)
     assert code == 0, err
     units = document["cluster"]["units"]
@@ -326,14 +336,15 @@ def test_a_worker_dies_mid_run_and_its_cell_is_retried_on_another(tmp_path):
         assert row["accuracy"]["images"] == 7
     assert all(r["accuracy"]["agreement"] == 100.0 for r in rows if r["backend"] == "onnxruntime")  # vs the bundled PyTorch logits
     shared = sorted(p.name for p in (tmp_path / "run" / "shared").iterdir())
-    assert [name.split("-")[0] for name in shared] == ["artifact", "bundle"]  # for the head's PyTorch cell, for the workers'
+    # for the head's PyTorch cell, for the workers' (the bundle without its images, and the images, apart: once per node)
+    assert [name.split("-")[0] for name in shared] == ["artifact", "bundle", "images"]
     assert all(name.endswith(".tar") for name in shared)
 
 
-def test_the_only_worker_of_a_kind_dies_and_its_cells_fail_with_the_reason(tmp_path):
+def test_the_only_worker_of_a_kind_dies_and_its_cells_fail_with_the_reason(tmp_path, exported_root):
     """A head and one 'edge' worker: when the worker dies there is nowhere to retry, so its
     cells become failed rows saying why, the head's cells finish, and the run exits 1."""
-    code, err, _, document = _run_and_kill_a_worker(tmp_path, {"a": "127.0.0.2"}, LAB + "wait_for_kind = 3\n")
+    code, err, _, document = _run_and_kill_a_worker(tmp_path, {"a": "127.0.0.2"}, _artifacts_in(exported_root, LAB) + "wait_for_kind = 3\n")
     assert code == 1 and "onnxruntime failed" in err and "results.json" in err, err
     units = {(u["model"], u["kind"]): u for u in document["cluster"]["units"]}
     assert len(units) == 4

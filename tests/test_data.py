@@ -150,7 +150,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from faults import sixteen_bit_png
 
     path = sixteen_bit_png(tmp_path / "ramp16.png", size=64)
-    rgb = np.asarray(data._open_rgb(path))
+    rgb = np.asarray(data.decode._open_rgb(path))
     assert rgb.min() == 0 and rgb.max() == 255  # the whole ramp, not white from 1/255 of the way
     assert 100 < rgb[:, 32, 0].mean() < 160 and (np.diff(rgb[0, :, 0].astype(int)) >= 0).all()
 

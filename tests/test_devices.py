@@ -160,7 +160,8 @@ def test_onnxruntime_refuses_a_provider_it_dropped():
 
 def test_a_remote_run_leaves_the_device_to_the_device(tmp_path):
     from edgekit.options import Settings
-    from edgekit.plan import command_cell, launcher_for
+    from edgekit.launch import launcher_for
+    from edgekit.plan import command_cell
 
     settings = Settings(remote="me@jetson.local", device="onnxruntime:tensorrt", backends=("pytorch", "onnxruntime"))
     command_cell("mobilenet_v3_small", settings)  # not checked here: this machine is not the device
@@ -191,7 +192,7 @@ def _document(path, rows):
 
 
 def test_failed_rows_never_claim_saved_rows_that_are_not_there(tmp_path):
-    from edgekit.cli import _exit_if_failed
+    from edgekit.api import raise_if_failed as _exit_if_failed
 
     failed = [BenchResult.failed("m", name, "fp32", "k", "no GPU") for name in ("pytorch", "openvino")]
     path = _document(tmp_path / "none.json", failed)

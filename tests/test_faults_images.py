@@ -130,14 +130,14 @@ def test_gif_first_frame_and_tall_image_cost(tmp_path):
 
     prep = Preprocessing(resize_size=256, input_size=224)
     gif = fi.animated_gif(tmp_path / "a.gif")
-    rgb = np.asarray(data._open_rgb(gif))
+    rgb = np.asarray(data.decode._open_rgb(gif))
     assert tuple(rgb[0, 0]) == (200, 30, 30)
     # 1 x 3,000 (91 bytes): 256 x 768,000 once resized, about 770 MB; refused before any pixel is decoded
     view = data.ImageView(data.LabelledImage(fi.thin_png(tmp_path / "t.png", 3000), None), 0)
     with pytest.raises(data.UnreadableImage, match=r"256 x 768000 once its short side is resized to 256"):
         data.preprocess(view, prep)
-    assert data.decode_cost((1, 3000), "RGB", prep) > data._DECODE_BUDGET
-    assert data.decode_cost((4000, 3000), "RGB", prep) < data._DECODE_BUDGET  # a 12 MP photo is read as before
+    assert data.decode_cost((1, 3000), "RGB", prep) > data.decode._DECODE_BUDGET
+    assert data.decode_cost((4000, 3000), "RGB", prep) < data.decode._DECODE_BUDGET  # a 12 MP photo is read as before
 
 
 def test_big_jpeg_is_decoded_at_a_reduced_scale_not_skipped(tmp_path):
@@ -147,7 +147,7 @@ def test_big_jpeg_is_decoded_at_a_reduced_scale_not_skipped(tmp_path):
     prep = Preprocessing(resize_size=256, input_size=224)
     jpeg = fi.big_jpeg(tmp_path / "big.jpg")
     assert jpeg.stat().st_size < 2**20
-    assert data.decode_cost((7000, 6000), "RGB", prep) > data._DECODE_BUDGET
+    assert data.decode_cost((7000, 6000), "RGB", prep) > data.decode._DECODE_BUDGET
     x = data.preprocess(data.ImageView(data.LabelledImage(jpeg, None), 0), prep)
     assert x.shape == (3, 224, 224) and np.isfinite(x).all()
 
@@ -155,7 +155,7 @@ def test_big_jpeg_is_decoded_at_a_reduced_scale_not_skipped(tmp_path):
 def test_the_budget_is_shared_by_the_decode_threads(monkeypatch):
     from edgekit import data
 
-    budget = data._Budget(100)
+    budget = data.decode._Budget(100)
     held, peak, lock = [0], [0], threading.Lock()
 
     def decode(cost):

@@ -58,7 +58,8 @@ def test_a_checkpoint_of_the_right_size_still_loads(tmp_path):
 
 def test_safetensors_header_declaring_huge_tensors_is_refused_unread(tmp_path):
     from edgekit.core import CheckpointMismatchError
-    from edgekit.models import get_entry, _checkpoint_limit, read_checkpoint
+    from edgekit.models import get_entry, read_checkpoint
+    from edgekit.models.checkpoints import _checkpoint_limit
 
     header = json.dumps({"features.0.weight": {"dtype": "F32", "shape": [1 << 29], "data_offsets": [0, 1 << 31]}}).encode()
     path = tmp_path / "huge.safetensors"

@@ -16,13 +16,13 @@ from conftest import assert_one_line_error, run_cli
 from edgekit.classes import display_name, read_classes_file, read_text_file, shown
 from edgekit.core import DataError
 from edgekit.data import (
-    _read_label_file,
     calibration_request,
     class_folders_of,
     labelled_folder,
     resolve_images,
     same_content,
 )
+from edgekit.data.labels import _read_label_file
 
 SQ = ("squeezenet1_1", "--random-init")
 Q = ("--iterations", "3", "--warmup", "1", "--power", "off", "--views", "1")
@@ -237,9 +237,9 @@ def test_cli_labels_dev_zero_and_single_class_finetune_are_one_line(tmp_path):
 
 
 def test_too_many_same_size_files_are_not_compared_and_it_is_said(tmp_path, monkeypatch):
-    from edgekit import data
+    from edgekit.data import overlap
 
-    monkeypatch.setattr(data, "MAX_COMPARED_FILES", 1)
+    monkeypatch.setattr(overlap, "MAX_COMPARED_FILES", 1)
     root = fl.split_tree(tmp_path / "data")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -36,7 +36,7 @@ def test_ir_is_saved_with_the_artifact_and_records_f32(tiny_artifact):
 def test_fp16_weight_compression_is_a_separate_smaller_ir(tiny_artifact, images):
     backend = get_backend("openvino")
     full = backend.size_mb(backend.compile(tiny_artifact, BackendOptions()))
-    compiled = backend.compile(tiny_artifact, BackendOptions(compress_fp16=True))
+    compiled = backend.compile(tiny_artifact, BackendOptions(own={"ov_fp16_weights": True}))
     assert backend.size_mb(compiled) < 0.7 * full
     reference = get_backend("pytorch").load(tiny_artifact, BackendOptions()).run(images)
     logits = backend.load(compiled, BackendOptions()).run(images)

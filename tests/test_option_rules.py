@@ -79,10 +79,10 @@ def _outcome(function, *args) -> Any:
 
 def _strict_exit(settings: Settings) -> str:
     """What `export`/`bench` do with an artifact whose INT8 budget was not met."""
-    from edgekit.cli import _exit_if_budget_missed
+    from edgekit.api import raise_if_budget_missed
 
     try:
-        _exit_if_budget_missed(SimpleNamespace(manifest={"quantization": {"budget_met": False}}, path="a"), settings)
+        raise_if_budget_missed(SimpleNamespace(manifest={"quantization": {"budget_met": False}}, path="a"), settings["strict"])
     except EdgekitError:
         return "exit 1"
     return "exit 0"
@@ -112,7 +112,7 @@ def _step_inputs(step: str, s: Settings) -> Any:
 def consumed(command: str, settings: Settings, onnx_target: bool = False) -> dict[str, Any]:
     """Everything the command hands its consumers, from these settings."""
     from edgekit.classes import resolve_class_set
-    from edgekit.plan import launcher_for
+    from edgekit.launch import launcher_for
     from edgekit.session import bench_request
     from edgekit.steps import variant_from_settings
     from edgekit.steps.export import export_options, model_request
@@ -224,19 +224,24 @@ def test_every_declared_condition_names_a_step_an_option_or_the_bench():
     assert set(BY_STEP) == set(STEP_TEXT)  # every step has its flag
 
 
-def test_backend_options_are_declared_for_the_backends_that_read_them():
-    """applies_to is what the backend modules read: the bench request carries these to
-    every worker, and only these backends look at them (a worker calls throughput() only
-    where the session has one)."""
-    folder = Path(edgekit.backends.__file__).parent
-    reads = {"throughput": "def throughput(", "threads": "options.threads", "ov_fp16_weights": "options.compress_fp16",
-             "trt_workspace": "options.workspace_bytes", "cuda_graph": "options.cuda_graph", "precision": "options.precision"}
-    from edgekit.backends.base import BACKENDS
+def test_each_backend_option_is_declared_by_the_backends_that_read_it():
+    """A backend's own options live in its module (Backend.options) and bind to its typed
+    options (options_type): every declared option but the shared thread count is a field
+    there, and the catalogue says it applies to exactly the backends declaring it."""
+    from dataclasses import fields
 
-    names = set(BACKENDS.names())
-    for key, marker in reads.items():
-        readers = {p.stem for p in folder.glob("*.py") if p.stem in names and marker in p.read_text()}
-        assert set(BY_KEY[key].applies_to) == readers, (key, readers)
+    from edgekit.backends.base import BACKENDS, THREADS, get_backend
+
+    declared: dict[str, set] = {}
+    for name in BACKENDS.names():
+        backend = get_backend(name)
+        bound = {f.metadata.get("option", f.name) for f in fields(backend.options_type)} if backend.options_type else set()
+        for option in backend.options:
+            declared.setdefault(option.key, set()).add(name)
+            assert option is THREADS or option.key in bound, f"{name} declares {option.key} but its options_type does not read it"
+    for key, names in declared.items():
+        assert set(BY_KEY[key].applies_to) == names, key
+    assert {"threads", "precision", "ov_fp16_weights", "trt_workspace", "cuda_graph", "throughput"} <= set(declared)
 
 
 # --------------------------------------------------------------------------- every entry point reaches the check

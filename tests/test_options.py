@@ -2,6 +2,7 @@
 declarations has it, with the same default."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,16 @@ def test_argparse_types_refuse_out_of_range_values():
     BY_KEY["percentile"].add_argument(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--percentile", "101"])
+
+
+def test_settings_are_read_through_bindings_only():
+    """Every consumer takes a typed dataclass bound to its options (Settings.bind,
+    Option.field): no string lookups like settings["max_fallback"] outside the catalogue,
+    where a renamed key would fail only at run time."""
+    import re
+
+    package = Path(__file__).resolve().parent.parent / "edgekit"
+    lookup = re.compile(r"""settings\[\s*["']""")
+    found = [f"{path.relative_to(package)}:{number}" for path in package.rglob("*.py") if path.name not in ("options.py", "option.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1) if lookup.search(line)]
+    assert not found, found

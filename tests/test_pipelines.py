@@ -63,6 +63,15 @@ def test_wrong_type_and_bad_toml_and_unbuilt_variant(tmp_path):
         load_recipe(_write(tmp_path, RECIPE + "\n[model.resnet18]\nrandom_init = true\n"))
 
 
+@pytest.mark.parametrize("variant", ["finetuned+pruned", "pruned+int8", "finetuned+pruned+int8"])
+def test_a_chain_with_a_pruned_step_needs_prune_ratio_before_any_work(tmp_path, variant):
+    """The step is found in the chain, not only at its start: 'finetuned+pruned' without
+    [prune] ratio used to pass the check and fail only after fine-tuning had run."""
+    with pytest.raises(RecipeError, match=r"recipe.toml:3: a 'pruned' variant needs \[prune\] ratio"):
+        load_recipe(_write(tmp_path, RECIPE.replace('"fp32", "int8"', f'"fp32", "{variant}"')))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.toml"]  # nothing built, nothing written
+
+
 def test_cli_malformed_recipe_is_one_line(tmp_path):
     path = _write(tmp_path, RECIPE.replace("[int8]", "[int9]"))
     proc = run_cli("run", str(path), cwd=tmp_path)

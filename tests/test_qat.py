@@ -7,7 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from digits import onnx_accuracy
 from edgekit.core import UsageError
-from edgekit.transforms.qat import QATOptions, float_weights, graph_module, qat_onnx, simulate, write_qdq
+from edgekit.transforms.onnx_to_torch import graph_module
+from edgekit.transforms.qat import QATOptions, float_weights, qat_onnx, simulate, write_qdq
 from edgekit.transforms.qdq_graph import compute_nodes, node_label, quantized_node_labels, run_logits
 from edgekit.transforms.quantize import QuantizeOptions, float_ops, quantize_qdq
 

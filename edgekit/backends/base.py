@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import importlib
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from ..core import Artifact, BackendUnavailableError, UsageError
+from ..option import Option, bind
 from ..registry import Registry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class BackendOptions:
+    """What every backend of a run is given: the generic settings, and the values of every
+    backend's own options (Backend.options) by key, which each backend binds to its own
+    typed options (Backend.own_options). Plain values only: it travels to worker processes."""
+
     threads: Optional[int] = None  # intra-op threads; None lets the runtime choose
     device: str = ""  # the --device value as given: '' each backend's own, 'gpu', 'openvino:gpu,onnxruntime:cuda' (Backend.device_for reads it)
-    precision: Optional[str] = None  # OpenVINO inference precision (f32, bf16, f16); None: f32
-    compress_fp16: bool = False  # OpenVINO: store IR weights in FP16
-    batch_sizes: tuple[int, ...] = ()  # TensorRT: the optimization profile covers these
-    workspace_bytes: Optional[int] = None  # TensorRT builder workspace limit
-    cuda_graph: bool = False  # TensorRT: replay inference from a captured CUDA graph
+    batch_sizes: tuple[int, ...] = ()  # the batch sizes timed (TensorRT's optimization profile covers them)
+    own: Mapping[str, Any] = field(default_factory=dict)  # backend option key -> value (edgekit.options.backend_values)
+
+
+def backend_option(key: str, flag: str, kind: str, help: str, default: Any = None, **more: Any) -> Option:
+    """An option of a backend's own: in `bench` and `profile`, the recipe's [bench] table and
+    the device runner (Option's other fields as keywords)."""
+    return Option(key, flag, kind, "backend", help, default, **{"recipe": "bench", "commands": ("bench", "profile"), "on_device": True, **more})
+
+
+# Intra-op threads: declared by every backend that honours a thread count (a backend that
+# does not leaves it out, and --threads with only such backends is refused).
+THREADS = backend_option("threads", "--threads", "int", "Intra-op threads (default: the runtime's choice).", minimum=1, maximum=1024)
 
 
 @dataclass(frozen=True)
@@ -35,18 +49,37 @@ class DeployFile:
 
 
 class Session(Protocol):
-    """A loaded model: ``run`` takes an NCHW float32 batch and returns logits."""
+    """A loaded model: ``run`` takes an NCHW float32 batch and returns logits. The extras a
+    session may offer (SessionBase has their defaults): the device time of the last run,
+    and a throughput mode."""
 
     precision: str  # what actually runs, e.g. "fp32"
     providers: tuple[str, ...]  # execution providers / devices in use
     device: str  # the device it runs on, in the backend's spelling (a session never runs elsewhere than asked)
     threads: Optional[int]
+    last_compute_ms: Optional[float]  # device time of the last run (GPU events), None where not measured
+    throughput_seconds: Optional[float]  # seconds per batch size of throughput mode; None: no throughput mode asked or offered
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def throughput(self, batch: np.ndarray, seconds: float, on_step: Callable[[int, int], None]) -> dict:
+        """Asynchronous throughput mode over ``batch`` for ``seconds``: a ThroughputStats dict."""
+
+
+class SessionBase:
+    """Defaults of the Session protocol's extras."""
+
+    last_compute_ms: Optional[float] = None
+    throughput_seconds: Optional[float] = None
+
+    def throughput(self, batch: np.ndarray, seconds: float, on_step: Callable[[int, int], None]) -> dict:
+        raise NotImplementedError("this session has no throughput mode")
 
 
 class Backend(Protocol):
     name: str
+    options: tuple[Option, ...]  # its own options; edgekit.options makes them flags, recipe keys and runner arguments
+    in_default_run: bool  # run when --backend names none
     pip_extra: Optional[str]  # `pip install edgekit[<extra>]` brings the runtime
     runtime_packages: tuple[tuple[str, str], ...]  # (module to import, pip package) it needs on a device
 
@@ -61,6 +94,9 @@ class Backend(Protocol):
 
     def device_problem(self, device: str) -> Optional[str]:
         """Why ``device`` cannot be used here ("<name> has no device 'gpu' here (available: cpu; install ...)"), or None."""
+
+    def own_options(self, options: "BackendOptions") -> Any:
+        """Its own options (``options_type``, bound to ``options.own``)."""
 
     def missing_on_device(self) -> list[str]:
         """pip packages this Python lacks to run the backend from a bundle (no edgekit installed)."""
@@ -96,6 +132,9 @@ class BackendBase:
     """Defaults for the Backend protocol; a backend module overrides what differs."""
 
     name = ""
+    options: tuple[Option, ...] = ()  # its own options (flags, recipe keys, runner arguments): edgekit.options collects them
+    options_type: Optional[type] = None  # the frozen dataclass its options bind to (Option.field), or None
+    in_default_run = False  # run when --backend names none
     pip_extra: Optional[str] = None
     runtime_packages: tuple[tuple[str, str], ...] = ()
     distributions: tuple[str, ...] = ()  # pip distributions whose version names the runtime
@@ -107,6 +146,17 @@ class BackendBase:
 
     def devices(self) -> tuple[str, ...]:
         return self.always_there
+
+    def graph_runner(self, onnx_path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        """A plain CPU run of a bare ONNX file (no artifact, default settings): what a step
+        times while it searches (pruning to a latency target). Not every backend has one."""
+        raise UsageError(f"backend {self.name} cannot time a bare ONNX graph")
+
+    def own_options(self, options: BackendOptions) -> Any:
+        """Its own options, typed: ``options_type`` bound to the values of ``options.own``."""
+        if self.options_type is None:
+            raise TypeError(f"backend {self.name} declares no options_type")
+        return bind(self.options_type, options.own)
 
     def canonical_device(self, device: str) -> str:
         """A device name in this backend's spelling."""
@@ -164,7 +214,7 @@ class BackendBase:
         """The runtime's own profiler on what ``compile`` returned: an edgekit.profiling.ProfiledRun
         (per node it executed, and the wall time per run with the profiler on);
         ProfilerUnavailable where it has none."""
-        from ..profiling import ProfilerUnavailable
+        from ..core import ProfilerUnavailable
 
         raise ProfilerUnavailable(f"backend {self.name} has no per-layer profiler in edgekit")
 
@@ -176,15 +226,6 @@ def importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def parse_workspace(text: str) -> int:
-    """A size for a backend's memory limits (TensorRT's builder workspace). '4GiB', '512MiB', '1073741824' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", str(text), flags=re.IGNORECASE)
-    if not match:
-        raise UsageError(f"workspace must look like 4GiB or 512MiB, got {text!r}")
-    value, unit = float(match.group(1)), (match.group(2) or "B").upper().replace("I", "")
-    return int(value * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[unit])
 
 
 def require_module(module: str, backend: str, extra: Optional[str]) -> None:
@@ -206,7 +247,48 @@ BACKENDS.register("openvino", "edgekit.backends.openvino:OpenVinoBackend")
 BACKENDS.register("tensorrt", "edgekit.backends.tensorrt:TensorRTBackend")
 
 
+def _register_plugins() -> None:
+    """Backends other packages provide: entry points of group ``edgekit.backends``
+    (``name = "module:Class"``), registered in every process, worker processes too."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="edgekit.backends"):
+        if entry.name not in BACKENDS:
+            BACKENDS.register(entry.name, entry.value)
+
+
+_register_plugins()
+
+
 BASELINE_BACKEND = "pytorch"  # runs where the artifact is made; its logits travel in bundles
+
+
+def graph_timing_backend() -> Backend:
+    """The backend a step times bare graphs with: the first one run by default (after the
+    baseline) that can (BackendBase.graph_runner)."""
+    for name in default_backends():
+        backend = get_backend(name)
+        if name != BASELINE_BACKEND and type(backend).graph_runner is not BackendBase.graph_runner:
+            return backend
+    raise UsageError("no default backend can time a bare ONNX graph")
+
+
+def present_backends() -> dict[str, Backend]:
+    """Every registered backend whose module is here: all of them, except inside a bundle,
+    which carries the modules of the backends it can run and not the baseline's."""
+    found: dict[str, Backend] = {}
+    for name in BACKENDS.names():
+        try:
+            found[name] = get_backend(name)
+        except ModuleNotFoundError as e:
+            if e.name != BACKENDS.get(name).split(":")[0]:
+                raise  # a module the backend itself imports: a real error
+    return found
+
+
+def default_backends() -> tuple[str, ...]:
+    """What runs when --backend names none: the backends that say so (in_default_run)."""
+    return tuple(name for name, backend in present_backends().items() if backend.in_default_run)
 
 
 def deployable_backends() -> tuple[str, ...]:

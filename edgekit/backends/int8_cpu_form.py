@@ -45,7 +45,6 @@ import numpy as np
 
 from ..transforms.qdq_graph import drop_unused_initializers
 
-ZERO_CLAMPS = ("Relu", "Clip")
 # ops whose output is non-negative wherever their (first) input is
 SIGN_PRESERVING = ("MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Slice", "Gather", "Split")
 INTEGER_MATMUL_OPS = ("Conv", "Gemm", "MatMul")

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format
-from .base import BackendBase, BackendOptions, DeployFile, file_size_mb, require_module
+from .base import THREADS, BackendBase, BackendOptions, DeployFile, SessionBase, backend_option, file_size_mb, require_module
 
 
 CPU_LOWERING_VERSION = 5  # bump when int8_cpu_form changes: a lowered file recorded with another version is rebuilt
+PRECISION = backend_option("precision", "--precision", "choice", "onnxruntime: f16 lets its TensorRT provider use FP16",
+                           choices=("f32", "f16"))
+
 # the INT8 CPU forms' files, named for the CPUs they are for (int8_cpu_form.FORM_CPUS)
 CPU_FORM_FILES = {"u8s8": "model.ort-cpu-vnni-arm.onnx", "u8u8": "model.ort-cpu-avx2.onnx"}
 
 
-class OnnxRuntimeSession:
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    precision: Optional[str] = PRECISION.field()
+
+
+class OnnxRuntimeSession(SessionBase):
     def __init__(self, artifact: Artifact, options: BackendOptions):
         import onnxruntime as ort
 
@@ -25,7 +34,7 @@ class OnnxRuntimeSession:
         so.log_severity_level = 3  # QDQ graphs draw a warning per unused zero point
         if options.threads:
             so.intra_op_num_threads = options.threads
-        fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"  # TensorRT's own rule for QDQ graphs
+        fp16 = _fp16_engines(artifact, OnnxRuntimeBackend().own_options(options))
         self.device = _device(options)
         providers = _providers(self.device, ort.get_available_providers(), artifact.path / ORT_TRT_CACHE, fp16)
         self._session = ort.InferenceSession(str(artifact.onnx_path), so, providers=providers)
@@ -223,8 +232,17 @@ def _fusion_group(model, name: str) -> tuple[str, ...]:
     return tuple(group)
 
 
+def _fp16_engines(artifact: Artifact, own: OnnxRuntimeOptions) -> bool:
+    """Whether the TensorRT provider may build FP16 engines: asked for, or an INT8 QDQ
+    graph (TensorRT's own rule for the layers it leaves in float)."""
+    return own.precision == "f16" or numeric_format(artifact.manifest) == "int8"
+
+
 class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
+    options = (THREADS, PRECISION)
+    options_type = OnnxRuntimeOptions
+    in_default_run = True
     pip_extra = None  # a core dependency
     runtime_packages = (("onnxruntime", "onnxruntime"),)
     distributions = ("onnxruntime", "onnxruntime-gpu")
@@ -256,6 +274,11 @@ class OnnxRuntimeBackend(BackendBase):
     def check_available(self) -> None:
         require_module("onnxruntime", self.name, None)
 
+    def graph_runner(self, onnx_path: Path):
+        session = plain_session(onnx_path)
+        name = session.get_inputs()[0].name
+        return lambda batch: session.run(None, {name: batch})[0]
+
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         """FP32/FP16 graphs run as they are; an INT8 QDQ graph is lowered to the form the
         CPU provider fuses into integer kernels (see int8_cpu_form), cached beside it."""
@@ -273,7 +296,7 @@ class OnnxRuntimeBackend(BackendBase):
     def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per node: ONNX Runtime's session profiler (see profile_session) on what ``compile`` chose."""
         self.check_available()
-        fp16 = options.precision == "f16" or numeric_format(artifact.manifest) == "int8"
+        fp16 = _fp16_engines(artifact, self.own_options(options))
         return profile_session(artifact.onnx_path, options, batch, iterations, warmup, fp16)
 
     def load(self, artifact: Artifact, options: BackendOptions) -> OnnxRuntimeSession:

@@ -14,17 +14,32 @@ import json
 import os
 import shutil
 from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..core import Artifact, UsageError, numeric_format, sha256_file
-from .base import BackendBase, BackendOptions, DeployFile, require_module
+from .base import THREADS, BackendBase, BackendOptions, DeployFile, SessionBase, backend_option, require_module
+from ..option import Option
 
 IR_FOLDER = "openvino"
 IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
 PRECISIONS = ("f32", "bf16", "f16")
+
+# its own options (edgekit.options collects them into flags, recipe keys and runner arguments)
+PRECISION = backend_option("precision", "--precision", "choice", "openvino: inference precision (default f32, not bf16)", choices=PRECISIONS)
+FP16_WEIGHTS = backend_option("ov_fp16_weights", "--ov-fp16-weights", "flag", "OpenVINO: compress the IR's weights to FP16.", False)
+THROUGHPUT = Option("throughput", "--throughput", "float", "bench", "Also time OpenVINO's throughput mode (asynchronous requests) this many seconds per batch size.",
+                    recipe="bench", commands=("bench",), on_device=True, minimum=0.5)
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    precision: Optional[str] = PRECISION.field()
+    compress_fp16: bool = FP16_WEIGHTS.field()
+    throughput_seconds: Optional[float] = THROUGHPUT.field()
 CPU_FORM_VERSION = 3  # bump when the INT8 CPU form changes: a lowered file recorded with another version is rebuilt
 # the INT8 CPU forms: clamped tensors at 0..255 where int8 dot products are exact, else 0..127
 CPU_FORM_FILES = {"vnni": "model.ov-cpu-vnni.onnx", "any": "model.ov-cpu.onnx"}
@@ -157,15 +172,17 @@ def cpu_form(artifact: Artifact, form: str) -> Path:
 # --------------------------------------------------------------------------- session
 
 
-class OpenVinoSession:
+class OpenVinoSession(SessionBase):
     def __init__(self, xml: Path, artifact: Artifact, options: BackendOptions):
         import openvino as ov
 
+        own = OpenVinoBackend().own_options(options)
         self._core = ov.Core()
         self._device = check_device(self._core, OpenVinoBackend().device_for(options))
         self.device = self._device
         self._model = self._core.read_model(str(xml))
-        self._precision_hint = options.precision or "f32"
+        self._precision_hint = own.precision or "f32"
+        self.throughput_seconds = own.throughput_seconds
         self._threads = options.threads
         self._compiled: dict[tuple[int, ...], object] = {}
         self._requests: dict[tuple[int, ...], object] = {}
@@ -302,6 +319,8 @@ class OpenVinoBackend(BackendBase):
     runtime_packages = (("openvino", "openvino"),)
     distributions = ("openvino",)
     default_device = "CPU"
+    options = (THREADS, PRECISION, FP16_WEIGHTS, THROUGHPUT)
+    options_type = OpenVinoOptions
     always_there = ()  # even the CPU plugin is OpenVINO's to list
 
     def canonical_device(self, device: str) -> str:
@@ -331,12 +350,13 @@ class OpenVinoBackend(BackendBase):
         """ONNX -> IR in <artifact>/openvino/. FP32 and FP16 graphs convert as they are; an
         INT8 QDQ graph bound for the CPU is first put in its CPU form (see int8_cpu_form)."""
         self.check_available()
-        if options.precision is not None and options.precision not in PRECISIONS:
-            raise UsageError(f"unknown OpenVINO precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
+        own = self.own_options(options)
+        if own.precision is not None and own.precision not in PRECISIONS:
+            raise UsageError(f"unknown OpenVINO precision {own.precision!r}; use one of {', '.join(PRECISIONS)}")
         source = artifact.onnx_path
         if numeric_format(artifact.manifest) == "int8" and self.device_for(options).startswith("CPU"):
             source = cpu_form(artifact, cpu_form_here())
-        xml = build_ir(source, ir_folder(artifact, options.compress_fp16), options.compress_fp16)
+        xml = build_ir(source, ir_folder(artifact, own.compress_fp16), own.compress_fp16)
         files = {**artifact.manifest["files"], "onnx": source.name, "openvino_xml": str(xml.relative_to(artifact.path))}  # onnx: what the IR was made from
         manifest = {**artifact.manifest, "files": files}
         return Artifact(path=artifact.path, manifest=manifest)

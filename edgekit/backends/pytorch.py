@@ -13,10 +13,10 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, UsageError
-from .base import BackendBase, BackendOptions, require_module
+from .base import THREADS, BackendBase, BackendOptions, SessionBase, require_module
 
 
-class PyTorchSession:
+class PyTorchSession(SessionBase):
     def __init__(self, module, threads: Optional[int], device: str):
         import torch
 
@@ -121,6 +121,8 @@ def _native_stderr_quiet():
 class PyTorchBackend(BackendBase):
     name = "pytorch"
     pip_extra = None
+    options = (THREADS,)
+    in_default_run = True
     distributions = ("torch",)
     takes_bare_device = False  # the baseline stays on the CPU unless --device pytorch:cuda names it
 

@@ -17,6 +17,7 @@ instead of failing to deserialize. A timing cache persists beside it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format, sha256_file
-from .base import BackendBase, BackendOptions, importable, parse_workspace, require_module  # noqa: F401 (parse_workspace: kept importable here)
+from .base import BackendBase, BackendOptions, SessionBase, backend_option, importable, require_module
 
 ENGINE_FOLDER = "tensorrt"
 ENGINE_FORMAT = 2  # 2: DETAILED profiling verbosity (layer facts for the profiler)
@@ -195,7 +196,7 @@ def build_engine(source: Path, folder: Path, spec: EngineSpec, input_name: str, 
     return engine_path
 
 
-class TensorRTSession:
+class TensorRTSession(SessionBase):
     """Device buffers are torch CUDA tensors; one CUDA stream; optional CUDA graph."""
 
     def __init__(self, engine_path: Path, precision: str, use_cuda_graph: bool = False):
@@ -394,8 +395,33 @@ class CudaPythonTensorRTSession(TensorRTSession):
         return self._graphs[shape]
 
 
+def parse_workspace(text: str) -> int:
+    """A size for a backend's memory limits (TensorRT's builder workspace). '4GiB', '512MiB', '1073741824' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise UsageError(f"workspace must look like 4GiB or 512MiB, got {text!r}")
+    value, unit = float(match.group(1)), (match.group(2) or "B").upper().replace("I", "")
+    return int(value * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[unit])
+
+
+
+# its own options (edgekit.options collects them into flags, recipe keys and runner arguments)
+PRECISION = backend_option("precision", "--precision", "choice", "tensorrt: f16 makes FP16 engines of FP32 artifacts", choices=("f32", "f16"))
+WORKSPACE = backend_option("trt_workspace", "--trt-workspace", "text", "TensorRT builder workspace limit, e.g. 4GiB.")
+CUDA_GRAPH = backend_option("cuda_graph", "--cuda-graph", "flag", "TensorRT: replay inference from a captured CUDA graph.", False)
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    precision: Optional[str] = PRECISION.field()
+    workspace_bytes: Optional[int] = WORKSPACE.field(convert=parse_workspace)
+    cuda_graph: bool = CUDA_GRAPH.field()
+
+
 class TensorRTBackend(BackendBase):
     name = "tensorrt"
+    options = (PRECISION, WORKSPACE, CUDA_GRAPH)
+    options_type = TensorRTOptions
     runs_on_cpu = False
     pip_extra = "tensorrt"
     runtime_packages = (("tensorrt", "tensorrt"),)  # on Jetson, TensorRT's bindings come with JetPack
@@ -447,13 +473,14 @@ class TensorRTBackend(BackendBase):
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         self.check_available()
         self._check_device(options)
+        own = self.own_options(options)
         precision = numeric_format(artifact.manifest)  # INT8 only from the QDQ graph
-        if precision == "fp32" and options.precision == "f16":
+        if precision == "fp32" and own.precision == "f16":
             precision = "fp16"  # --precision f16: an FP16 engine from the FP32 ONNX
-        elif options.precision not in (None, "f32", "f16"):
-            raise UsageError(f"TensorRT runs f32 or f16 (INT8 comes from an --int8 artifact), got {options.precision!r}")
+        elif own.precision not in (None, "f32", "f16"):
+            raise UsageError(f"TensorRT runs f32 or f16 (INT8 comes from an --int8 artifact), got {own.precision!r}")
         lo, opt, hi = profile_batches(options.batch_sizes or (1,))
-        spec = EngineSpec(precision, lo, opt, hi, options.workspace_bytes or DEFAULT_WORKSPACE)
+        spec = EngineSpec(precision, lo, opt, hi, own.workspace_bytes or DEFAULT_WORKSPACE)
         shape = artifact.manifest["input"]["shape"]
         engine = build_engine(artifact.onnx_path, artifact.path / ENGINE_FOLDER, spec, artifact.manifest["input"]["name"], shape)
         manifest = {**artifact.manifest, "files": {**artifact.manifest["files"], "tensorrt_engine": str(engine.relative_to(artifact.path))}}
@@ -468,7 +495,7 @@ class TensorRTBackend(BackendBase):
             artifact = self.compile(artifact, options)
             engine = artifact.manifest["files"]["tensorrt_engine"]
         session = TensorRTSession if torch_cuda() else CudaPythonTensorRTSession
-        return session(artifact.path / engine, artifact.manifest.get("variant_detail", "fp32"), options.cuda_graph)
+        return session(artifact.path / engine, artifact.manifest.get("variant_detail", "fp32"), self.own_options(options).cuda_graph)
 
     def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per engine layer: TensorRT's layer profiler (TensorRTSession.profile). GPU only."""

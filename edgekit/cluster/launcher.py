@@ -11,8 +11,9 @@ Ray places, retries and moves the work; edgekit only says what each piece needs:
   failed row with the reason. A unit whose kind no node offers any more fails after
   ``[ray] wait_for_kind`` seconds instead of waiting forever.
 
-Results go into the one results file as units finish (ledger.py); progress shows what
-each node is doing.
+Results go into the one results file as units finish (edgekit.launch.ledger); progress
+shows what each node is doing. ``RayLauncher`` is the recipe-level launcher of
+edgekit.launch (the same protocol as a run here or over ssh).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..core import BackendUnavailableError, EdgekitError, UsageError
 from ..options import BY_KEY, runner_argv
 from . import on_device
-from .ledger import Ledger, RunOutcome
-from .placement import BUILD_RESOURCE, DEFAULT_KIND, Node, Unit, cluster_problems, full_edgekit, plan_units, timing_resources
+from ..launch.ledger import Ledger, RunOutcome
+from ..remote import RemoteSettings
+from .placement import BUILD_RESOURCE, DEFAULT_KIND, ClusterSettings, Node, Unit, cluster_problems, full_edgekit, plan_units, timing_resources
 
 LOCAL = "local"  # `--ray` alone: a Ray instance on this machine, for trying it out
 POLL_S = 0.5
@@ -38,7 +40,7 @@ ORPHAN_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
 _DATA_SELECTION = ("data", "labels", "val_split")  # the bundle carries the images it was built with
 
 # (label, stage, done, total) -> None, as the CLI's progress display takes it
-Progress = Callable[[str, str, Optional[int], Optional[int]], None]
+from ..progress import BenchProgress as Progress  # (label, stage, done, total)
 
 
 def _ray():
@@ -150,43 +152,51 @@ class _Board:
         return _ray().get(self.actor.drain.remote())
 
 
-def run_on_ray(
-    cells: Sequence[Any],
-    *,
-    address: str,
-    output: Path,
-    resume: bool,
-    command: Optional[str],
-    extra: dict[str, Any],
-    progress: Progress = lambda label, stage, done, total: None,
-) -> "RayRun":
-    """Build and time every unit of ``cells`` on the cluster; the results file is written
-    after each one. Ctrl-C cancels what is running, marks it interrupted in the file and
-    raises KeyboardInterrupt."""
-    ray = _ray()
-    units = plan_units(cells)
-    shown = "a local Ray instance" if address == LOCAL else address
-    ledger = Ledger(output, units, command, {**extra, "cluster": {"address": shown, "ray": ray.__version__}}, resume)
-    started = time.monotonic()
-    connect(address)
-    timing = ledger.extra["cluster"]["seconds"] = {"connect": round(time.monotonic() - started, 2)}
-    try:
-        nodes = alive_nodes()
-        problems = cluster_problems(nodes, ledger.to_run, "HEAD:PORT" if address in (LOCAL, "auto") else address)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise UsageError(f"the Ray cluster cannot run this recipe: {problems[0]}{more}")
-        outcome = _Run(ray, cells, ledger, progress, nodes).run()
-    finally:
-        stopping = time.monotonic()
-        ray.shutdown()  # a local instance stops; from a cluster, this driver leaves (its unfinished tasks go with it)
-        timing["disconnect"] = round(time.monotonic() - stopping, 2)
-    timing["cells"] = round(outcome.seconds, 2)
-    ledger.write()  # with the time Ray itself took, for the overhead benchmark
-    return outcome
+@dataclass
+class RayLauncher:
+    """A recipe's units as Ray tasks on the cluster at ``address`` ('auto', host:port,
+    ray://host:port, or LOCAL: an instance started here)."""
 
+    address: str
+    name: str = "ray"
+    resume_hint: str = " --ray"
 
-RayRun = RunOutcome  # what a run leaves, the same on Ray and here (ledger.RunOutcome)
+    def check_cells(self, cells: Sequence[Any]) -> None:
+        from ..launch.local import check_images
+
+        if any(c.settings.bind(RemoteSettings).host for c in cells):
+            raise UsageError("--ray and [bench] remote are two ways to reach devices; with --ray, a device is a node of the cluster")
+        check_images(cells)
+
+    def ledger(self, cells: Sequence[Any], output: Path, *, command: Optional[str], extra: dict[str, Any], resume: bool) -> Ledger:
+        """One unit per cell and device kind (placement.plan_units)."""
+        ray = _ray()
+        shown = "a local Ray instance" if self.address == LOCAL else self.address
+        return Ledger(output, plan_units(cells), command, {**extra, "cluster": {"address": shown, "ray": ray.__version__}}, resume)
+
+    def run(self, cells: Sequence[Any], ledger: Ledger, progress: Progress) -> RunOutcome:
+        """Build and time every unit ``ledger`` has left on the cluster; the results file is
+        written after each one. Ctrl-C cancels what is running, marks it interrupted in the
+        file and raises KeyboardInterrupt."""
+        ray = _ray()
+        address = self.address
+        started = time.monotonic()
+        connect(address)
+        timing = ledger.extra["cluster"]["seconds"] = {"connect": round(time.monotonic() - started, 2)}
+        try:
+            nodes = alive_nodes()
+            problems = cluster_problems(nodes, ledger.to_run, "HEAD:PORT" if address in (LOCAL, "auto") else address)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise UsageError(f"the Ray cluster cannot run this recipe: {problems[0]}{more}")
+            outcome = _Run(ray, cells, ledger, progress, nodes).run()
+        finally:
+            stopping = time.monotonic()
+            ray.shutdown()  # a local instance stops; from a cluster, this driver leaves (its unfinished tasks go with it)
+            timing["disconnect"] = round(time.monotonic() - stopping, 2)
+        timing["cells"] = round(outcome.seconds, 2)
+        ledger.write()  # with the time Ray itself took, for the overhead benchmark
+        return outcome
 
 
 class _Run:
@@ -198,6 +208,7 @@ class _Run:
         self.cells = [absolute(c) for c in cells]
         self.code = code_digest()
         self.notes: list[str] = []
+        self.budget_missed: list[str] = []  # cell labels
         self.pending: dict[Any, tuple[str, Any]] = {}  # ref -> ("build", cell index) | ("unit", Unit)
         self.attempts: dict[str, int] = {}  # unit id -> task starts seen (retries after a node died)
         self.kind_gone: dict[str, float] = {}
@@ -219,9 +230,9 @@ class _Run:
             cell, units = self.cells[index], [u for u in to_run if u.cell == index]
             full = [u for u in units if full_edgekit(u.kind, self.nodes)]
             bundle_for = tuple(dict.fromkeys(b for u in units if u not in full for b in u.backends))
-            retries = cell.settings["retries"]
-            shared = str(cell.settings["shared"]) if cell.settings["shared"] else None
-            meta, artifact, bundle = build.options(num_cpus=1, resources={BUILD_RESOURCE: 1}, max_retries=retries, num_returns=3, name=f"build {cell.label}").remote(
+            ray_settings = cell.settings.bind(ClusterSettings)
+            retries, shared = ray_settings.retries, ray_settings.shared
+            meta, artifact, bundle, images = build.options(num_cpus=1, resources={BUILD_RESOURCE: 1}, max_retries=retries, num_returns=4, name=f"build {cell.label}").remote(
                 cell, bundle_for, bool(full), shared, self.code, self.board.actor, f"build:{index}")
             self.pending[meta] = ("build", index)
             for unit in units:
@@ -229,10 +240,10 @@ class _Run:
                 if unit in full:
                     ref = in_place.options(**options).remote(meta, artifact, cell, unit.backends, self.code, self.board.actor, unit.id)
                 else:
-                    ref = from_bundle.options(**options).remote(meta, bundle, unit.backends, runner_args(cell.settings), self.board.actor, unit.id)
+                    ref = from_bundle.options(**options).remote(meta, bundle, [images], unit.backends, runner_args(cell.settings), self.board.actor, unit.id)
                 self.pending[ref] = ("unit", unit)
 
-    def run(self) -> RayRun:
+    def run(self) -> RunOutcome:
         """Submit everything, then collect as units finish. Ctrl-C and SIGTERM only set a
         flag the loop reads (Ray's blocking calls may swallow an interrupt raised inside
         them); the loop then cancels what runs, records it and raises KeyboardInterrupt."""
@@ -259,7 +270,7 @@ class _Run:
             self.ledger.interrupt()
             self.ledger.write()
             raise KeyboardInterrupt
-        return RayRun(self.ledger, self.notes, time.monotonic() - started)
+        return RunOutcome(self.ledger, self.notes, time.monotonic() - started, self.budget_missed)
 
     def finish(self, ref) -> None:
         what, item = self.pending.pop(ref)
@@ -270,9 +281,11 @@ class _Run:
                 return  # its units fail with the reason, through their own refs
             if meta.get("note"):
                 self.notes.append(meta["note"])
+            if meta.get("budget_met") is False:
+                self.budget_missed.append(self.cells[item].label)
             return
         unit: Unit = item
-        retries = self.cells[unit.cell].settings["retries"]
+        retries = self.cells[unit.cell].settings.bind(ClusterSettings).retries
         try:
             outcome = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
@@ -320,7 +333,7 @@ class _Run:
                 self.kind_gone.pop(unit.id, None)
                 continue
             since = self.kind_gone.setdefault(unit.id, now)
-            wait = self.cells[unit.cell].settings["wait_for_kind"]
+            wait = self.cells[unit.cell].settings.bind(ClusterSettings).wait_for_kind
             if now - since >= wait:
                 self.ray.cancel(ref, force=True)
                 del self.pending[ref]

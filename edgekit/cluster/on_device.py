@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 RUNNER_PARTIAL_EXIT = 3  # edgekit.device_runner.PARTIAL_EXIT: some backends failed, their rows say why
+IMAGES_DIR = "images"  # a bundle's evaluation images (edgekit.bundle), shipped apart from it
+IMAGE_CACHE = "edgekit-images"  # under the node's temporary folder: the images it received, by hash
 REPORT_INTERVAL_S = 0.5
 STARTED = "started"  # the first report of every attempt (the driver counts retries by it)
 
@@ -108,9 +110,36 @@ def read_payload(what: str, sha256: str, shared_path: Optional[str], payload: Op
     return payload
 
 
-def time_bundle(meta: dict[str, Any], payload: Optional[bytes], backends: Sequence[str], runner_args: Sequence[str], board: Any, unit: str) -> dict[str, Any]:
+def node_images(meta: dict[str, Any], fetch: Callable[[], Optional[bytes]], cache: Optional[Path] = None) -> Optional[bytes]:
+    """The tar of a bundle's images: this node's copy, kept from an earlier cell under the
+    images' hash, else received (``fetch``: the bytes from the object store, or None when
+    they went through the shared folder) and kept; checked against the builder's hash
+    either way. None for a bundle built with its images inside."""
+    digest = meta.get("images_sha256")
+    if not digest:
+        return None
+    root = cache or Path(tempfile.gettempdir()) / IMAGE_CACHE
+    kept = root / f"{digest}.tar"
+    if kept.is_file():
+        data = kept.read_bytes()
+        if sha256_bytes(data) == digest:
+            return data
+    data = read_payload(f"images {digest[:12]}", digest, meta.get("images_shared_path"), None if meta.get("images_shared_path") else fetch())
+    try:  # kept whole or not at all: written aside, then renamed
+        root.mkdir(parents=True, exist_ok=True)
+        temporary = root / f".{kept.name}.{os.getpid()}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, kept)
+    except OSError:
+        pass  # a full or read-only disk: the next cell receives them again
+    return data
+
+
+def time_bundle(meta: dict[str, Any], payload: Optional[bytes], images: Sequence[Any], backends: Sequence[str], runner_args: Sequence[str],
+                board: Any, unit: str) -> dict[str, Any]:
     """Run the bundle's runner for ``backends`` here; returns its results document and
-    where it ran."""
+    where it ran. ``images``: [the reference to the bundle's images], in a list so that Ray
+    leaves it unfetched until this node needs it (node_images)."""
     node = node_identity()
     release_thread_limit()
     report = Reporter(board, unit, node)
@@ -118,11 +147,23 @@ def time_bundle(meta: dict[str, Any], payload: Optional[bytes], backends: Sequen
     report("receiving the bundle")
     started = time.monotonic()
     data = read_payload(f"bundle {meta['bundle_id']}", meta["sha256"], meta.get("shared_path"), payload)
+
+    def fetch() -> Optional[bytes]:
+        import ray
+
+        report("receiving the images (once on this node)")
+        return ray.get(images[0]) if images and images[0] is not None else None
+
+    images_data = node_images(meta, fetch)
     with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
         folder = Path(tmp) / "bundle"
         folder.mkdir()
         extract_archive(data, folder)
         del data
+        if images_data is not None:
+            (folder / IMAGES_DIR).mkdir()
+            extract_archive(images_data, folder / IMAGES_DIR)
+            del images_data
         out = Path(tmp) / "results.json"
         command = [sys.executable, "-m", "edgekit.device_runner", "bench", *runner_args, *(a for b in backends for a in ("--backend", b)), "--json", str(out)]
         report("starting the runner")

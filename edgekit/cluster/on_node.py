@@ -4,6 +4,9 @@ its timing nodes need, or time an artifact with the same bench session as a loca
 An artifact or bundle travels as one uncompressed tar (ONNX weights do not compress)
 through Ray's object store, or through the shared folder when the recipe names one; its
 SHA-256 goes with it and the receiving node checks it before use (on_device.read_payload).
+A bundle's evaluation images travel apart from it, as a tar of their own that a timing
+node fetches once and keeps (on_device.node_images): every cell of a recipe bundles the
+same images, and a node receives them once, not once per cell.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 from ..core import EdgekitError
 from ..files import work_folder
-from .on_device import STARTED, Reporter, extract_archive, node_identity, read_payload, release_thread_limit, sha256_bytes
+from .on_device import IMAGES_DIR, STARTED, Reporter, extract_archive, node_identity, read_payload, release_thread_limit, sha256_bytes
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,12 +57,14 @@ def _begin(expected_code: str, board: Any, unit: str) -> tuple[dict[str, Any], R
     return node, report
 
 
-def _tar(folder: Path) -> bytes:
+def _tar(folder: Path, leave_out: Sequence[str] = ()) -> bytes:
+    """``folder`` as an uncompressed tar, without the top-level entries named in ``leave_out``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:") as tar:
         for path in sorted(folder.rglob("*")):
-            if "__pycache__" not in path.parts:
-                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+            relative = path.relative_to(folder)
+            if "__pycache__" not in path.parts and relative.parts[0] not in leave_out:
+                tar.add(path, arcname=relative.as_posix(), recursive=False)
     return buffer.getvalue()
 
 
@@ -94,16 +99,19 @@ def build_cell(cell: Any, bundle_for: Sequence[str], ship_artifact: bool, shared
     """Build ``cell``'s artifact here; then, as its timed units need, the artifact itself
     (for nodes with the full edgekit) and a bundle for ``bundle_for`` with the evaluation
     images and the PyTorch reference logits (for nodes without). Returns (what the driver
-    needs to know, the artifact's tar or None, the bundle's tar or None)."""
+    needs to know, the artifact's tar or None, the bundle's tar without its images or None,
+    the tar of the bundle's images/ folder or None)."""
     from ..bundle import bundle_name, make_bundle
-    from ..plan import budget_note, build, runnable_backends
-    from ..session import bench_request, evaluation_set
+    from ..plan import budget_met, budget_note, build, runnable_backends
+    from ..session import BenchSettings, bench_request, evaluation_set
 
+    bench = cell.settings.bind(BenchSettings)
     node, report = _begin(expected_code, board, unit)
     started = time.monotonic()
     artifact, reused = build(cell, lambda stage, done, total: report(f"build: {stage}", done, total))
-    meta: dict[str, Any] = {"artifact_key": artifact.key, "artifact_path": str(artifact.path), "reused": reused, "builder": node, "note": budget_note(cell, artifact)}
-    artifact_payload = bundle_payload = None
+    meta: dict[str, Any] = {"artifact_key": artifact.key, "artifact_path": str(artifact.path), "reused": reused, "builder": node, "note": budget_note(cell, artifact),
+                            "budget_met": budget_met(artifact)}
+    artifact_payload = bundle_payload = images_payload = None
     if ship_artifact:
         artifact.verified()
         artifact_payload = _payload(_tar(artifact.path), shared, f"artifact-{artifact.key}", meta, "artifact_")
@@ -113,13 +121,16 @@ def build_cell(cell: Any, bundle_for: Sequence[str], ship_artifact: bool, shared
         with work_folder("cluster-bundle") as tmp:
             folder = make_bundle(
                 artifact, bundle_for, images, Path(tmp) / bundle_name(artifact, bundle_for),
-                device=cell.settings["device"] or "cpu", batch_sizes=tuple(cell.settings["batch"]),
+                device=bench.device or "cpu", batch_sizes=bench.batch_sizes,
                 progress=lambda stage, done, total: report(f"bundle: {stage}", done, total),
             )
             meta["bundle_id"] = json.loads((folder / "bundle.json").read_text())["id"]
-            bundle_payload = _payload(_tar(folder), shared, f"bundle-{meta['bundle_id']}", meta, "")
+            bundle_payload = _payload(_tar(folder, leave_out=(IMAGES_DIR,)), shared, f"bundle-{meta['bundle_id']}", meta, "")
+            if (folder / IMAGES_DIR).is_dir():  # the same images for every cell: named by their hash, fetched once per node
+                images = _tar(folder / IMAGES_DIR)
+                images_payload = _payload(images, shared, f"images-{sha256_bytes(images)[:16]}", meta, "images_")
     meta["seconds"] = round(time.monotonic() - started, 2)
-    return meta, artifact_payload, bundle_payload
+    return meta, artifact_payload, bundle_payload, images_payload
 
 
 def _received_artifact(meta: dict[str, Any], payload: Optional[bytes], folder: Path):
@@ -150,8 +161,9 @@ def time_artifact(meta: dict[str, Any], payload: Optional[bytes], cell: Any, bac
     `edgekit run` on one machine (the PyTorch original runs here as the baseline)."""
     import dataclasses
 
-    from ..plan import LocalLauncher, bench_artifact
-    from ..results.document import results_document
+    from ..launch.local import LocalLauncher
+    from ..plan import bench_artifact
+    from ..results.document import session_document
 
     node, report = _begin(expected_code, board, unit)
     started = time.monotonic()
@@ -159,5 +171,4 @@ def time_artifact(meta: dict[str, Any], payload: Optional[bytes], cell: Any, bac
         artifact = _received_artifact(meta, payload, Path(tmp))
         only = dataclasses.replace(cell, backends=tuple(backends))
         run, _ = bench_artifact(only, artifact, LocalLauncher(), lambda backend, stage, done, total: report(f"{backend}: {stage}", done, total))
-    document = results_document(list(run.results), images=run.image_summary, parity=[dataclasses.asdict(p) for p in run.parity])
-    return {"document": document, "node": node, "seconds": time.monotonic() - started}
+    return {"document": session_document(run), "node": node, "seconds": time.monotonic() - started}

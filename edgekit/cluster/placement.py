@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+from ..backends.base import BASELINE_BACKEND
 from ..core import UsageError, stable_hash
+from ..launch.ledger import Unit, settings_digest
+from ..options import declared
 
 DEFAULT_KIND = "host"  # the kind of a backend the recipe gives none
 BUILD_RESOURCE = "edgekit_build"  # nodes with the full edgekit install (PyTorch): builds, PyTorch timing
-BASELINE = "pytorch"
+BASELINE = BASELINE_BACKEND
 _KIND = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _RAY_OWN = {"CPU", "GPU", "TPU", "memory", "object_store_memory", BUILD_RESOURCE}
 
@@ -64,31 +67,20 @@ def parse_kinds(entries: Sequence[str], backends: Sequence[str]) -> dict[str, tu
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One piece of timed work: ``backends`` of cell ``cell`` (an index into the recipe's
-    cells) on a node of ``kind``. ``id`` names it in the results file across runs."""
+class ClusterSettings:
+    """The [ray] table: which nodes time the cells, retries, waits, a shared folder."""
 
-    cell: int
-    model: str
-    variant: str
-    kind: str
-    backends: tuple[str, ...]
-    id: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.variant} [{', '.join(self.backends)}] on {self.kind}"
-
-
-def settings_digest(settings: Mapping[str, Any]) -> str:
-    return stable_hash({k: settings[k] for k in sorted(settings)}, 16)
+    kinds: tuple[str, ...] = declared("device_kinds").field(convert=tuple)
+    retries: int = declared("retries").field()
+    wait_for_kind: float = declared("wait_for_kind").field(convert=float)
+    shared: Optional[str] = declared("shared").field(convert=str)
 
 
 def plan_units(cells: Sequence[Any]) -> tuple[Unit, ...]:
     """Every cell's timed units, in recipe order: one per kind, with the backends timed there."""
     units = []
     for index, cell in enumerate(cells):
-        kinds = parse_kinds(cell.settings["device_kinds"], cell.backends)
+        kinds = parse_kinds(cell.settings.bind(ClusterSettings).kinds, cell.backends)
         by_kind: dict[str, list[str]] = {}
         for backend in cell.backends:
             for kind in kinds[backend]:

@@ -743,3 +743,35 @@ def describe_images(images: dict[str, Any]) -> str:
         files = images.get("files_skipped", len(images.get("skipped_files") or ()))
         text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
     return text
+
+
+# --------------------------------------------------------------------------- the documents each command writes
+
+
+def artifact_section(artifact: Any) -> dict[str, Any]:
+    """The document's ``artifact``: the artifact benched (an edgekit.core.Artifact)."""
+    return {"path": str(artifact.path), "key": artifact.key, "model": artifact.model_name, "parity": artifact.manifest.get("parity")}
+
+
+def _parity_rows(parity: Sequence[Any]) -> list[dict[str, Any]]:
+    return [p if isinstance(p, dict) else dataclasses.asdict(p) for p in parity]
+
+
+def bench_document(
+    rows: Sequence[BenchResult], *, artifact: Any, images: dict[str, Any], parity: Sequence[Any] = (), command: Optional[str] = None,
+    extra: Optional[dict[str, Any]] = None, machine: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """What `edgekit bench` (and edgekit.BenchReport.write) writes: one cell's rows, its artifact and images."""
+    return results_document(rows, parity=_parity_rows(parity), artifact=artifact_section(artifact), images=images, command=command,
+                            extra=extra, machine=machine)
+
+
+def session_document(run: Any) -> dict[str, Any]:
+    """One bench session (a session.BenchRun: rows, image summary, parity) as a run's ledger
+    records a cell or a unit, here or on a node."""
+    return results_document(list(run.results), images=run.image_summary, parity=_parity_rows(run.parity))
+
+
+def profile_document(section: dict[str, Any], *, command: Optional[str], machine: dict[str, Any]) -> dict[str, Any]:
+    """What `edgekit profile` writes: no rows, the ``profile`` section (profiling.ArtifactProfile.to_dict())."""
+    return results_document([], command=command, machine=machine, extra={"profile": section})

@@ -174,17 +174,6 @@ def choose_reference(baseline: dict, new: dict, reference: Optional[str] = None)
     return now or old, []
 
 
-def reference_p50s(document: dict, reference: Optional[str]) -> dict[tuple[str, str, int], float]:
-    """(variant, backend, batch) -> the reference model's p50 in this run (failed rows left out)."""
-    name = _reference_name(document, reference)
-    found = {}
-    for r in _rows(document):
-        if r.get("model") == name and not _failed(r):
-            for s in r.get("latency") or []:
-                found[(r["variant"], r["backend"], s["batch_size"])] = s["p50_ms"]
-    return found
-
-
 def cells(document: dict, reference: Optional[str]) -> dict[CellKey, Cell]:
     """Every timed cell of the rows that did not fail."""
     name = _reference_name(document, reference)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..backends.base import BASELINE_BACKEND
+
 OUTSIDE_PREFIX = "("
 
 
 def heading(backend: dict[str, Any], variant: str) -> str:
     """'openvino, int8 as model.ov-cpu.onnx (openvino 2026.4.1, cpu), batch 1, 50 runs: ...'."""
     total, e2e = backend["sum_ms"], backend["e2e_p50_ms"]
-    what = "the FP32 original" if backend["backend"] == "pytorch" else f"{variant} as {backend['file']}"
+    what = "the FP32 original" if backend["backend"] == BASELINE_BACKEND else f"{variant} as {backend['file']}"
     profiled = backend.get("profiled_run_ms") or 0.0
     if not profiled:  # written before profiled runs were timed
         return f"{backend['backend']}: {what} ({backend['runtime']}, {backend['device']}), batch {backend['batch_size']}: rows sum to {total:.3f} ms; end-to-end p50 {e2e:.3f} ms"

@@ -24,7 +24,6 @@ from ..files import atomic_write_bytes, atomic_write_text, ensure_dir
 from . import profile_view
 from .document import RESULTS_FORMAT, describe_images
 from .tables import (
-    REFERENCE_PRECISION,
     Speedup,
     find_reference,
     is_reference,
@@ -36,10 +35,6 @@ from .tables import (
     table_columns,
     table_notes,
 )
-
-# Every row of a bench run is labelled with the artifact's variant, the PyTorch original
-# included (it runs FP32 even in an "int8" document), so the baseline is found by precision.
-BASELINE_PRECISION = REFERENCE_PRECISION
 
 CSV_FIELDS = (
     "model",

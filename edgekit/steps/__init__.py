@@ -16,12 +16,11 @@ import difflib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from ..core import Artifact, UsageError
 from ..options import BY_STEP, Settings
+from ..progress import Progress
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,40 @@ class Step:
 
     def run(self, parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
         return importlib.import_module(f"{__name__}.{self.module}").run(parent, settings, root, progress)
+
+    def describe(self, artifact: Artifact) -> list["Summary"]:
+        """What this step did to ``artifact``, for people: lines and tables (its module's
+        ``describe``, which reads the artifact's manifest); empty when the artifact holds no
+        record of this step, or the step has nothing to say."""
+        describe = getattr(importlib.import_module(f"{__name__}.{self.module}"), "describe", None)
+        return list(describe(artifact)) if describe is not None else []
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """A table in a step's summary, without any console type: the console draws it (boxed on
+    a terminal, plain when piped). Columns named in ``left`` are justified left, the others right."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    left: frozenset[str] = frozenset()
+
+
+Summary = str | SummaryTable  # a line, or a table
+
+
+def describe(artifact: Artifact, kinds: tuple[str, ...] = ("training", "structural", "numeric")) -> list[Summary]:
+    """What the steps of ``kinds`` did to ``artifact`` (each step reads its own section of the
+    manifest), in chain order."""
+    return [item for step in STEPS.values() if step.kind in kinds for item in step.describe(artifact)]
+
+
+def duration(seconds: float) -> str:
+    """'1h02m', '3m05s', '42s': a time as a summary shows it."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 STEPS: dict[str, Step] = {

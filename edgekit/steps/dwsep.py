@@ -19,17 +19,26 @@ from ..core import Artifact, UsageError, stable_hash
 from ..data import ImageSet, load_all
 from ..evaluation import mean_kl
 from ..models import load_from_manifest
-from ..options import Settings
+from ..options import Settings, declared
+from ..progress import Progress
 from .lineage import calibration_identity, require_fp32
-from .structural import STRUCTURAL_VERSION, Progress, distill_and_export, distill_images, distill_options
+from .structural import STRUCTURAL_VERSION, distill_and_export, distill_images, distill_options
 
 DWSEP_STATE_NAME = "dwsep_state.pt"
 BUDGET_IMAGES = 16  # images the layer-selection budget is measured on
 
 
+@dataclasses.dataclass(frozen=True)
+class DwSeparableSettings:
+    rank: int = declared("dw_rank").field()
+    layers: tuple[str, ...] = declared("dw_layers").field(convert=tuple)
+    budget: Optional[float] = declared("dw_budget").field()
+
+
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
+    dw = settings.bind(DwSeparableSettings)
     return dwsep_artifact(
-        parent, settings["dw_rank"], distill_images(settings).resolve(parent.classes), settings["dw_layers"] or None, settings["dw_budget"],
+        parent, dw.rank, distill_images(settings).resolve(parent.classes), dw.layers or None, dw.budget,
         distill_options(settings), root, progress,
     )
 
@@ -105,3 +114,29 @@ def dwsep_artifact(
         return manifest
 
     return build_artifact_folder(root, parent.model_name, key, populate)
+
+
+# --------------------------------------------------------------------------- how it describes itself
+
+
+def describe(artifact: Artifact) -> list:
+    """The layers considered (by MACs saved per unit of kernel error), then one line of totals."""
+    from . import SummaryTable
+
+    d = artifact.manifest.get("dw_separable")
+    if not d:
+        return []
+    rows = tuple(
+        (c["name"], "x".join(map(str, c["kernel"])), f"{c['in_channels']}->{c['out_channels']}", f"{c['kernel_error']:.3f}",
+         f"{c['macs_before'] / 1e6:.1f}", f"{c['macs_after'] / 1e6:.1f}", "yes" if c["converted"] else "")
+        for c in sorted(d["layers"], key=lambda c: -c["saved"] / max(c["kernel_error"], 1e-6))
+    )
+    table = SummaryTable(
+        f"depthwise-separable conversion, rank {d['rank']} (ordered by MACs saved per unit of kernel error)",
+        ("layer", "kernel", "in->out", "kernel error", "MMACs before", "MMACs after", "converted"), rows, frozenset({"layer", "converted"}),
+    )
+    line = (f"GMACs {d['gmacs']['before']:.3f} -> {d['gmacs']['after']:.3f}, params {d['params_m']['before']:.2f}M -> {d['params_m']['after']:.2f}M; "
+            f"mean KL vs original before distillation {d['kl_before_distillation']:.4f}")
+    if d.get("distillation"):
+        line += f"; distilled {d['distillation']['steps']} steps"
+    return [table, line]

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..core import Artifact, ClassSet, UsageError
 from ..data import bundled_images, make_image_set
 from ..onnx_export import ExportOptions, WeightsSource, export_model, import_onnx_file
-from ..options import BY_KEY, Settings, is_set
+from ..options import BY_KEY, Settings, declared, is_set
+from ..progress import Progress
 
 PARITY_VIEWS = 2  # views per bundled photo used for the export parity check
 # The model options that make an export; an artifact folder was made already, and an ONNX
 # file reads only its description (preprocessing, classes): the rest would be ignored.
 EXPORT_KEYS = ("weights", "weights_key", "num_classes", "preprocessing", "classes", "random_init", "input_size", "opset", "static", "no_slim")
 READ_BY_ONNX_FILE = frozenset({"preprocessing", "num_classes", "classes"})
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,38 @@ class ModelRequest:
         return WeightsSource("random-init" if self.random_init else "pretrained")
 
 
-def model_request(name: str, settings: Settings) -> ModelRequest:
-    from ..classes import resolve_class_set
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model group's options, as the export step reads them."""
 
-    if settings["weights"] is not None and settings["random_init"]:
+    weights: Optional[Path] = declared("weights").field()
+    weights_key: Optional[str] = declared("weights_key").field()
+    random_init: bool = declared("random_init").field()
+    input_size: Optional[int] = declared("input_size").field()
+    num_classes: Optional[int] = declared("num_classes").field()
+    classes: Optional[Path] = declared("classes").field()
+    preprocessing: Optional[Path] = declared("preprocessing").field()
+    artifacts: Path = declared("artifacts").field(convert=Path)
+
+    def class_set(self) -> Optional[ClassSet]:
+        from ..classes import resolve_class_set
+
+        return resolve_class_set(self.num_classes, self.classes)
+
+
+def model_request(name: str, settings: Settings) -> ModelRequest:
+    model = settings.bind(ModelSettings)
+    if model.weights is not None and model.random_init:
         raise UsageError("--weights and --random-init exclude each other")
-    if settings["preprocessing"] is not None:
+    if model.preprocessing is not None:
         raise UsageError("--preprocessing describes an imported ONNX file; a registered model has its own")
-    if settings["weights_key"] is not None and settings["weights"] is None:
+    if model.weights_key is not None and model.weights is None:
         raise UsageError("--weights-key chooses inside a --weights checkpoint")
-    classes = resolve_class_set(settings["num_classes"], settings["classes"])
-    return ModelRequest(name, settings["weights"], settings["random_init"], settings["input_size"], classes, settings["weights_key"])
+    return ModelRequest(name, model.weights, model.random_init, model.input_size, model.class_set(), model.weights_key)
 
 
 def export_options(settings: Settings) -> ExportOptions:
-    return ExportOptions(opset=settings["opset"], dynamic_batch=not settings["static"], slim=not settings["no_slim"])
+    return settings.bind(ExportOptions)
 
 
 def build_artifact(
@@ -78,16 +95,14 @@ def open_target(target: str, settings: Settings, progress: Progress) -> tuple[Ar
     if len(target) > 4096 or any(len(part.encode(errors="replace")) > 255 for part in Path(target).parts):  # PATH_MAX, NAME_MAX
         raise UsageError(f"{shown(target)} is not a model name, an artifact folder or an ONNX file (too long); `edgekit models` lists the names")
     path = Path(target)
-    root = Path(settings["artifacts"])
+    model = settings.bind(ModelSettings)
+    root = model.artifacts
     if path.is_dir():
         _refuse_unread(settings, frozenset(), f"an artifact folder ({path} was exported already)")
         return Artifact.load(path).verified(), True
     if path.suffix.lower() == ".onnx" or path.is_file():
-        from ..classes import resolve_class_set
-
         _refuse_unread(settings, READ_BY_ONNX_FILE, f"an ONNX file ({path.name} is imported as it is)")
-
-        return import_onnx_file(path, root, settings["preprocessing"], resolve_class_set(settings["num_classes"], settings["classes"]))
+        return import_onnx_file(path, root, model.preprocessing, model.class_set())
     return build_artifact(model_request(target, settings), export_options(settings), root, progress)
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 from ..artifacts import artifact_folder, build_artifact_folder
 from ..core import ONNX_NAME, Artifact, ClassSet, DataError, UsageError, stable_hash
-from ..data import ImageSet, evaluation_images, training_images
+from ..data import ImageSet, ImageSettings
 from ..options import Settings
+from ..progress import Progress
+from .export import ModelSettings
 from .lineage import require_fp32
-from .structural import Progress
 
 FINETUNE_VERSION = 1
 CHECKPOINT_NAME = "finetuned.pt"
@@ -30,11 +31,7 @@ CHECKPOINT_NAME = "finetuned.pt"
 def finetune_options(settings: Settings):
     from ..transforms.finetune import FinetuneOptions
 
-    return FinetuneOptions(
-        epochs=settings["ft_epochs"], probe_epochs=settings["ft_probe_epochs"], freeze_backbone=settings["ft_freeze"],
-        lr=settings["ft_lr"], batch_size=settings["ft_batch"], label_smoothing=settings["ft_label_smoothing"],
-        patience=settings["ft_patience"], augment=settings["ft_augment"], seed=settings["seed"],
-    )
+    return settings.bind(FinetuneOptions)
 
 
 def training_split(settings: Settings) -> tuple[ImageSet, ImageSet, ClassSet]:
@@ -43,14 +40,16 @@ def training_split(settings: Settings) -> tuple[ImageSet, ImageSet, ClassSet]:
     from ..classes import read_classes_file
     from ..data import class_folders_of, split_folders
 
-    data = settings["data"]
+    images = settings.bind(ImageSettings)
+    data = images.data
     if data is None:
         raise UsageError("fine-tuning trains on --data: a labelled folder with train/ and val/, or one tree with --val-split 0.2")
-    if settings["val_split"] is None and split_folders(Path(data)) is None:
+    if images.val_split is None and split_folders(Path(data)) is None:
         raise UsageError(f"{data} has no train/ and val/ folders: give --val-split (e.g. 0.2) to hold out a seeded part of each class")
-    classes = read_classes_file(settings["classes"]) if settings["classes"] is not None else class_folders_of(Path(data))
-    train = training_images(data, settings["labels"], settings["val_split"], settings["seed"]).resolve(classes)
-    val = evaluation_images(data, settings["labels"], 1, None, settings["seed"], settings["val_split"]).resolve(classes)
+    names = settings.bind(ModelSettings).classes
+    classes = read_classes_file(names) if names is not None else class_folders_of(Path(data))
+    train = images.training().resolve(classes)
+    val = dataclasses.replace(images, views=1, limit=None).evaluation().resolve(classes)
     space = classes or train.label_space or val.label_space
     if space is None:
         raise DataError(f"{data}: its labels are ImageNet-1k synsets or indices; fine-tuning learns a head for your own classes (name them with class folders or --classes)")
@@ -148,3 +147,27 @@ def finetuned_artifact(
     artifact, reused = build_artifact_folder(root, parent.model_name, key, populate)
     resume_file.unlink(missing_ok=True)
     return artifact, reused
+
+
+# --------------------------------------------------------------------------- how it describes itself
+
+
+def describe(artifact: Artifact) -> list:
+    """A line per epoch, the best one, and where the checkpoint is."""
+    from . import duration
+
+    report = artifact.manifest.get("finetune")
+    if not report:
+        return []
+    lines = [
+        f"epoch {epoch['epoch']:>3} {epoch['phase']:<5} loss {epoch['train_loss']:.3f}  train top-1 {epoch['train_top1']:5.1f}%  "
+        f"val top-1 {epoch['val_top1']:6.2f}%  {epoch['seconds']:.0f} s"
+        for epoch in report["history"]
+    ]
+    lines.append(
+        f"best: epoch {report['best_epoch']}, val top-1 {report['best_val_top1']:.2f}% on {report['val_images']} images "
+        f"({artifact.classes.count} classes, {report['train_images']} training images, {duration(report['seconds'])}"
+        + (", stopped early" if report["stopped_early"] else "") + ")"
+    )
+    lines.append(f"checkpoint: {artifact.path / artifact.manifest['files']['torch_state']}")
+    return lines

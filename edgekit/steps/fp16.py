@@ -9,7 +9,7 @@ from typing import Any
 from ..artifacts import build_artifact_folder
 from ..core import ONNX_NAME, Artifact, stable_hash
 from ..options import Settings
-from ..transforms.quantize import Progress
+from ..progress import Progress
 from .lineage import child_manifest, child_variant, require_fp32
 
 

@@ -18,9 +18,11 @@ from typing import Any, Optional
 from ..artifacts import build_artifact_folder
 from ..core import ONNX_NAME, Artifact, stable_hash
 from ..data import ImageRequest, ImageSet, calibration_request, load_all
-from ..options import Settings
+from ..session import BenchSettings
+from ..options import Settings, declared
+from ..progress import Progress
 from ..transforms.qat import QATOptions
-from ..transforms.quantize import Budget, Progress, QuantizeOptions, quantize_onnx
+from ..transforms.quantize import Budget, QuantizeOptions, quantize_onnx
 from .lineage import calibration_identity, child_manifest, child_variant, require_fp32
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
@@ -31,26 +33,26 @@ QAT_VERSION = 1  # bump when QAT's output changes for the same settings
 
 
 def quantize_options(settings: Settings) -> QuantizeOptions:
-    if all(settings[k] is None for k in ("max_drop", "min_agreement", "max_kl")):
-        budget = Budget()  # mean KL <= 0.002 vs FP32
-    else:
-        budget = Budget(max_top1_drop=settings["max_drop"], min_agreement=settings["min_agreement"], max_kl=settings["max_kl"])
-    return QuantizeOptions(
-        method=settings["calib_method"],
-        percentile=float(settings["percentile"]),
-        bias_correction=settings["bias_correction"],
-        fallback=settings["max_fallback"] > 0,
-        max_fallback_nodes=settings["max_fallback"],
-        budget=budget,
-        rounding=settings["rounding"],
-    )
+    budget = settings.bind(Budget)
+    if budget == Budget(None, None, None):
+        budget = Budget()  # none given: mean KL <= 0.002 vs FP32
+    return settings.bind(QuantizeOptions, budget=budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Policy:
+    """What the int8 group asks beyond the quantizer's options: QAT or not, and whether a
+    missed budget fails the command."""
+
+    qat_epochs: int = declared("qat_epochs").field()  # 0 (its default): no QAT
+    strict: bool = declared("strict").field()
 
 
 def qat_options(settings: Settings) -> Optional[QATOptions]:
     """None unless --qat-epochs asks for quantization-aware training."""
-    if not settings["qat_epochs"]:
+    if not settings.bind(Int8Policy).qat_epochs:
         return None
-    return QATOptions(epochs=settings["qat_epochs"], lr=float(settings["qat_lr"]), seed=settings["seed"])
+    return settings.bind(QATOptions)
 
 
 def calibration_images(settings: Settings) -> ImageRequest:
@@ -65,7 +67,7 @@ def pricing_backends(settings: Settings) -> tuple[str, ...]:
     from ..backends.base import deployable_backends
 
     if settings.given("backends"):
-        return tuple(b for b in settings["backends"] if b in deployable_backends())
+        return tuple(b for b in settings.bind(BenchSettings).backends if b in deployable_backends())
     return tuple(b for b in deployable_backends() if get_backend(b).runs_on_cpu)
 
 
@@ -182,3 +184,69 @@ def _qat_summary(report) -> dict[str, Any]:
         "fidelity_after": figures(report.after),
         "seconds": round(report.seconds, 1),
     }
+
+
+# --------------------------------------------------------------------------- how it describes itself
+
+SENSITIVITY_ROWS = 10  # the same rows in export, bench and inspect
+
+
+def describe(artifact: Artifact) -> list:
+    """The INT8 report of ``artifact`` for people: ranges, rounding and fidelity, the budget,
+    the nodes kept in float and why, the layers ranked by sensitivity, the notes."""
+    from ..transforms.quantize import Budget
+    from . import SummaryTable
+
+    q = artifact.manifest.get("quantization")
+    if not q:
+        return []
+    options = q["options"]
+    stages = q.get("stages") or []
+    story = " -> ".join(f"{st['name']} KL {st['after']['mean_kl']:.4f}" for st in stages) or f"KL {q['final']['mean_kl']:.4f}"
+    lines: list = [
+        f"INT8 ({options['method']} ranges, {options.get('rounding', 'nearest')} rounding, {q['calibration_images']} calibration images"
+        + (f", {q['seconds']:.0f} s" if q.get("seconds") else "") + f"): on the calibration images vs FP32, {story}; "
+        f"final agreement {q['final']['agreement']:.1f}%; budget ({Budget(**options['budget']).describe()}) "
+        + ("not searched (random-init weights)" if q.get("random_weights") else ("met" if q["budget_met"] else "NOT met"))
+    ]
+    kept = q.get("kept_in_float")
+    if kept is None:  # artifacts quantized before the list existed
+        lines.append(f"{q['quantized_nodes']} layers INT8; in float: {q['float_nodes'] or 'none'}")
+    else:
+        lines.append(f"{q['quantized_nodes']} layers INT8, {len(kept)} nodes in float" + (":" if kept else ""))
+        reasons: dict[str, list[str]] = {}
+        for node in kept:
+            reason = node["reason"] if not node["reason"].startswith("fell back") else "fell back to float (budget)"
+            reasons.setdefault(reason, []).append(node["module"] or node["node"])
+        for reason, names in reasons.items():
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            lines.append(f"  {len(names)} x {reason}: {shown}")
+    rows = q["sensitivity"][:SENSITIVITY_ROWS]
+    measured = any(r["kl_if_float"] is not None for r in rows)
+    if rows:
+        n = q.get("sensitivity_images") or "?"
+        title = (
+            f"layers ranked by KL vs FP32 when read in float alone ({n} images; all INT8 on them: {q['sensitivity_all_int8_kl']:.4f})"
+            if measured and q.get("sensitivity_all_int8_kl") is not None
+            else f"layers with the largest output error vs FP32 ({n} images; no fallback search was needed)"
+        )
+        columns = ("module (ONNX node)", "op", "output rel. error", *(("KL if float",) if measured else ()), "in float")
+        fell_back = {f["node"]: f for f in q["fallback"]}
+        table_rows = []
+        for r in rows:
+            step = fell_back.get(r["node"])
+            cells = [r.get("module") or r["node"], r["op_type"], f"{r['output_rel_error']:.3f}"]
+            if measured:
+                cells.append(f"{r['kl_if_float']:.4f}" if r["kl_if_float"] is not None else "-")
+            cells.append(_fallback_cell(step) if step else "")
+            table_rows.append(tuple(cells))
+        lines.append(SummaryTable(f"{title}, top {len(rows)} of {len(q['sensitivity'])}", columns, tuple(table_rows),
+                                  frozenset({"module (ONNX node)", "op", "in float"})))
+    lines += [f"note: {note}" for note in q.get("notes", [])]
+    return lines
+
+
+def _fallback_cell(step: dict) -> str:
+    """'yes (KL after: 0.0022; costs onnxruntime +0.082 ms, openvino +0.022 ms)'."""
+    price = ", ".join(f"{backend} {ms:+.3f} ms" for backend, ms in (step.get("price_ms") or {}).items())
+    return f"yes (KL after: {step['after']['mean_kl']:.4f}" + (f"; costs {price}" if price else "") + ")"

@@ -20,9 +20,10 @@ from ..core import Artifact, UsageError, stable_hash
 from ..data import ImageSet, load_all
 from ..onnx_export import ExportOptions, torch_export_module
 from ..models import load_from_manifest, measure_complexity
-from ..options import Settings
+from ..options import Settings, declared
+from ..progress import Progress
 from .lineage import calibration_identity, require_fp32
-from .structural import STRUCTURAL_VERSION, Progress, distill_and_export, distill_images, distill_options
+from .structural import STRUCTURAL_VERSION, distill_and_export, distill_images, distill_options
 
 PRUNED_STATE_NAME = "pruned_state.pt"
 
@@ -41,38 +42,45 @@ class PruneTarget:
             raise UsageError(f"prune target reduction must be in (0, 1), got {self.reduction}")
 
 
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """The prune group's options that are not the transform's own (PruneOptions)."""
+
+    ratio: Optional[float] = declared("prune").field()
+    target: Optional[str] = declared("prune_target").field()
+    sparsity: Optional[str] = declared("sparsity").field()
+
+
 def prune_options(settings: Settings):
     from ..transforms.prune import PruneOptions
 
-    target = settings["prune_target"]
-    return PruneOptions(
-        ratio=settings["prune"] if target is None else 0.05, criterion=settings["prune_criterion"],
-        scope=settings["prune_scope"], round_to=settings["prune_round_to"],
-    )
+    # towards a target, pruning goes in steps of 5% (prune_towards)
+    return settings.bind(PruneOptions, **({} if settings.bind(PruneSettings).target is None else {"ratio": 0.05}))
 
 
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
-    if settings["prune"] is None:
+    prune = settings.bind(PruneSettings)
+    if prune.ratio is None:
         raise UsageError("a 'pruned' variant needs a ratio: --prune 0.3 (recipes: [prune] ratio)")
-    target = PruneTarget(settings["prune_target"], settings["prune"]) if settings["prune_target"] else None
+    target = PruneTarget(prune.target, prune.ratio) if prune.target else None
     return pruned_artifact(
-        parent, prune_options(settings), distill_images(settings).resolve(parent.classes), distill_options(settings), settings["sparsity"], target, root, progress,
+        parent, prune_options(settings), distill_images(settings).resolve(parent.classes), distill_options(settings), prune.sparsity, target, root, progress,
     )
 
 
 def _latency_ms(module, size: int) -> float:
-    """ONNX Runtime batch-1 p50 of ``module`` (exported to a temporary file)."""
+    """Batch-1 p50 of ``module`` (exported to a temporary file) on the default deploy
+    backend's plain CPU run (backends.base.graph_timing_backend)."""
     import tempfile
 
-    from ..backends.onnxruntime import plain_session
+    from ..backends.base import graph_timing_backend
 
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
         path = Path(tmp) / "probe.onnx"
         torch_export_module(module, size, path, ExportOptions(slim=False), "probe")
-        session = plain_session(path)
+        run = graph_timing_backend().graph_runner(path)
         x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-        name = session.get_inputs()[0].name
-        return time_session(lambda batch: session.run(None, {name: batch}), x, 1, TimingOptions(warmup=5, iterations=30, max_seconds=60)).p50_ms
+        return time_session(run, x, 1, TimingOptions(warmup=5, iterations=30, max_seconds=60)).p50_ms
 
 
 def _metric(module, size: int, metric: str) -> float:
@@ -143,3 +151,21 @@ def pruned_artifact(
         return manifest
 
     return build_artifact_folder(root, parent.model_name, key, populate)
+
+
+# --------------------------------------------------------------------------- how it describes itself
+
+
+def describe(artifact: Artifact) -> list:
+    """One line: params and GMACs before and after, the distillation, the sparsity."""
+    p = artifact.manifest.get("pruning")
+    if not p:
+        return []
+    params, gmacs = p["params_m"], p["gmacs"]
+    line = f"pruned: params {params['before']:.2f}M -> {params['after']:.2f}M, GMACs {gmacs['before']:.3f} -> {gmacs['after']:.3f}"
+    if p.get("distillation"):
+        d = p["distillation"]
+        line += f"; distilled {d['steps']} steps (loss {d['first_loss']:.4f} -> {d['last_loss']:.4f})"
+    if p.get("sparsity"):
+        line += f"; sparsity {p['sparsity'].get('overall', p['sparsity'])}"
+    return [line]

@@ -12,33 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
 from ..core import ONNX_NAME, Artifact
-from ..data import ImageRequest, bundled_images, calibration_request, default_calibration, make_image_set
+from ..data import ImageRequest, ImageSettings, bundled_images, make_image_set
 from ..onnx_export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
 from ..models import LoadedModel, measure_complexity
 from ..options import Settings
+from ..progress import Progress
 from .lineage import child_manifest
 
 STRUCTURAL_VERSION = 3  # bump when the output changes for the same settings (2: same-padding kept, BatchNorm trains; 3: rank > 1 as repeat + depthwise)
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 
 
 def distill_options(settings: Settings):
     """None when distillation is off (--distill-steps 0)."""
     from ..transforms.distill import DistillOptions
 
-    return DistillOptions(steps=settings["distill_steps"], hints=settings["distill_hints"]) if settings["distill_steps"] > 0 else None
+    options = settings.bind(DistillOptions)
+    return options if options.steps > 0 else None
 
 
 def distill_images(settings: Settings) -> ImageRequest:
     """--distill-data, else the calibration images."""
-    if settings["distill_data"] is not None:
-        return default_calibration(settings["distill_data"], None, settings["calib_limit"], settings["seed"])
-    return calibration_request(settings)
+    return settings.bind(ImageSettings).distillation()
 
 
 def _export_options(parent: Artifact) -> ExportOptions:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .layer_inputs import InputStats, QuantizedLayer
-from .progress import Progress, quiet
+from ..progress import Progress, quiet
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound's values)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .entropy import kl_threshold
 from .qdq_graph import shape_arithmetic, session, with_outputs
-from .progress import Progress, quiet
+from ..progress import Progress, quiet
 
 NUM_BINS = 2048
 MAX_BINS = 8 * NUM_BINS  # beyond this, neighbouring bins are merged (AbsHistogram)

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from ..core import DataError, UsageError
-from .progress import Progress
-from .progress import quiet as _quiet
+from ..options import declared
+from ..progress import Progress
+from ..progress import quiet as _quiet
 
 if TYPE_CHECKING:
     import torch
@@ -57,14 +58,14 @@ class DistillOptions:
     afterwards), regress the teacher's at the same layers (MSE relative to the teacher's
     feature energy, weight ``hint_weight``)."""
 
-    steps: int = 200
+    steps: int = declared("distill_steps").field()
     batch_size: int = 32
     lr: float = 1e-3
     temperature: float = 4.0
     label_weight: float = 0.5
     seed: int = 0
     augment: bool = True
-    hints: bool = False
+    hints: bool = declared("distill_hints").field()
     hint_weight: float = 1.0
 
     def __post_init__(self) -> None:

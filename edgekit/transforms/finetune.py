@@ -19,30 +19,31 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from ..core import EdgekitError, Preprocessing
+from ..progress import Progress
+from ..options import declared
 
 if TYPE_CHECKING:
     from torch import nn
 
-Progress = Callable[[str, Optional[int], Optional[int]], None]
 RESUME_FORMAT = "edgekit-finetune-resume/1"
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    epochs: int = 6  # full fine-tuning epochs (after the probe)
-    probe_epochs: int = 1  # head-only epochs first
-    freeze_backbone: bool = False  # head only, all epochs
-    lr: float = 1e-3
-    batch_size: int = 32
-    label_smoothing: float = 0.1
-    patience: int = 3
-    augment: str = "standard"  # standard | no-flip | none
-    seed: int = 0
+    epochs: int = declared("ft_epochs").field()  # full fine-tuning epochs (after the probe)
+    probe_epochs: int = declared("ft_probe_epochs").field()  # head-only epochs first
+    freeze_backbone: bool = declared("ft_freeze").field()  # head only, all epochs
+    lr: float = declared("ft_lr").field()
+    batch_size: int = declared("ft_batch").field()
+    label_smoothing: float = declared("ft_label_smoothing").field()
+    patience: int = declared("ft_patience").field()
+    augment: str = declared("ft_augment").field()  # standard | no-flip | none
+    seed: int = declared("seed").field()
     weight_decay: float = 0.05
     probe_lr_scale: float = 10.0  # a fresh head on frozen features takes a larger step
 

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .qdq_graph import compute_nodes, node_label, producers, session, with_outputs
-from .progress import Progress
+from ..progress import Progress
 
 BATCH = 8
 

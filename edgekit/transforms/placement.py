@@ -19,6 +19,14 @@ computes shapes.
 
 from __future__ import annotations
 
+# Operators given Q/DQ: those with integer kernels (or free requantization) on ONNX
+# Runtime, OpenVINO and TensorRT. Anything else (Exp, Erf, Div, Sqrt...) stays in float
+# and is listed in the report.
+QUANTIZABLE_OP_TYPES = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad",
+    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Softmax",
+)
 COMPUTE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 FOLLOWERS = frozenset({
     "Add", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "AveragePool", "GlobalAveragePool",

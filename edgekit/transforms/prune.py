@@ -36,15 +36,16 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ..core import CheckpointMismatchError, DataError, EdgekitError, UsageError
-from .progress import Progress
-from .progress import quiet as _quiet
+from ..options import declared
+from ..progress import Progress
+from ..progress import quiet as _quiet
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-CRITERIA = ("l1", "l2", "taylor")
-SCOPES = ("uniform", "global")
+CRITERIA = declared("prune_criterion").choices
+SCOPES = declared("prune_scope").choices
 TAYLOR_BATCH = 32
 PRUNED_STATE_FORMAT = "edgekit-pruned-state/1"
 
@@ -63,13 +64,13 @@ class PruneOptions:
     paths, and a pruned model can then run slower than the original (measured on ONNX
     Runtime, MobileNetV2 pruned 30%, see benchmarks/results/prune.md)."""
 
-    ratio: float
-    criterion: str = "l2"
-    scope: str = "uniform"
+    ratio: float = declared("prune").field()
+    criterion: str = declared("prune_criterion").field()
+    scope: str = declared("prune_scope").field()
     protect_stem: bool = True
     protect_classifier: bool = True
     iterative_steps: int = 1
-    round_to: int = 8
+    round_to: int = declared("prune_round_to").field()
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:

@@ -46,26 +46,19 @@ import numpy as np
 
 from ..core import AccuracyStats, DataError, UsageError
 from ..evaluation import compare_to_baseline
+from ..options import declared
 from .adaround import AdaRoundOptions, LayerRounding, adaround
 from .bias_correction import correct_biases
 from .calibration import FloatPass, float_pass, write_calibration_cache
 from .layer_inputs import gather_input_stats, quantized_layers
-from .placement import nodes_to_quantize
-from .progress import Progress, quiet
+from .placement import QUANTIZABLE_OP_TYPES, nodes_to_quantize
+from ..progress import Progress, quiet
 from .qdq_graph import shape_arithmetic, bypass_quantization, drop_unread_qdq, fold_activation_qdq, quantized_node_labels, run_logits, strip_output_qdq
 from .sensitivity import FloatNode, NodeSensitivity, count_by_type, describe_layers, float_nodes, output_errors, rank_layers
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
-# Operators given Q/DQ: those with integer kernels (or free requantization) on ONNX
-# Runtime, OpenVINO and TensorRT. Anything else (Exp, Erf, Div, Sqrt...) stays in float
-# and is listed in the report.
-QUANTIZABLE_OP_TYPES = (
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
-    "HardSwish", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad",
-    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Softmax",
-)
+METHODS = declared("calib_method").choices
 MIN_CALIBRATION_IMAGES = 8
-ROUNDINGS = ("nearest", "adaround")
+ROUNDINGS = declared("rounding").choices
 SENSITIVITY_IMAGES = 16  # random weights: fidelity is measured on this many calibration images
 RANKING_IMAGES = 8  # the hardest images rank layers for fallback; each step is then judged on all
 STATISTICS_IMAGES = 32  # images for the layer statistics of bias correction (mean input patches)
@@ -85,9 +78,9 @@ class Budget:
     image (1.3 points on the bundled photos' 77 views), so a threshold on it decides on
     noise, where the mean KL moves smoothly with the error."""
 
-    max_top1_drop: Optional[float] = None  # points; used only where labels exist
-    min_agreement: Optional[float] = None  # percent of images with the same top-1
-    max_kl: Optional[float] = 0.002  # mean KL(fp32 || int8)
+    max_top1_drop: Optional[float] = declared("max_drop").field()  # points; used only where labels exist
+    min_agreement: Optional[float] = declared("min_agreement").field()  # percent of images with the same top-1
+    max_kl: Optional[float] = declared("max_kl").field(default=0.002)  # mean KL(fp32 || int8); 0.002 where no budget is given
 
     def met(self, stats: AccuracyStats) -> bool:
         checks = []
@@ -112,13 +105,13 @@ class Budget:
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    method: str = "percentile"
-    percentile: float = 99.999
-    bias_correction: bool = True
-    fallback: bool = True
-    max_fallback_nodes: int = 8
+    method: str = declared("calib_method").field()
+    percentile: float = declared("percentile").field(convert=float)
+    bias_correction: bool = declared("bias_correction").field()
+    fallback: bool = declared("max_fallback").field(convert=bool)  # --max-fallback 0: no fallback
+    max_fallback_nodes: int = declared("max_fallback").field()
     budget: Budget = Budget()
-    rounding: str = "nearest"
+    rounding: str = declared("rounding").field()
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:

@@ -19,7 +19,8 @@ import numpy as np
 from ..evaluation import compare_to_baseline
 from .qdq_graph import CLAMPING_ACTIVATIONS, FUSING_PRODUCERS, bypass_quantization, compute_nodes, copy_model, dequantized, with_weights_dequantized, node_label, producers, quantized_node_labels, run_logits, session, with_outputs
 from ..module_names import module_path  # noqa: F401 (the report's module names; imported from here before)
-from .progress import Progress
+from .placement import QUANTIZABLE_OP_TYPES
+from ..progress import Progress
 
 _SHAPE_OPS = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze", "Concat", "Constant"}
 
@@ -89,8 +90,6 @@ def float_nodes(model, fell_back: dict[str, str]) -> list[FloatNode]:
     """Every node of the final graph that computes in float, with why. An activation
     (Relu/Clip) right after an INT8 Conv/Gemm/MatMul/Add is fused into it by every backend
     and is not listed; neither are Q/DQ and shape-only nodes."""
-    from .quantize import QUANTIZABLE_OP_TYPES
-
     made_by = producers(model)
     in_float: set[str] = set()
     found = []

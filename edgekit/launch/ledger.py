@@ -1,11 +1,13 @@
-"""The one results file of `edgekit run`, rewritten (atomically) each time a unit finishes:
-on a Ray cluster (launcher.py) and here (plan.run_here) alike.
+"""The one results file of `edgekit run`, rewritten (atomically) each time a unit finishes,
+whichever launcher runs it: here, over ssh (launch/local.py) or on a Ray cluster
+(cluster/launcher.py).
 
 At every moment the file is a valid results document: the rows of the units finished so
 far, and a ``cluster`` section that accounts for every unit (done, failed with its reason,
 running, waiting, or interrupted by Ctrl-C or SIGTERM). ``--resume`` reads it back and
-keeps the rows of the units that are done; failed ones run again. A local run's units are
-its cells (kind ``local``), so its file resumes locally, a Ray run's on Ray.
+keeps the rows of the units that are done; failed ones run again. A run's units are its
+launcher's: here and over ssh one per cell (kind ``local``), on Ray one per cell and device
+kind; so a file resumes with the launcher that wrote it.
 
 Ray-free and torch-free.
 """
@@ -14,13 +16,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ..core import BenchResult, DataError, stable_hash
-from .placement import Unit, settings_digest
 
 DONE, FAILED, WAITING, RUNNING, INTERRUPTED = "done", "failed", "waiting", "running", "interrupted"
 LOCAL_KIND = "local"  # the kind of every unit of a run without Ray: this machine (or its --remote device)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of timed work: ``backends`` of cell ``cell`` (an index into the recipe's
+    cells) on a node of ``kind``. ``id`` names it in the results file across runs."""
+
+    cell: int
+    model: str
+    variant: str
+    kind: str
+    backends: tuple[str, ...]
+    id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.variant} [{', '.join(self.backends)}] on {self.kind}"
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    return stable_hash({k: settings[k] for k in sorted(settings)}, 16)
 
 
 def local_units(cells: Sequence[Any]) -> tuple[Unit, ...]:
@@ -163,9 +185,16 @@ class Ledger:
 
 @dataclass
 class RunOutcome:
-    """What a whole `edgekit run` leaves, on Ray or here: the ledger (rows and states, the
-    file written), notes to print, and the seconds the cells took."""
+    """What a whole `edgekit run` leaves, whichever launcher ran it: the ledger (rows and
+    states, the file written), notes to print, the seconds the cells took, and the cells
+    (labels) whose INT8 budget was not met on the calibration images."""
 
     ledger: Ledger
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    budget_missed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[BenchResult]:
+        """The rows that carry an error."""
+        return [r for r in self.ledger.results() if r.error]
