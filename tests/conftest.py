@@ -7,6 +7,21 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (setup.cfg: two workers, --dist loadfile) a test file is one unit
+    of work, so its module- and session-scoped fixtures (a recipe run, a bench, a bundle)
+    are made once, and tests that must not overlap stay in one file, one after another
+    (tests/test_cluster.py: xdist_group "ray"). Files holding such a group are handed out
+    first, so the longest unit starts at once while the other worker takes the remaining
+    files in their usual order (--no-loadscope-reorder). Every worker sorts alike, as xdist
+    requires; without xdist nothing moves. (--dist loadgroup would group by the mark alone,
+    but pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored.)"""
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+    grouped = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("xdist_group") is not None}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in grouped)
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600, process: bool = False) -> subprocess.CompletedProcess:
     """Run the `edgekit` command line: in this process through click's CliRunner (fast:
     torch is imported once per session), or with ``process=True`` as the real entry point

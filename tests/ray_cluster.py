@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
-ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_BACKEND_LOG_LEVEL": "error"}
+ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_BACKEND_LOG_LEVEL": "error",
+    # The GCS declares a node dead after this many failed health checks this far apart
+    # (Ray's defaults, 5 x 3 s, leave a killed worker "alive" for 15-25 s of each test).
+    # A killed raylet refuses the connection at once, so a live but busy node on 2 cores
+    # still has the full health_check_timeout_ms (10 s) per check to answer.
+    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+}
 
 
 def _free_port() -> int:

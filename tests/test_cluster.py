@@ -21,6 +21,12 @@ from edgekit.plan import recipe_cells
 from edgekit.recipe import RecipeError, load_recipe
 from ray_cluster import Cluster, processes_running
 
+# Under pytest-xdist every test here runs on one worker, one after another (setup.cfg:
+# --dist loadfile; keep them in this file): `ray.init()` with no address may join a
+# cluster already running on this machine instead of starting its own, and the clusters
+# below take the loopback addresses 127.0.0.2-3. conftest.py hands this file out first.
+pytestmark = pytest.mark.xdist_group("ray")
+
 TINY = """\
 name = "lab"
 models = ["mobilenet_v3_small", "squeezenet1_1"]
