@@ -133,7 +133,7 @@ def _evaluate(session, job: dict, prep, batch_size: int) -> tuple[dict, list, np
 def run_job(job: dict) -> dict:
     backend = get_backend(job["backend"])
     backend.check_available()
-    options = BackendOptions(**{**job["options"], "batch_sizes": tuple(job["options"]["batch_sizes"])})
+    options = BackendOptions(**{**job["options"], "batch_sizes": tuple(job["options"].get("batch_sizes", ()))})
     device = backend.device_for(options)
     problem = backend.device_problem(device)
     if problem:  # on a device too: before anything is compiled or timed

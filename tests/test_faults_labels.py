@@ -11,6 +11,8 @@ from pathlib import Path
 
 import faults_labels as fl
 import pytest
+
+from edgekit.options import Settings
 from conftest import assert_one_line_error, run_cli
 
 from edgekit.classes import display_name, read_classes_file, read_text_file, shown
@@ -143,7 +145,7 @@ def test_a_photo_in_train_and_val_is_said_and_recorded(tmp_path):
 def test_a_photo_in_calib_and_data_is_said_and_recorded(tmp_path):
     data = fl.flat_folder(tmp_path / "data", ("chelsea.png", "coffee.png"))
     calib = fl.flat_folder(tmp_path / "calib", ("rocket.jpg", "coffee.png"))
-    settings = {"calib": calib, "calib_labels": None, "calib_limit": 200, "seed": 0, "data": data, "labels": None, "val_split": None}
+    settings = Settings(calib=calib, data=data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images = calibration_request(settings).resolve()
@@ -157,17 +159,17 @@ def test_a_photo_in_calib_and_data_is_said_and_recorded(tmp_path):
 def test_finetuning_on_a_single_class_is_refused(tmp_path):
     from edgekit.steps.finetune import training_split
 
-    settings = {"data": fl.single_class_tree(tmp_path / "one"), "val_split": None, "classes": None, "labels": None, "seed": 0}
+    settings = Settings(data=fl.single_class_tree(tmp_path / "one"))
     with pytest.raises(DataError, match="has 1 class; fine-tuning a classifier needs at least 2 classes"):
         training_split(settings)
     two = fl.split_tree(tmp_path / "two", shared=False)
-    train, _, space = training_split({**settings, "data": two})
+    train, _, space = training_split(settings.replace(data=two))
     assert space.count == 2 and len(train) == 2
     import shutil
 
     shutil.rmtree(two / "train" / "cups")  # classes named, but training images of one of them only
     with pytest.raises(DataError, match="has images of 1 of its 2 classes"):
-        training_split({**settings, "data": two})
+        training_split(settings.replace(data=two))
 
 
 # --------------------------------------------------------------------------- control characters in class names

@@ -302,8 +302,10 @@ def test_worker_records_power_per_batch_size(fake_tegrastats, tmp_path, monkeypa
     from edgekit import worker
     from edgekit.data import resolve_images
 
-    class Session:
-        precision, providers, threads = "fp32", ("fake",), 1
+    from edgekit.backends.base import SessionBase
+
+    class Session(SessionBase):
+        precision, providers, threads, device = "fp32", ("fake",), 1, "cpu"
 
         def run(self, batch):
             time.sleep(0.01)

@@ -20,19 +20,25 @@ from ..core import ONNX_NAME, Artifact
 from ..data import ImageRequest, ImageSettings, bundled_images, make_image_set
 from ..onnx_export import ExportOptions, check_onnx_file, measure_parity, torch_export_module
 from ..models import LoadedModel, measure_complexity
-from ..options import Settings
+from ..options import Settings, declared
 from ..progress import Progress
 from .lineage import child_manifest
 
 STRUCTURAL_VERSION = 3  # bump when the output changes for the same settings (2: same-padding kept, BatchNorm trains; 3: rank > 1 as repeat + depthwise)
 
 
+@dataclasses.dataclass(frozen=True)
+class DistillPolicy:
+    steps: int = declared("distill_steps").field()  # 0: no distillation after the change
+
+
 def distill_options(settings: Settings):
     """None when distillation is off (--distill-steps 0)."""
     from ..transforms.distill import DistillOptions
 
-    options = settings.bind(DistillOptions)
-    return options if options.steps > 0 else None
+    if not settings.bind(DistillPolicy).steps:
+        return None
+    return settings.bind(DistillOptions)
 
 
 def distill_images(settings: Settings) -> ImageRequest:
