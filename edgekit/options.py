@@ -199,8 +199,16 @@ def backend_values(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {o.key: settings[o.key] for o in all_options() if o.applies_to}
 
 
+_by_key_cache: dict[int, dict[str, Option]] = {}
+
+
 def by_key() -> dict[str, Option]:
-    return {o.key: o for o in all_options()}
+    """key -> option of the catalogue, made once per catalogue (Settings and every check read it)."""
+    found = all_options()
+    if id(found) not in _by_key_cache:
+        _by_key_cache.clear()
+        _by_key_cache[id(found)] = {o.key: o for o in found}
+    return _by_key_cache[id(found)]
 
 
 def by_step() -> dict[str, Option]:
@@ -353,7 +361,8 @@ BENCH = "bench"  # the condition "the images are evaluated" (Option.needs)
 def is_set(settings: Settings, key: str) -> bool:
     """Whether ``key`` differs from its default: a default asks for nothing, so only a set
     option can be ignored."""
-    return settings[key] != _normalise(by_key()[key], by_key()[key].default)
+    option = by_key()[key]
+    return settings[key] != _normalise(option, option.default)
 
 
 def check_applicable(settings: Settings, backends: Sequence[str], variants: Optional[Sequence[str]] = None, *, recipe: bool = False) -> None:
