@@ -31,6 +31,7 @@ from .progress import Progress as BuildProgress
 
 if TYPE_CHECKING:
     from .evaluation import BackendParity
+    from .doctor import DoctorReport
     from .launch import Launcher
     from .launch.ledger import RunOutcome
     from .plan import Cell, CellRun
@@ -43,7 +44,7 @@ Announce = Callable[[Artifact, bool], None]
 
 # The commands whose options each function takes. `edgekit bundle` passes its own values
 # (backends, batch, views...) through export, so export accepts them too.
-COMMANDS_OF = {"export": ("export", "finetune", "bundle"), "bench": ("bench",), "profile": ("profile",)}
+COMMANDS_OF = {"export": ("export", "finetune", "bundle"), "bench": ("bench",), "profile": ("profile",), "doctor": ("doctor",)}
 
 
 # --------------------------------------------------------------------------- keyword options
@@ -518,6 +519,75 @@ def bundle(
     meta = json.loads((folder / "bundle.json").read_text())
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     return BundleInfo(folder, meta, size)
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def doctor(
+    target: Optional[PathLike] = None,
+    backend: Union[str, Sequence[str], None] = None,
+    *,
+    variant: Optional[str] = None,
+    device: Optional[str] = None,
+    progress: BuildProgress = lambda stage, done, total: None,
+    announce: Announce = lambda artifact, reused: None,
+    **options: Any,
+) -> "DoctorReport":
+    """What runs where, at what precision, on this machine (`edgekit doctor`): the machine
+    and every registered backend's ``machine_facts``; with ``target`` (an artifact folder,
+    an ONNX file, or a model name, built as ``bench`` builds it, with the same options), each
+    backend (those named by ``backend``, else every one that can run here) compiles and
+    loads it, and its layer report is compared with what the graph asks. Returns an
+    edgekit.doctor.DoctorReport (``to_dict()``: the --json document);
+    ``raise_if_unhealthy`` says what it means for the exit code."""
+    settings = _settings("doctor", _given(options, backend=backend, device=device))
+    from . import doctor as checks
+    from .backends.base import present_backends
+
+    if target is None:
+        _refuse_without_artifact(settings, variant)
+        return checks.machine_report(present_backends(), progress)
+    from .options import check_applicable
+    from .plan import build, command_cell
+    from .session import BenchSettings, backend_options
+    from .steps import parse_variant
+
+    bench = settings.bind(BenchSettings)
+    chosen, named = checks.choose_backends(bench.backends if settings.given("backends") else (), bench.device)
+    cell = command_cell(str(target), settings, backends=())
+    if variant is not None:
+        parse_variant(variant)
+        cell = dataclasses.replace(cell, variant=variant)
+    check_applicable(settings, (), None if variant is None else (variant,))  # images are only read to build
+    run_options = backend_options(settings, tuple(chosen))
+    artifact, _ = build(cell, lambda stage, done, total: progress(f"build: {stage}", done, total), announce)
+    report = checks.machine_report(present_backends(), progress)
+    return checks.with_artifact(report, artifact, chosen, run_options, named, progress)
+
+
+def _refuse_without_artifact(settings: Settings, variant: Optional[str]) -> None:
+    from .options import by_key
+
+    given = [by_key()[key].flag or key for key in settings if settings.given(key)] + (["variant"] if variant is not None else [])
+    if given:
+        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to an artifact; name one: edgekit doctor ARTIFACT {given[0]} ...")
+
+
+def raise_if_unhealthy(found: "DoctorReport", strict: bool = False) -> None:
+    """After `doctor` printed: an EdgekitError (exit 1) when a backend ran a compute node at
+    another precision, or on another device, than the artifact's graph asks (a declared
+    substitution is not one), or a backend named with --backend could not compile or load
+    it; under ``strict`` (--strict), an INT8 artifact that missed its budget."""
+    mismatches = found.mismatches
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise EdgekitError(f"{len(mismatches)} precision mismatch(es): {mismatches[0]}{more}")
+    failed = found.failed
+    if failed:
+        raise EdgekitError(f"{', '.join(c.backend for c in failed)} could not run the artifact: {failed[0].reason}")
+    if found.artifact is not None:
+        raise_if_budget_missed(Artifact.load(Path(found.artifact.path)), strict)
 
 
 # --------------------------------------------------------------------------- models, artifacts

@@ -260,6 +260,50 @@ def profile_command(target, top, no_accuracy, json_path, **values) -> None:
     console.print(f"profile: {api.write_profile(found, json_path, command=_command_line())}")
 
 
+@main.command("doctor", cls=grouped_command())
+@click.argument("target", metavar="[ARTIFACT]", required=False)
+@click_options("doctor")
+@click.option("--layers", is_flag=True, help="With ARTIFACT: print every layer each backend reported (the JSON always has them).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of the text (format edgekit-doctor/1, keys: see above).")
+def doctor_command(target, layers, as_json, **values) -> None:
+    """What runs where, at what precision, on this machine: edgekit, Python, OS, the CPU and
+    its inference instruction sets, cores, memory, GPUs, a Jetson board, the power sources
+    a bench can read, and each backend's own facts (version, devices, what it picks here).
+
+    With ARTIFACT (an artifact folder, an ONNX file, or a model name, built as bench builds
+    it): each backend (--backend, else every one that can run here) compiles and loads it,
+    and where its runtime reports layers, where each compute node ran and at what
+    precision, against what the graph asks. Exit 1 when one ran otherwise (a declared
+    substitution is printed, not counted) or a named backend could not load it.
+
+    --json keys: format, edgekit, machine, gpus, gpu_problem, power, backends (each
+    backend's facts), artifact (null, or its request and a list of backends: backend,
+    device, status, reason, file, variant_detail, session, precision, layers), mismatches.
+    Every key is always there (null where it does not apply); all of them: pydoc edgekit.doctor.
+    """
+    import json
+
+    if layers and (as_json or target is None):
+        raise UsageError("--layers prints an artifact's layers as text; " + ("the JSON has them all: drop --layers" if as_json else "name an ARTIFACT"))
+    from click.core import ParameterSource
+
+    context = click.get_current_context()  # what was typed, not click's defaults: a named --backend narrows the check
+    values = {key: value for key, value in values.items() if context.get_parameter_source(key) is not ParameterSource.DEFAULT}
+    console = ui.stderr()
+    with ui.progress(console) as report:
+        found = api.doctor(target, progress=lambda stage, done, total: report("doctor", stage, done, total), announce=ui.announcer(console), **values)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2, default=str))
+    else:
+        ui.print_doctor(found, ui.stdout(), layers)
+    api.raise_if_unhealthy(found, bool(values.get("strict")))
+
+
+for _param in doctor_command.params:  # doctor's default is every backend that can run here, not bench's default set
+    if _param.name == "backends":
+        _param.show_default = False
+
+
 # --------------------------------------------------------------------------- bundles
 
 

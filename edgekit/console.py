@@ -365,3 +365,129 @@ def print_check(report, title: str) -> None:
 
     rows = [(Text(status, style=status_style(status)), label, check, message) for status, label, check, message in summary_rows(report)]
     stdout().print(table(title, ("status", "cell", "check", "detail"), rows, ("status", "cell", "check", "detail")))
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def _fact(value: Any) -> str:
+    """A fact's value as text: yes/no, '-' for nothing, lists and mappings inline."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_fact(v) for v in value[:LISTED_FACTS])
+        return shown if len(value) <= LISTED_FACTS else f"{len(value)}: {shown}, ... (all in --json)"
+    return str(value)
+
+
+LISTED_FACTS = 4  # items of a listed fact printed before the count
+
+
+def _flat(facts: dict, prefix: str = "") -> list:
+    """(dotted key, text) per fact, nested mappings spelled out key by key."""
+    rows = []
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            rows += _flat(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", _fact(value)))
+    return rows
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{word} {n}" for word, n in sorted(counts.items(), key=lambda item: -item[1])) or "-"
+
+
+def print_doctor(report, out, layers: bool = False) -> None:
+    """`edgekit doctor`: the machine, each backend's facts, then the artifact's check."""
+    data = report.to_dict()
+    m = data["machine"]
+    out.print(f"edgekit {data['edgekit']}, Python {m['python']}, {m['os']} ({m['machine']})", highlight=False)
+    memory = f"{m['memory_total_gb']} GiB" + (f" ({m['memory_available_gb']} GiB available)" if m["memory_available_gb"] is not None else "")
+    out.print(f"CPU: {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), memory {memory}", highlight=False)
+    missing = [flag for flag in m["cpu_flags_checked"] if flag not in m["cpu_flags"]]
+    out.print(f"CPU flags: {' '.join(m['cpu_flags']) or 'none of ' + ' '.join(m['cpu_flags_checked'])}" + (f"; not: {' '.join(missing)}" if missing else ""), highlight=False)
+    for gpu in data["gpus"]:
+        out.print(f"GPU: {gpu['name']}, {gpu['memory_gb']} GiB, compute {_fact(gpu['compute_capability'])}, driver {_fact(gpu['driver'])}, CUDA {_fact(gpu['cuda'])} ({gpu['source']})", highlight=False)
+    if not data["gpus"]:
+        out.print(f"GPU: none found ({data['gpu_problem']})", highlight=False)
+    board = m["jetson"]
+    if board is not None:
+        out.print(f"Jetson: {_fact(board['model'])}, L4T {_fact(board['l4t'])}, JetPack {_fact(board['jetpack'])}", highlight=False)
+    elif m["board"]:
+        out.print(f"board: {m['board']} (not a Jetson)", highlight=False)
+    power = data["power"]
+    out.print("power: " + "; ".join(f"{source} {'yes' if state['available'] else 'no (' + state['problem'] + ')'}" for source, state in power.items()), highlight=False)
+    _print_backend_facts(data["backends"], out)
+    if data["artifact"] is not None:
+        _print_artifact_check(data["artifact"], out, layers)
+        mismatches = data["mismatches"]
+        reported = [c["backend"] for c in data["artifact"]["backends"] if c["precision"] is not None and not c["precision"]["problem"]]
+        if mismatches:
+            out.print(f"{len(mismatches)} precision mismatch(es)", highlight=False)
+        elif reported:
+            out.print(f"no precision mismatches: every compute node {', '.join(reported)} reported ran as the graph asks", highlight=False)
+        else:
+            out.print("no backend here reports per-layer precision: nothing was judged", highlight=False)
+
+
+def _print_backend_facts(backends: dict, out) -> None:
+    rows, extra = [], []
+    for name, facts in backends.items():
+        installed = facts.get("installed")
+        rows.append((name, _fact(installed) if installed is not None else "?", _fact(facts.get("version")), _fact(facts.get("devices")), _fact(facts.get("problem"))))
+        extra += [(name, key, value) for key, value in _flat({k: v for k, v in facts.items() if k not in ("installed", "version", "devices", "problem")})]
+    out.print(table("backends", ("backend", "installed", "version", "devices", "problem"), rows, ("backend", "installed", "version", "devices", "problem")))
+    if extra:
+        out.print(table("what each backend says of this machine", ("backend", "fact", "value"), extra, ("backend", "fact", "value")))
+
+
+def _print_artifact_check(artifact: dict, out, layers: bool) -> None:
+    kept = artifact["kept_fp32"]
+    out.print(f"artifact {artifact['model']} {artifact['variant']} [{artifact['key']}] -> {artifact['path']}", highlight=False)
+    out.print(f"its graph asks: {_counts(artifact['asked'])} (compute nodes); numeric format {artifact['numeric_format']}"
+              + ("" if kept is None else f"; kept FP32: {', '.join(kept) or 'none'}"), highlight=False)
+    rows = []
+    for check in artifact["backends"]:
+        precision, session = check["precision"], check["session"] or {}
+        ran = "-" if precision is None else ("report failed" if precision["problem"] else _counts(precision["ran"]))
+        judged = "not reported" if precision is None or precision["problem"] else str(len(precision["mismatches"]))
+        rows.append((check["backend"], check["device"], check["status"], _fact(check["file"]), _fact(check["variant_detail"] or session.get("precision")), ran, judged))
+    out.print(table("what runs where", ("backend", "device", "status", "file", "runs", "layers ran", "mismatches"), rows,
+                    ("backend", "device", "status", "file", "runs", "layers ran")))
+    for check in artifact["backends"]:
+        _print_check_lines(check, artifact["numeric_format"], out, layers)
+
+
+def _print_check_lines(check: dict, asked_format: str, out, layers: bool) -> None:
+    from .layer_precision import precision_word
+
+    name, precision = check["backend"], check["precision"]
+    if check["reason"]:
+        out.print(f"{name}: {check['status']}: {check['reason']}", highlight=False)
+    if check["session"] is not None:
+        session = check["session"]
+        threads = "the runtime's choice" if session["threads"] is None else session["threads"]
+        out.print(f"{name}: loaded on {_fact(session['device'])} via {_fact(session['providers'])}, threads {threads}", highlight=False)
+        runs = precision_word(str(session["precision"] or ""))
+        if runs and runs != asked_format:
+            out.print(f"{name}: note: the session runs {runs}, not the artifact's {asked_format}", highlight=False)
+    if check["status"] == "ok" and precision is None:
+        out.print(f"{name}: its runtime does not report per-layer precision here", highlight=False)
+    if precision is None:
+        return
+    if precision["problem"]:
+        out.print(f"{name}: {precision['problem']}", highlight=False)
+    if precision["facts"]:
+        out.print(f"{name}: " + "; ".join(f"{key} {value}" for key, value in _flat(precision["facts"])), highlight=False)
+    for line in precision["substitutions"]:
+        out.print(f"{name}: note: {line}", highlight=False)
+    for line in precision["mismatches"]:
+        out.print(f"{name}: MISMATCH: {line}", highlight=False)
+    if layers and check["layers"]:
+        rows = [(layer["layer"], layer["op_type"], layer["ran"] or "?", layer["where"] or "-", ", ".join(layer["covers"]), layer.get("note", "")) for layer in check["layers"]]
+        out.print(table(f"{name}: every layer", ("layer", "op", "ran", "where", "ONNX nodes", "note"), rows, ("layer", "op", "ran", "where", "ONNX nodes", "note")))

@@ -218,6 +218,12 @@ def numeric_format(manifest: dict[str, Any]) -> str:
     return last if last in ("int8", "fp16") else "fp32"  # finetuned, pruned, dw-separable: still float
 
 
+def float_parts(manifest: dict[str, Any]) -> str:
+    """'fp16' for an INT8 artifact whose float parts are FP16 (--int8-float fp16, for GPU
+    targets), else 'fp32'."""
+    return str((manifest.get("int8_float") or {}).get("precision", "fp32"))
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -527,6 +533,7 @@ class BenchResult:
     gpu_memory_mb: Optional[float] = None  # this process's GPU memory after the runs (NVML), on NVIDIA GPUs
     error: Optional[str] = None  # this backend failed; the other rows of the run were kept
     evaluation_ips: Optional[float] = None  # images/s of the accuracy pass: decode, preprocess and run, streamed
+    layers: Optional[dict[str, Any]] = None  # precision per compute layer, asked vs ran (edgekit.layer_precision.summary), where the backend checked
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -556,4 +563,5 @@ class BenchResult:
             gpu_memory_mb=d.get("gpu_memory_mb"),
             error=d.get("error"),
             evaluation_ips=d.get("evaluation_ips"),
+            layers=d.get("layers"),
         )

@@ -29,11 +29,11 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 # --------------------------------------------------------------------------- the declarations
 
-_MODEL = ("export", "bench", "bundle", "profile")
+_MODEL = ("export", "bench", "bundle", "profile", "doctor")  # doctor builds a model name as bench does
 _BENCH = ("bench",)
 _TIMED = ("bench", "profile")
 _ANY_MODEL = (*_MODEL, "finetune")
-_DATA = ("bench", "bundle", "export", "finetune", "profile")
+_DATA = ("bench", "bundle", "export", "finetune", "profile", "doctor")
 
 # Option.needs: what makes an option do anything. Every entry must hold; an entry is
 # alternatives joined by "|", an alternative conditions joined by "&". A condition is a
@@ -45,7 +45,7 @@ _INT8 = ("int8",)
 _PRUNE = ("pruned",)
 _DW = ("dw-separable",)
 _STRUCTURAL = ("pruned|dw-separable",)
-_CALIBRATING = "int8|pruned|dw-separable"  # the steps that read calibration (or distillation) images
+_CALIBRATING = "int8|fp16|pruned|dw-separable"  # the steps that read calibration (or distillation) images
 
 # The options of every command; each backend adds its own (Backend.options, collected below).
 CORE_OPTIONS: tuple[Option, ...] = (
@@ -77,13 +77,13 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("ft_patience", "--ft-patience", "int", "finetune", "Stop after this many epochs without a better validation top-1.", 3, recipe="finetune.patience", commands=_ANY_MODEL, minimum=1, needs=_FT),
     Option("ft_augment", "--ft-augment", "choice", "finetune", "Training augmentation: random resized crops and flips (standard), without flips (for text, digits, arrows), or none.", "standard", recipe="finetune.augment", commands=_ANY_MODEL, choices=("standard", "no-flip", "none"), needs=_FT),
     # INT8
-    Option("calib", "--calib", "path", "int8", "Calibration images, also distillation's (default: --data's training split, else the bundled photos' odd views).", recipe="int8", commands=_MODEL, needs=("int8|pruned&!distill_data|dw-separable&!distill_data",)),
+    Option("calib", "--calib", "path", "int8", "Calibration images, also distillation's (default: --data's training split, else the bundled photos' odd views).", recipe="int8", commands=_MODEL, needs=("int8|fp16|pruned&!distill_data|dw-separable&!distill_data",)),
     Option("calib_labels", "--calib-labels", "path", "int8", "Labels for a flat --calib folder (enables --max-drop).", recipe="int8", commands=_MODEL, needs=("int8", "calib")),
     Option("calib_limit", "--calib-limit", "int", "int8", "At most this many calibration (or distillation) files of a folder (seeded sample).", 200, recipe="int8", commands=_MODEL, minimum=8, needs=(_CALIBRATING, "calib|data|distill_data")),
     Option("calib_method", "--calib-method", "choice", "int8", "Range estimation: percentile, minmax, entropy (TensorRT's KL search; clips ReLU6 nets too hard) or mse (least expected INT8 error).", "percentile", recipe="int8", commands=_MODEL, choices=CALIBRATION_METHODS, needs=_INT8),
     Option("percentile", "--percentile", "float", "int8", "Percentile of --calib-method percentile.", 99.999, recipe="int8", commands=_MODEL, minimum=50.0, maximum=100.0, min_open=True, needs=("int8", "calib_method=percentile")),
     Option("seed", "--seed", "int", "general", "Seed of every sample and training run: --limit, --val-split, --calib-limit, fine-tuning, QAT.", 0, recipe="int8", commands=_ANY_MODEL, minimum=0,
-           needs=("limit|val_split|calib|distill_data|qat_epochs|finetuned|int8&data|pruned&data|dw-separable&data",)),
+           needs=("limit|val_split|calib|distill_data|qat_epochs|finetuned|int8&data|fp16&data|pruned&data|dw-separable&data",)),
     Option("max_drop", "--max-drop", "float", "int8", "Budget: top-1 drop in points vs FP32 (needs labelled calibration images).", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0, needs=_INT8),
     Option("min_agreement", "--min-agreement", "float", "int8", "Budget: top-1 agreement with FP32, percent.", recipe="int8", commands=_MODEL, minimum=0.0, maximum=100.0, needs=_INT8),
     Option("max_kl", "--max-kl", "float", "int8", "Budget: mean KL(FP32 || INT8) on the calibration images (default 0.002 when no budget is given).", recipe="int8", commands=_MODEL, minimum=0.0, needs=_INT8),
@@ -93,6 +93,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training: epochs over the calibration images, distilled from FP32 (0: post-training only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000, needs=_INT8),
     Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate of the weights (Adam, cosine decay to zero).", 1e-5, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, needs=("int8", "qat_epochs")),
     Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL, needs=_INT8),
+    Option("int8_float", "--int8-float", "choice", "int8", "Precision of the INT8 graph's float parts (tensors between Q/DQ, layers left in float): fp16 for GPU targets (opset 19).", "fp32", recipe="int8", commands=_MODEL, choices=("fp32", "fp16"), needs=_INT8),
     # structured pruning
     Option("prune_criterion", "--prune-criterion", "choice", "prune", "Channel importance.", "l2", recipe="prune.criterion", commands=_MODEL, choices=("l1", "l2", "taylor"), needs=_PRUNE),
     Option("prune_scope", "--prune-scope", "choice", "prune", "Same ratio per layer, or one ranking over all layers.", "uniform", recipe="prune.scope", commands=_MODEL, choices=("uniform", "global"), needs=_PRUNE),
@@ -115,7 +116,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("views", "--views", "int", "data", "Deterministic crops/flips per image (default: 1 for --data, the 11 held-out views of the bundled photos).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     Option("limit", "--limit", "int", "data", "Use at most this many image files (a seeded sample, see --seed).", recipe="bench", commands=("bench", "bundle", "profile"), minimum=1),
     # benchmark
-    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: {backends}.", (), recipe="", commands=("bench", "bundle", "profile"), on_device=True, required_in=("bundle",)),
+    Option("backends", "--backend", "list", "bench", "Backend(s) to run; repeat or comma-separate: {backends}.", (), recipe="", commands=("bench", "bundle", "profile", "doctor"), on_device=True, required_in=("bundle",)),
     Option("batch", "--batch", "list", "bench", "Batch size(s) to time; repeat for several.", (1,), recipe="", commands=("bench", "bundle", "profile"), on_device=True, item="int", minimum=1),
     Option("iterations", "--iterations", "int", "bench", "Timed runs per batch size.", 100, recipe="bench", commands=_TIMED, on_device=True, minimum=1),
     Option("warmup", "--warmup", "int", "bench", "Untimed runs first.", 10, recipe="bench", commands=_TIMED, on_device=True, minimum=0),
@@ -123,7 +124,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("repeats", "--repeats", "int", "bench", "Rounds of --iterations; the spread of their p50s shows the noise.", 1, recipe="bench", commands=_BENCH, on_device=True, minimum=1),
     Option("power", "--power", "choice", "bench", "Power and energy per image: tegrastats (Jetson), nvml (NVIDIA GPUs), rapl (x86 CPU package), auto (what there is).", "auto", recipe="bench", commands=_BENCH, on_device=True, choices=POWER_SOURCES),
     # backend settings
-    Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the baseline ({baseline}), or BACKEND:DEVICE pairs, comma-separated (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile"), on_device=True),
+    Option("device", "--device", "text", "backend", "Where backends run, checked before any work: DEVICE for all but the baseline ({baseline}), or BACKEND:DEVICE pairs, comma-separated (docs/devices.md).", recipe="bench", commands=("bench", "bundle", "profile", "doctor"), on_device=True),
     # remote device
     Option("remote", "--remote", "text", "remote", "Run on another machine over ssh (user@host[:port]): a bundle is copied there and run; PyTorch runs here.", recipe="bench", commands=_BENCH),
     Option("remote_python", "--remote-python", "text", "remote", "The Python on the remote machine (needs numpy, Pillow and the backend's runtime).", "python3", recipe="bench", commands=_BENCH, needs=("remote",)),

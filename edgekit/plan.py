@@ -52,7 +52,24 @@ def command_cell(target: str, settings: Settings, backends: Optional[Sequence[st
     cell = Cell(target, variant_from_settings(settings), tuple(backends if backends is not None else bench.backends), settings)
     if cell.backends and settings.bind(RemoteSettings).host is None:
         check_devices(bench.device, cell.backends)
+    check_planned(cell)
     return cell
+
+
+def check_planned(cell: Cell) -> None:
+    """What each backend of ``cell`` cannot do with the artifact the cell will build (a
+    --precision its graph will not have, FP16 float parts a CPU runtime cannot read),
+    refused before anything is built."""
+    from .backends import get_backend
+    from .core import numeric_format
+    from .session import backend_options
+    from .steps.int8 import quantize_options
+
+    numeric = numeric_format({"variant": cell.variant})
+    floats = quantize_options(cell.settings).float_precision if numeric == "int8" else "fp32"
+    options = backend_options(cell.settings)
+    for name in cell.backends:
+        get_backend(name).check_planned(numeric, floats, options)
 
 
 def recipe_cells(recipe) -> tuple[Cell, ...]:
@@ -65,6 +82,7 @@ def recipe_cells(recipe) -> tuple[Cell, ...]:
             parse_variant(variant)  # an illegal chain fails before any work
             backends = tuple(b for b in recipe.backends if b != BASELINE or variant == "fp32")
             cells.append(Cell(model, variant, backends, settings))
+            check_planned(cells[-1])
     return tuple(cells)
 
 

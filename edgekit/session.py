@@ -114,6 +114,8 @@ def check_request(artifact: Artifact, request: BenchRequest) -> None:
     for name in request.backends:
         get_backend(name).check_available()  # unknown names and missing runtimes name their pip extra
     check_devices(request.options.device, request.backends, named_must_run=False)  # what this machine has
+    for name in request.backends:
+        get_backend(name).check_artifact(artifact, request.options)  # e.g. a --precision the graph does not have
     shape = artifact.manifest["input"]["shape"]
     if isinstance(shape[0], int) and any(b != shape[0] for b in request.timing.batch_sizes):
         raise UsageError(f"artifact {artifact.key} has a static batch of {shape[0]}; export without --static to time other batch sizes")

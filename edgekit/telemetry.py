@@ -572,18 +572,23 @@ def gpu_memory_mb(device_index: int = 0, pid: Optional[int] = None) -> Optional[
 # --------------------------------------------------------------------------- choosing a source
 
 
+def power_source_problem(source: str, *, rapl_root: Path = RAPL_ROOT, tegrastats: str = TEGRASTATS) -> Optional[str]:
+    """Why ``source`` (tegrastats, nvml, rapl) cannot be read here, or None where it can."""
+    if source == "tegrastats" and shutil.which(tegrastats) is None:
+        return f"no {tegrastats} on PATH (it comes with JetPack on Jetson boards)"
+    if source == "nvml":
+        return nvml_unavailable()
+    if source == "rapl":
+        return rapl_unavailable(rapl_root)
+    return None
+
+
 def check_power_source(source: str, *, rapl_root: Path = RAPL_ROOT, tegrastats: str = TEGRASTATS) -> None:
     """Fail in one line when ``source`` was asked for explicitly and cannot be read here;
     "auto" and "off" always pass."""
     if source not in POWER_SOURCES:
         raise UsageError(f"unknown power source {source!r}; choose from {', '.join(POWER_SOURCES)}")
-    reason = None
-    if source == "tegrastats" and shutil.which(tegrastats) is None:
-        reason = f"no {tegrastats} on PATH (it comes with JetPack on Jetson boards)"
-    elif source == "nvml":
-        reason = nvml_unavailable()
-    elif source == "rapl":
-        reason = rapl_unavailable(rapl_root)
+    reason = power_source_problem(source, rapl_root=rapl_root, tegrastats=tegrastats)
     if reason:
         raise BackendUnavailableError(f"--power {source}: {reason}")
 

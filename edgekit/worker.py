@@ -181,6 +181,7 @@ def run_job(job: dict) -> dict:
     return {
         "precision": session.precision,
         "providers": list(session.providers),
+        "layers": session.layer_summary,
         "threads": session.threads,
         "latency": latency,
         "throughput": throughput,

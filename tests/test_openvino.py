@@ -28,9 +28,14 @@ def test_ir_is_saved_with_the_artifact_and_records_f32(tiny_artifact):
     folder = ir_folder(tiny_artifact, compress_fp16=False)
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
     recorded = json.loads((folder / "ir.json").read_text())
-    assert recorded["compress_to_fp16"] is False and set(recorded["files"]) == {"model.xml", "model.bin"}
+    assert recorded["compress_to_fp16"] is False and set(recorded["files"]) == {"model.xml", "model.bin", "graph.json"}
     session = backend.load(compiled, BackendOptions())
     assert "inference precision f32" in session.precision
+    # what the graph asks, read once with the IR (the layer check at load reads it, not the ONNX file)
+    from edgekit.layer_precision import asked_precision
+
+    assert json.loads((folder / "graph.json").read_text())["asked"] == asked_precision(tiny_artifact.onnx_path) == session.asked
+    assert session.layer_summary["mismatches"] == [] and session.layer_summary["ran"] == {"fp32": len(session.asked)}
 
 
 def test_fp16_weight_compression_is_a_separate_smaller_ir(tiny_artifact, images):

@@ -106,7 +106,7 @@ def _step_inputs(step: str, s: Settings) -> Any:
         return prune_options(s), target, distill_images(s), distill_options(s), s["sparsity"]
     if step == "dw-separable":
         return s["dw_rank"], distill_images(s), s["dw_layers"] or None, s["dw_budget"], distill_options(s)
-    return ()  # fp16 reads no option
+    return (calibration_images(s),)  # fp16: its calibration images
 
 
 def consumed(command: str, settings: Settings, onnx_target: bool = False) -> dict[str, Any]:

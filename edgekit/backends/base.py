@@ -58,6 +58,7 @@ class Session(Protocol):
     device: str  # the device it runs on, in the backend's spelling (a session never runs elsewhere than asked)
     threads: Optional[int]
     last_compute_ms: Optional[float]  # device time of the last run (GPU events), None where not measured
+    layer_summary: Optional[dict]  # asked vs ran precision per compute layer (layer_precision.summary), where checked at load
     throughput_seconds: Optional[float]  # seconds per batch size of throughput mode; None: no throughput mode asked or offered
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
@@ -71,6 +72,7 @@ class SessionBase:
 
     last_compute_ms: Optional[float] = None
     throughput_seconds: Optional[float] = None
+    layer_summary: Optional[dict] = None  # edgekit.layer_precision.summary, where the backend checked its layers at load
 
     def throughput(self, batch: np.ndarray, seconds: float, on_step: Callable[[int, int], None]) -> dict:
         raise NotImplementedError("this session has no throughput mode")
@@ -126,6 +128,21 @@ class Backend(Protocol):
     def profile(self, artifact: Artifact, options: "BackendOptions", batch: np.ndarray, iterations: int, warmup: int):
         """The runtime's own profiler over ``iterations`` runs: an edgekit.profiling.ProfiledRun
         (per node it executed, and the wall time per run with the profiler on)."""
+
+    def check_planned(self, numeric: str, floats: str, options: "BackendOptions") -> None:
+        """Refuse before anything is built what it cannot do with the artifact a cell will build."""
+
+    def check_artifact(self, artifact: Artifact, options: "BackendOptions") -> Any:
+        """Refuse before any work (one-line UsageError) what it cannot do with ``artifact``."""
+
+    def layer_report(self, artifact: Artifact, options: "BackendOptions"):
+        """What the runtime ran for ``artifact`` (as ``compile`` returned it), layer by layer:
+        an edgekit.layer_precision.LayerReport (device or provider, and precision per layer),
+        or None where the runtime cannot say."""
+
+    def machine_facts(self) -> dict[str, Any]:
+        """What `edgekit doctor` says of this backend on this machine: installed or not, the
+        version, devices, and what the backend alone knows (providers, typing mode, CPU form)."""
 
 
 class BackendBase:
@@ -217,6 +234,34 @@ class BackendBase:
         from ..core import ProfilerUnavailable
 
         raise ProfilerUnavailable(f"backend {self.name} has no per-layer profiler in edgekit")
+
+    def layer_report(self, artifact: Artifact, options: BackendOptions):
+        return None
+
+    def check_planned(self, numeric: str, floats: str, options: BackendOptions) -> None:
+        """Refuse, before anything is built, what this backend cannot do with the artifact a
+        cell will build: ``numeric`` (fp32, fp16, int8: core.numeric_format) and ``floats``
+        (the INT8 graph's float parts, fp32 or fp16: core.float_parts). A one-line UsageError,
+        e.g. a --precision the graph will not have."""
+
+    def check_artifact(self, artifact: Artifact, options: BackendOptions) -> Any:
+        """check_planned on a built artifact's manifest (before any work on it)."""
+        from ..core import float_parts, numeric_format
+
+        self.check_planned(numeric_format(artifact.manifest), float_parts(artifact.manifest), options)
+
+    def machine_facts(self) -> dict[str, Any]:
+        """installed, version, devices, and why it cannot run here ('' where it can); a
+        backend adds its own facts with ``{**super().machine_facts(), ...}``."""
+        try:
+            self.check_available()
+        except BackendUnavailableError as e:
+            return {"installed": False, "version": None, "devices": [], "problem": str(e)}
+        try:
+            devices = list(self.devices())
+        except Exception as e:  # noqa: BLE001 (a runtime that imports but cannot list devices: say so, do not stop the report)
+            return {"installed": True, "version": self.runtime_version(), "devices": [], "problem": f"listing devices failed: {e}"}
+        return {"installed": True, "version": self.runtime_version(), "devices": devices, "problem": ""}
 
 
 def importable(module: str) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -51,23 +52,56 @@ INTEGER_MATMUL_OPS = ("Conv", "Gemm", "MatMul")
 _INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # the CPUs each weight form is for (what weight_form() decides), as a deployment reads it
 FORM_CPUS = {"u8s8": "x86 with VNNI/AMX, or ARM", "u8u8": "x86 without VNNI"}
+# what each form means for the arithmetic (`edgekit doctor` prints it)
+FORM_MEANS = {
+    "u8s8": "uint8 activations x int8 weights, summed exactly in int32 (VNNI/AMX dot products, or ARM)",
+    "u8u8": "uint8 activations x uint8 weights (int8 + 128): widened to int16 before multiplying, "
+            "since x86 without VNNI adds u8 x s8 pairs in saturating int16 (vpmaddubsw)",
+}
+_X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 def x86_with_int8_dot_products() -> bool:
     """An x86 CPU with VNNI or AMX: int8 dot products sum exactly in int32."""
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and weight_form() == "u8s8"
+    return platform.machine().lower() in _X86 and weight_form() == "u8s8"
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> Optional[frozenset]:
+    """The x86 CPU's instruction set flags (/proc/cpuinfo), None where they cannot be read."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+
+
+def int8_dot_product_flags() -> tuple[str, ...]:
+    """The instruction sets on this CPU that make int8 dot products exact (what decided weight_form)."""
+    flags = _cpu_flags() or frozenset()
+    return tuple(f for f in _INT8_DOT_PRODUCT_FLAGS if f in flags)
 
 
 @lru_cache(maxsize=1)
 def weight_form() -> str:
     """'u8s8' where int8 dot products do not saturate (VNNI, AMX, non-x86), else 'u8u8'."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    if platform.machine().lower() not in _X86:
         return "u8s8"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
+    if _cpu_flags() is None:
         return "u8u8"  # cannot tell: the form that is always exact
-    return "u8s8" if any(f in flags for f in _INT8_DOT_PRODUCT_FLAGS) else "u8u8"
+    return "u8s8" if int8_dot_product_flags() else "u8u8"
+
+
+def form_facts() -> dict:
+    """The INT8 CPU form edgekit uses on this CPU, what it means, and what decided it."""
+    form = weight_form()
+    if platform.machine().lower() not in _X86:
+        why = f"{platform.machine()}: not x86, its int8 dot products do not saturate"
+    elif _cpu_flags() is None:
+        why = "/proc/cpuinfo unreadable: the form that is exact on every x86 CPU"
+    else:
+        found = int8_dot_product_flags()
+        why = f"found {', '.join(found)}" if found else f"none of {', '.join(_INT8_DOT_PRODUCT_FLAGS)} found"
+    return {"form": form, "means": FORM_MEANS[form], "for": FORM_CPUS[form], "decided_by": why}
 
 
 def _clip_min(node, inits) -> float | None:

@@ -1,8 +1,12 @@
 """OpenVINO: ONNX -> IR (.xml/.bin) kept beside the artifact, run on CPU (or GPU/NPU).
 
-Precision is explicit. On CPUs with bf16 support OpenVINO silently runs "FP32" models in
-bf16 (INFERENCE_PRECISION_HINT), so edgekit asks for f32 unless told otherwise and
-reports the precision the compiled model says it runs.
+Precision is explicit and checked. On CPUs with bf16 support OpenVINO silently runs "FP32"
+models in bf16 (INFERENCE_PRECISION_HINT), and with f32 it computes an FP16 graph in FP32
+(its FP16 weights decompressed). So edgekit asks for the graph's own precision (f32; f16 for
+a graph with FP16 tensors, where the device has FP16 arithmetic), unless --precision says
+otherwise, and before anything is timed reads what the compiled model runs, layer by layer
+(its runtime model), against what the graph asks (edgekit.layer_precision): a compute layer
+at another precision is an error, one that --precision asked for is a recorded substitution.
 
 Each input shape gets its own compiled model (static shapes are what benchmark_app times
 and what the CPU plugin optimises best); they are compiled on first use and kept.
@@ -20,16 +24,17 @@ from typing import Optional
 
 import numpy as np
 
-from ..core import Artifact, UsageError, numeric_format, sha256_file
+from ..core import Artifact, UsageError, float_parts, numeric_format, sha256_file
 from .base import THREADS, BackendBase, BackendOptions, DeployFile, SessionBase, backend_option, require_module
 from ..option import Option
 
 IR_FOLDER = "openvino"
-IR_FORMAT = 1  # bump when the conversion below changes: cached IRs are rebuilt
+IR_FORMAT = 2  # bump when the conversion below changes: cached IRs are rebuilt (2: graph.json)
+GRAPH_FACTS = "graph.json"  # what the source graph asks per compute node, and its names: the layer check reads it, not the ONNX file
 PRECISIONS = ("f32", "bf16", "f16")
 
 # its own options (edgekit.options collects them into flags, recipe keys and runner arguments)
-PRECISION = backend_option("precision", "--precision", "choice", "openvino: inference precision (default f32, not bf16)", choices=PRECISIONS)
+PRECISION = backend_option("precision", "--precision", "choice", "openvino: inference precision (default: the graph's; another is recorded)", choices=PRECISIONS)
 FP16_WEIGHTS = backend_option("ov_fp16_weights", "--ov-fp16-weights", "flag", "OpenVINO: compress the IR's weights to FP16.", False)
 THROUGHPUT = Option("throughput", "--throughput", "float", "bench", "Also time OpenVINO's throughput mode (asynchronous requests) this many seconds per batch size.",
                     recipe="bench", commands=("bench",), on_device=True, minimum=0.5)
@@ -127,7 +132,12 @@ def build_ir(source: Path, folder: Path, compress_fp16: bool) -> Path:
         model = ov.convert_model(str(source))
         # save_model compresses weights to FP16 unless told not to
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=compress_fp16)
-        files = {name: sha256_file(staging / name) for name in ("model.xml", "model.bin")}
+        written = ["model.xml", "model.bin"]
+        graph = _graph(source)
+        if graph is not None:  # made once with the IR, so no load parses the ONNX file again (memory: the timed process's peak RSS)
+            (staging / GRAPH_FACTS).write_text(json.dumps(graph_facts(graph)) + "\n")
+            written.append(GRAPH_FACTS)
+        files = {name: sha256_file(staging / name) for name in written}
         (staging / "ir.json").write_text(json.dumps({**expected, "files": files}, indent=2) + "\n")
         release_staging_dir(staging)
         shutil.rmtree(folder, ignore_errors=True)  # edgekit's own cache, made from another source
@@ -169,28 +179,174 @@ def cpu_form(artifact: Artifact, form: str) -> Path:
     return lowered
 
 
+# --------------------------------------------------------------------------- precision
+
+EXPLICIT_PRECISION_DEVICES = ("CPU", "GPU")  # devices told the inference precision even when it is f32 (their own defaults are bf16 / f16)
+_HINTS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}  # --precision -> layer_precision's word
+
+
+def _graph(onnx_path: Path):
+    """The ONNX graph an IR is made from (graph_facts reads it), or None where onnx is not
+    installed (a device building the IR from a bundle: its sessions then go unchecked)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return onnx.load(str(onnx_path), load_external_data=False)
+
+
+def graph_facts(graph) -> dict:
+    """What the layer check needs of an ONNX graph: the precision each compute node asks
+    (layer_precision.asked_precision, in graph order) and its names (node or output tensor ->
+    node, op type; profiling.OnnxNames)."""
+    from ..layer_precision import asked_precision
+    from ..profiling import OnnxNames
+
+    return {"asked": asked_precision(graph), "names": {k: list(v) for k, v in OnnxNames.of_model(graph).nodes.items()}}
+
+
+def read_graph_facts(xml: Path) -> Optional[dict]:
+    """graph.json beside the IR (its hash checked with the IR's), None where the IR was built without onnx."""
+    path = xml.parent / GRAPH_FACTS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def capabilities(core, device: str) -> tuple[str, ...]:
+    """The device's OPTIMIZATION_CAPABILITIES (FP32, FP16, BF16, INT8...)."""
+    try:
+        return tuple(str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 (a plugin that does not report them: none known)
+        return ()
+
+
+def graph_floats(asked: Optional[dict], artifact: Artifact) -> frozenset:
+    """The float precisions the graph's compute nodes ask ('fp32', 'fp16'), from the graph, or
+    from the manifest where the graph cannot be read."""
+    if asked is None:
+        return frozenset({"fp16" if numeric_format(artifact.manifest) == "fp16" else "fp32"})
+    return frozenset(word for word in asked.values() if word != "int8") or frozenset({"fp32"})
+
+
+def choose_precision(core, device: str, wanted: Optional[str], floats: frozenset) -> tuple[str, dict]:
+    """(the inference precision to ask, the substitutions it declares). Unasked: the graph's
+    own, f32, or f16 for a graph with FP16 compute nodes where the device has FP16 arithmetic
+    (else a one-line error naming --precision f32). Asked: that, each difference from the
+    graph declared. f16 applies to every layer, so an FP16 graph's FP32 nodes run FP16."""
+    if wanted is None:
+        if "fp16" in floats and "FP16" not in capabilities(core, device):
+            raise UsageError(f"OpenVINO's {device} has no FP16 arithmetic (its OPTIMIZATION_CAPABILITIES: {', '.join(capabilities(core, device)) or 'none'}) "
+                             "for this FP16 graph; add --precision f32 to run it in FP32 on purpose")
+        wanted = "f16" if "fp16" in floats else "f32"
+        why = {("fp32", "fp16"): "OpenVINO's inference precision f16 applies to every layer: the compute nodes the FP16 graph keeps in FP32 "
+                                 "run in FP16 (--precision f32 runs the whole graph in FP32)"}
+    else:
+        why = {(asked, _HINTS[wanted]): f"--precision {wanted}, as asked" + (": FP16 weights decompressed, FP32 arithmetic" if (asked, wanted) == ("fp16", "f32") else "")
+               for asked in ("fp32", "fp16")}
+    ran = _HINTS[wanted]
+    return wanted, {(asked, r): text for (asked, r), text in why.items() if asked in floats and r == ran and asked != ran}
+
+
+def runtime_layer_report(compiled, device: str, facts_of_graph: dict, substituted: Optional[dict] = None):
+    """What a compiled model runs, layer by layer, read from its runtime model: each layer's
+    ONNX nodes (its originalLayersNames that name nodes of the graph: ``facts_of_graph``,
+    see graph_facts), and what it computed in (its kernel, primitiveType, and runtimePrecision)."""
+    from ..layer_precision import LayerFact, LayerReport
+    from ..profiling import OnnxNames
+
+    names = OnnxNames({k: tuple(v) for k, v in facts_of_graph["names"].items()})
+    layers = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        text = {key: str(info[key].astype(str)) for key in ("layerType", "runtimePrecision", "originalLayersNames", "primitiveType") if key in info}
+        if text.get("layerType") in ("Const", "Input", "Output"):
+            continue
+        found = (names.resolve(n) for n in text.get("originalLayersNames", "").split(",") if n)
+        covers = tuple(dict.fromkeys(f[0] for f in found if f))
+        ran, note = _ran(text.get("primitiveType", ""), text.get("runtimePrecision", ""))
+        layers.append(LayerFact(op.get_friendly_name(), text.get("layerType", ""), covers, ran, device, note))
+    facts = {"inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    layers, unmapped = _pair_unnamed(layers, list(facts_of_graph["asked"]))
+    if unmapped:
+        facts["compute_nodes_not_named"] = unmapped
+    return LayerReport("openvino", device, tuple(layers), (device,), facts, dict(substituted or {}))
+
+
+_COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")  # the CPU plugin's layer types
+
+
+def _pair_unnamed(layers: list, judged: list[str]) -> tuple[list, list[str]]:
+    """A fusion can leave a compute layer named only after its neighbours (an FP16 graph's
+    last Gemm becomes 'logits', the Cast after it). Where the compute layers that cover no
+    compute node of the graph are as many as the compute nodes no layer covers, they pair
+    in order; otherwise the nodes are listed (returned) and judged nowhere."""
+    from dataclasses import replace
+
+    covered = {node for fact in layers for node in fact.covers}
+    missing = [n for n in judged if n not in covered]
+    unnamed = [i for i, fact in enumerate(layers) if fact.op_type in _COMPUTE_LAYERS and not set(fact.covers) & set(judged)]
+    if not missing or len(missing) != len(unnamed):
+        return layers, missing
+    layers = list(layers)
+    for i, node in zip(unnamed, missing):
+        fact = layers[i]
+        note = f"{fact.note}; " if fact.note else ""
+        layers[i] = replace(fact, covers=(*fact.covers, node), note=f"{note}paired with {node} by order: OpenVINO names it after a fused neighbour")
+    return layers, []
+
+
+def _ran(kernel: str, runtime_precision: str) -> tuple[str, str]:
+    """(what a layer computed in, how that was read). The kernel's name ends with its
+    arithmetic (brgconv_avx512_f32, brgconv_avx512_amx_1x1_I8); runtimePrecision is its
+    inputs' precision, weights included, so FP16 weights decompressed inside an FP32 kernel
+    read f16 there: the kernel's word wins, the difference is noted."""
+    from ..layer_precision import precision_word
+
+    by_kernel = precision_word(kernel.rsplit("_", 1)[-1]) if "_" in kernel else ""
+    by_inputs = precision_word(runtime_precision)
+    if not by_kernel:
+        return by_inputs, f"kernel {kernel}" if kernel else ""
+    differs = f" (runtimePrecision {runtime_precision}: its inputs' precision)" if by_inputs and by_inputs != by_kernel else ""
+    return by_kernel, f"kernel {kernel}{differs}"
+
+
+def _refuse_mismatches(found: list[str], device: str) -> None:
+    if found:
+        more = f" (and {len(found) - 1} more; `edgekit doctor` lists them)" if len(found) > 1 else ""
+        raise UsageError(f"OpenVINO on {device} did not run the graph as it asks: {found[0]}{more}")
+
+
 # --------------------------------------------------------------------------- session
 
 
 class OpenVinoSession(SessionBase):
-    def __init__(self, xml: Path, artifact: Artifact, options: BackendOptions):
+    def __init__(self, xml: Path, artifact: Artifact, options: BackendOptions, check: bool = True):
         import openvino as ov
+
+        from ..layer_precision import summary
 
         own = OpenVinoBackend().own_options(options)
         self._core = ov.Core()
         self._device = check_device(self._core, OpenVinoBackend().device_for(options))
         self.device = self._device
         self._model = self._core.read_model(str(xml))
-        self._precision_hint = own.precision or "f32"
+        graph = read_graph_facts(xml)
+        self.asked = graph["asked"] if graph is not None else None  # what the graph asks, per compute node
+        self._precision_hint, substituted = choose_precision(self._core, self._device, own.precision, graph_floats(self.asked, artifact))
         self.throughput_seconds = own.throughput_seconds
         self._threads = options.threads
         self._compiled: dict[tuple[int, ...], object] = {}
         self._requests: dict[tuple[int, ...], object] = {}
         variant = artifact.manifest.get("variant", "fp32")
-        self.inference_precision = self._compile((1, *self._input_shape_tail())).get_property("INFERENCE_PRECISION_HINT")
+        compiled = self._compile((1, *self._input_shape_tail()))
+        self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = f"{variant} (OpenVINO {self._device} inference precision {_type_name(self.inference_precision)})"
         self.providers = (f"openvino {ov.__version__} {self._device}",)
         self.threads = options.threads
+        # what ran, layer by layer, against what the graph asks: None where the IR was built without onnx to read the graph
+        self.layer_report = runtime_layer_report(compiled, self._device, graph, substituted) if graph is not None else None
+        self.layer_summary = summary(self.asked, self.layer_report) if self.layer_report is not None else None
+        if check and self.layer_summary is not None:
+            _refuse_mismatches(self.layer_summary["mismatches"], self._device)
 
     def _input_shape_tail(self) -> list[int]:
         shape = self._model.inputs[0].get_partial_shape()
@@ -198,7 +354,7 @@ class OpenVinoSession(SessionBase):
 
     def _config(self, hint: str) -> dict:
         config = {"PERFORMANCE_HINT": hint}
-        if self._device.startswith("CPU") or self._precision_hint != "f32":
+        if self._device.startswith(EXPLICIT_PRECISION_DEVICES) or self._precision_hint != "f32":
             config["INFERENCE_PRECISION_HINT"] = self._precision_hint
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
@@ -340,6 +496,8 @@ class OpenVinoBackend(BackendBase):
         IR is not deployed: it is built from these, per OpenVINO version."""
         if numeric_format(artifact.manifest) != "int8":
             return super().deploy_files(artifact)
+        if float_parts(artifact.manifest) == "fp16":
+            return ()  # its frontend cannot read FP16 Q/DQ (check_artifact)
         forms = tuple(DeployFile(self.name, cpu_form(artifact, form).name, FORM_CPUS[form]) for form in CPU_FORM_FILES)
         return (*forms, DeployFile(self.name, artifact.onnx_path.name, "GPU or NPU"))
 
@@ -350,6 +508,7 @@ class OpenVinoBackend(BackendBase):
         """ONNX -> IR in <artifact>/openvino/. FP32 and FP16 graphs convert as they are; an
         INT8 QDQ graph bound for the CPU is first put in its CPU form (see int8_cpu_form)."""
         self.check_available()
+        self.check_artifact(artifact, options)
         own = self.own_options(options)
         if own.precision is not None and own.precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {own.precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -361,13 +520,54 @@ class OpenVinoBackend(BackendBase):
         manifest = {**artifact.manifest, "files": files}
         return Artifact(path=artifact.path, manifest=manifest)
 
-    def load(self, artifact: Artifact, options: BackendOptions) -> OpenVinoSession:
+    def check_planned(self, numeric: str, floats: str, options: BackendOptions) -> None:
+        """INT8 with FP16 float parts (--int8-float fp16) is for GPU targets: OpenVINO's ONNX
+        frontend refuses FP16 Q/DQ (a Conv of FP32 data and FP16 filters)."""
+        if numeric == "int8" and floats == "fp16":
+            raise UsageError("an INT8 artifact with FP16 float parts (--int8-float fp16) is for GPU targets; OpenVINO's ONNX frontend "
+                             "cannot read FP16 Q/DQ: leave out --int8-float fp16 for openvino")
+
+    def load(self, artifact: Artifact, options: BackendOptions, check: bool = True) -> OpenVinoSession:
+        """The session bench times. Compiling it, OpenVINO says what each layer runs at; a
+        compute layer at another precision than the graph asks (and --precision did not ask
+        for) is an error here, before any timing (``check``)."""
         self.check_available()
         xml = artifact.path / artifact.manifest["files"].get("openvino_xml", "")
         if not xml.is_file():
             artifact = self.compile(artifact, options)
             xml = artifact.path / artifact.manifest["files"]["openvino_xml"]
-        return OpenVinoSession(xml, artifact, options)
+        return OpenVinoSession(xml, artifact, options, check)
+
+    def layer_report(self, artifact: Artifact, options: BackendOptions):
+        """What the compiled model runs, layer by layer (runtime_layer_report), unchecked;
+        None where the IR was built without onnx to read the graph."""
+        return self.load(artifact, options, check=False).layer_report
+
+    def machine_facts(self) -> dict:
+        """Its version, devices with their names and OPTIMIZATION_CAPABILITIES, each device's
+        own default inference precision, and what edgekit asks of it per kind of graph."""
+        facts = super().machine_facts()
+        if not facts["installed"] or facts["problem"]:
+            return facts
+        import openvino as ov
+
+        core = ov.Core()
+        devices = {}
+        for device in facts["devices"]:
+            capable = capabilities(core, device)
+            try:
+                default = _type_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+            except Exception:  # noqa: BLE001 (a plugin without the property)
+                default = None
+            fp16 = "f16" if "FP16" in capable else "none by default: no FP16 arithmetic here (--precision f32 runs it in FP32)"
+            devices[device] = {
+                "name": str(core.get_property(device, "FULL_DEVICE_NAME")),
+                "optimization_capabilities": list(capable),
+                "openvino_default_precision": default,
+                "edgekit_asks": {"fp32 graph": "f32", "int8 graph": "f32 (its float parts)", "fp16 graph": fp16}
+                if device.startswith(EXPLICIT_PRECISION_DEVICES) else {"any graph": "the device's own default"},
+            }
+        return {**facts, "device_details": devices}
 
     def profile(self, artifact: Artifact, options: BackendOptions, batch: np.ndarray, iterations: int, warmup: int):
         """Per node of the runtime graph: OpenVINO's performance counters (OpenVinoSession.profile)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -100,6 +100,14 @@ class PyTorchSession(SessionBase):
         return out.float().cpu().numpy()
 
 
+def _onednn_version(torch) -> Optional[str]:
+    """oneDNN's version from torch's build configuration ('Intel(R) MKL-DNN v3.12.0 (...)')."""
+    import re
+
+    found = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", torch.__config__.show())
+    return found.group(1) if found else None
+
+
 @contextlib.contextmanager
 def _native_stderr_quiet():
     """File descriptor 2 pointed at /dev/null for a moment: what native code writes there
@@ -139,6 +147,29 @@ class PyTorchBackend(BackendBase):
 
     def check_available(self) -> None:
         require_module("torch", self.name, None)
+
+    def machine_facts(self) -> dict[str, Any]:
+        """The CUDA build and GPUs torch sees, its CPU kernels (oneDNN, the instruction set
+        its ATen kernels picked) and its thread pools, for `edgekit doctor`."""
+        facts = super().machine_facts()
+        if not facts["installed"]:
+            return facts
+        import torch
+
+        cuda = torch.cuda.is_available()
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
+        return {
+            **facts,
+            "cuda_build": torch.version.cuda,  # None: a CPU-only build
+            "cuda_available": cuda,
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "cudnn_build": torch.backends.cudnn.version() if torch.version.cuda and torch.backends.cudnn.is_available() else None,
+            "cpu_capability": capability,  # ATen's CPU kernels: DEFAULT, AVX2, AVX512 (x86), SVE256 (ARM)...
+            "mkldnn_available": torch.backends.mkldnn.is_available(),
+            "onednn_version": _onednn_version(torch) if torch.backends.mkldnn.is_available() else None,
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+        }
 
     def compile(self, artifact: Artifact, options: BackendOptions) -> Artifact:
         return artifact

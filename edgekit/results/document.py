@@ -268,6 +268,7 @@ ROW_FIELDS = {
     "power": _Field(kind="list", spec=POWER_FIELDS),
     "gpu_memory_mb": _opt(MEGABYTES),
     "error": _opt(NON_EMPTY_STRING),
+    "layers": _Field(kind="object"),  # layer_precision.summary: asked, ran, mismatches, substitutions
 }
 FAILED_ROW_OPTIONAL = ("artifact_key", "precision", "latency", "peak_rss_mb")
 

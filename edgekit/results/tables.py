@@ -312,8 +312,14 @@ def screen_rows(results: Iterable[BenchResult]) -> list[list[str]]:
     return rows
 
 
+def layer_notes(results: Sequence[BenchResult]) -> list[str]:
+    """The precision substitutions a backend declared for its layers (recorded, not errors)."""
+    return [f"{r.backend}: {line}" for r in results if r.layers for line in r.layers.get("substitutions") or ()]
+
+
 def screen_notes(results: Sequence[BenchResult]) -> list[str]:
     notes = [f"{r.backend} failed: {r.error}" for r in results if r.error]
+    notes += layer_notes(results)
     notes += [f"top-1 {reason}" for reason in dict.fromkeys(r.accuracy.note for r in results if r.accuracy and r.accuracy.note)]
     if any(r.accuracy and (r.accuracy.top1_ci or r.accuracy.agreement_ci) for r in results):
         notes += SCREEN_NOTE

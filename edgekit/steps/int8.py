@@ -111,8 +111,9 @@ def quantize_artifact(
     require_fp32(parent)
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
+    keyed = {k: v for k, v in settings.items() if not (k == "float_precision" and v == "fp32")}  # keys from before the option stay
     version = QUANTIZER_VERSION if options.method != "entropy" else f"{QUANTIZER_VERSION}-{ENTROPY_SEARCH}"
-    payload = {"parent": parent.key, "int8": settings, "calibration": identity, "quantizer": version, "priced_on": sorted(price_on)}
+    payload = {"parent": parent.key, "int8": keyed, "calibration": identity, "quantizer": version, "priced_on": sorted(price_on)}
     if qat is not None:  # post-training-only keys stay what they were
         payload["qat"] = {**dataclasses.asdict(qat), "version": QAT_VERSION}
     key = stable_hash(payload)
@@ -152,6 +153,9 @@ def quantize_artifact(
         if report.fallback or any("fallback" in n for n in report.notes):
             manifest["quantization"]["notes"] = [*pricing_notes, *manifest["quantization"]["notes"]]
         manifest["quantization"]["priced_on"] = list(price_on)
+        if options.float_precision == "fp16":
+            manifest["int8_float"] = _floats_to_fp16(parent, staging / ONNX_NAME, x, progress)
+            manifest["steps"][-1]["float_precision"] = "fp16"
         if qat_report is not None:
             # the quantization section describes the file delivered (what --strict and
             # bench's budget note read); the post-training figures stay in manifest["qat"]["before"]
@@ -166,6 +170,19 @@ def quantize_artifact(
         return manifest
 
     return build_artifact_folder(root, parent.model_name, key, populate)
+
+
+def _floats_to_fp16(parent: Artifact, path: Path, x, progress: Progress) -> dict[str, Any]:
+    """--int8-float fp16: the QDQ graph at ``path`` rewritten with FP16 float parts, judged
+    against the FP32 parent on the calibration images; what the manifest records."""
+    from ..transforms.fp16 import int8_floats_to_fp16, logits_of
+
+    progress("float parts to FP16", None, None)
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8-fp16-") as tmp:
+        out = Path(tmp) / ONNX_NAME
+        report = int8_floats_to_fp16(path, out, x, logits_of(parent.onnx_path, x), progress)
+        path.write_bytes(out.read_bytes())
+    return {"precision": "fp16", **report.to_dict()}
 
 
 def _qat_summary(report) -> dict[str, Any]:
@@ -243,6 +260,14 @@ def describe(artifact: Artifact) -> list:
         lines.append(SummaryTable(f"{title}, top {len(rows)} of {len(q['sensitivity'])}", columns, tuple(table_rows),
                                   frozenset({"module (ONNX node)", "op", "in float"})))
     lines += [f"note: {note}" for note in q.get("notes", [])]
+    floats = artifact.manifest.get("int8_float")
+    if floats:
+        e, cpu, before = floats["emulated"], floats["onnxruntime_cpu"], floats["int8_fp32_floats"]
+        lines.append(
+            f"float parts FP16 (opset {floats['opset'][0]} -> {floats['opset'][1]}, {len(floats['kept_fp32'])} nodes kept FP32): vs FP32 on the "
+            f"calibration images agreement {e['agreement']:.1f}%, KL {e['mean_kl']:.4f} (FP16 storage emulated; float parts FP32: "
+            f"{before['agreement']:.1f}%, KL {before['mean_kl']:.4f}; the file on ONNX Runtime's CPU provider: {cpu['agreement']:.1f}%, KL {cpu['mean_kl']:.4f})"
+        )
     return lines
 
 

@@ -112,6 +112,7 @@ class QuantizeOptions:
     max_fallback_nodes: int = declared("max_fallback").field()
     budget: Budget = Budget()
     rounding: str = declared("rounding").field()
+    float_precision: str = declared("int8_float").field()  # applied by the int8 step after quantizing (transforms/fp16.py)
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:
