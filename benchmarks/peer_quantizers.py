@@ -226,6 +226,17 @@ def modelopt_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray) -> dict:
     return _run_worker("modelopt", "modelopt_ptq.py", fp32_onnx, out, calibration, [])
 
 
+def modelopt_fp16(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, keep_io_types: bool = True) -> dict:
+    """NVIDIA ModelOpt AutoCast, FP32 -> mixed FP32/FP16 ONNX; writes it to ``out`` (see peers/modelopt_autocast.py).
+
+    AutoCast's defaults (data_max 512, init_max 65504, CPU provider) with ``calibration``
+    (float32 NCHW) as its calibration data and ``keep_io_types``. Not an INT8 peer, so not
+    in ``PEERS``; the result adds ``kept_fp32`` (node, op_type, why) and ``fp16_nodes``.
+    """
+    return _run_worker("modelopt", "modelopt_autocast.py", fp32_onnx, out, calibration,
+                       ["--settings", json.dumps({"keep_io_types": keep_io_types})])
+
+
 PEERS = {"aimet": aimet_adaround_int8, "modelopt": modelopt_int8}
 
 
