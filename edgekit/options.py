@@ -93,7 +93,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("qat_epochs", "--qat-epochs", "int", "int8", "Quantization-aware training: epochs over the calibration images, distilled from FP32 (0: post-training only).", 0, recipe="int8", commands=_MODEL, minimum=0, maximum=1000, needs=_INT8),
     Option("qat_lr", "--qat-lr", "float", "int8", "QAT learning rate of the weights (Adam, cosine decay to zero).", 1e-5, recipe="int8", commands=_MODEL, minimum=0.0, maximum=1.0, min_open=True, needs=("int8", "qat_epochs")),
     Option("strict", "--strict", "flag", "int8", "Exit 1 when the budget is not met (the best artifact is still kept).", False, recipe="int8", commands=_MODEL, needs=_INT8),
-    Option("int8_float", "--int8-float", "choice", "int8", "Precision of the INT8 graph's float parts (tensors between Q/DQ, layers left in float): fp16 for GPU targets (opset 19).", "fp32", recipe="int8", commands=_MODEL, choices=("fp32", "fp16"), needs=_INT8),
+    Option("int8_float", "--int8-float", "choice", "int8", "Precision of the INT8 graph's float parts (layers left in float): fp16 for GPU targets; auto: fp16 when every backend run is on an NVIDIA GPU.", "auto", recipe="int8", commands=_MODEL, choices=("auto", "fp32", "fp16"), needs=_INT8),
     # structured pruning
     Option("prune_criterion", "--prune-criterion", "choice", "prune", "Channel importance.", "l2", recipe="prune.criterion", commands=_MODEL, choices=("l1", "l2", "taylor"), needs=_PRUNE),
     Option("prune_scope", "--prune-scope", "choice", "prune", "Same ratio per layer, or one ranking over all layers.", "uniform", recipe="prune.scope", commands=_MODEL, choices=("uniform", "global"), needs=_PRUNE),

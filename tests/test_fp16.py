@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends import BackendOptions, get_backend
@@ -118,3 +119,16 @@ def test_int8_float_fp16_artifact_has_fp16_float_parts_and_records_its_accuracy(
     x, _ = load_all(HELD_OUT_EVALUATION.resolve(), tiny_artifact.preprocessing)
     logits = logits_of(artifact.onnx_path, x[:8], exact=True)  # ONNX Runtime's CPU provider reads it
     assert logits.shape == (8, 1000) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("given, floats", [
+    ({}, "fp32"),  # no backend named (export): CPU runtimes may read it
+    ({"backends": ("tensorrt",)}, "fp16"),
+    ({"backends": ("pytorch", "tensorrt")}, "fp16"),  # the baseline runs the FP32 original anyway
+    ({"backends": ("onnxruntime",), "device": "cuda"}, "fp16"),
+    ({"backends": ("onnxruntime",)}, "fp32"),
+    ({"backends": ("tensorrt", "openvino")}, "fp32"),  # one CPU runtime in the run: it cannot read FP16 Q/DQ
+    ({"backends": ("tensorrt",), "int8_float": "fp32"}, "fp32"),  # said explicitly
+])
+def test_int8_float_auto_is_fp16_only_when_every_backend_is_on_an_nvidia_gpu(given, floats):
+    assert quantize_options(Settings(given)).float_precision == floats

@@ -51,7 +51,7 @@ def value_for(option: Option, tmp_path: Path) -> Any:
     if option.kind == "switch":
         return not option.default
     if option.kind == "choice":
-        return next(c for c in option.choices if c != option.default)
+        return next(c for c in reversed(option.choices) if c != option.default)  # the last: a default "auto" may resolve to the first
     if option.kind in ("int", "float"):
         d = option.default
         if d is None:

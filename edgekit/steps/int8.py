@@ -36,7 +36,25 @@ def quantize_options(settings: Settings) -> QuantizeOptions:
     budget = settings.bind(Budget)
     if budget == Budget(None, None, None):
         budget = Budget()  # none given: mean KL <= 0.002 vs FP32
-    return settings.bind(QuantizeOptions, budget=budget)
+    options = settings.bind(QuantizeOptions, budget=budget)
+    if options.float_precision == "auto":
+        options = dataclasses.replace(options, float_precision=float_parts_for(settings))
+    return options
+
+
+def float_parts_for(settings: Settings) -> str:
+    """--int8-float auto: FP16 float parts when every backend of the run (the baseline
+    aside) runs on an NVIDIA GPU, where strongly typed TensorRT would otherwise run them
+    in FP32; FP32 otherwise (CPU runtimes cannot read FP16 Q/DQ)."""
+    from ..backends import get_backend
+    from ..backends.base import BASELINE_BACKEND
+    from ..session import backend_options
+
+    if not settings.given("backends"):
+        return "fp32"
+    targets = [b for b in settings.bind(BenchSettings).backends if b != BASELINE_BACKEND]
+    options = backend_options(settings)
+    return "fp16" if targets and all(get_backend(b).uses_nvidia_gpu(options) for b in targets) else "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +282,7 @@ def describe(artifact: Artifact) -> list:
     if floats:
         e, cpu, before = floats["emulated"], floats["onnxruntime_cpu"], floats["int8_fp32_floats"]
         lines.append(
-            f"float parts FP16 (opset {floats['opset'][0]} -> {floats['opset'][1]}, {len(floats['kept_fp32'])} nodes kept FP32): vs FP32 on the "
+            f"float parts FP16 for GPU targets (--int8-float: fp16, or auto with every backend on an NVIDIA GPU; opset {floats['opset'][0]} -> {floats['opset'][1]}, {len(floats['kept_fp32'])} nodes kept FP32): vs FP32 on the "
             f"calibration images agreement {e['agreement']:.1f}%, KL {e['mean_kl']:.4f} (FP16 storage emulated; float parts FP32: "
             f"{before['agreement']:.1f}%, KL {before['mean_kl']:.4f}; the file on ONNX Runtime's CPU provider: {cpu['agreement']:.1f}%, KL {cpu['mean_kl']:.4f})"
         )
