@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import platform
 import shlex
 import sys
@@ -318,6 +319,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a kill cleans up like Ctrl-C
     warnings.showwarning = _show_warning  # a skipped image and the like: one 'warning:' line, as edgekit's CLI prints it
     argv = sys.argv[1:] if argv is None else argv
+    # a device's storage is its owner's: decoded images are cached there only when asked (EDGEKIT_IMAGE_CACHE=4GiB)
+    os.environ.setdefault("EDGEKIT_IMAGE_CACHE", "off")
     progress = _StageLines()
     try:
         require_packages(BASE_PACKAGES, "the edgekit runner")  # before the parser: the backends' modules declare options and import numpy

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, co
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_tmp(tmp_path_factory):
+    """Decoded images cached in this run's own folder, never the user's ~/.cache (and no
+    entry from an earlier run answers for this one)."""
+    os.environ.setdefault("EDGEKIT_CACHE", str(tmp_path_factory.mktemp("edgekit-cache")))
 
 
 @pytest.fixture(scope="session")

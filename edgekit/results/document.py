@@ -743,6 +743,10 @@ def describe_images(images: dict[str, Any]) -> str:
     if skipped:
         files = images.get("files_skipped", len(images.get("skipped_files") or ()))
         text += f" ({skipped} skipped: {files} unreadable file{'s' if files != 1 else ''})"
+    flattening = images.get("flattening") or {}
+    if flattening.get("counts"):
+        rule = str(flattening.get("rule", "")).split(":")[0]
+        text += f"; flattened to RGB ({rule}): " + ", ".join(f"{n} {kind}" for kind, n in flattening["counts"].items())
     return text
 
 

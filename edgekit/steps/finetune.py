@@ -169,5 +169,28 @@ def describe(artifact: Artifact) -> list:
         f"({artifact.classes.count} classes, {report['train_images']} training images, {duration(report['seconds'])}"
         + (", stopped early" if report["stopped_early"] else "") + ")"
     )
+    lines += _image_facts(report)
     lines.append(f"checkpoint: {artifact.path / artifact.manifest['files']['torch_state']}")
+    return lines
+
+
+def _image_facts(report: dict) -> list[str]:
+    """The files left out (count, the first few, why) and what flattening to RGB did."""
+    from ..data import skipped_summary
+
+    lines = []
+    skipped = report.get("skipped") or []
+    for split, name in (("train", "training"), ("val", "validation")):
+        files = [(0, s["file"], s["reason"]) for s in skipped if s["split"] == split]
+        if files:
+            lines.append(f"{name}: {skipped_summary(files)}")
+    flattening = report.get("flattening") or {}
+    if flattening.get("counts"):
+        kinds = "; ".join(
+            f"{count:,} {kind} ({', '.join(flattening['examples'].get(kind, []))}{', ...' if count > len(flattening['examples'].get(kind, [])) else ''})"
+            for kind, count in flattening["counts"].items()
+        )
+        lines.append(f"flattened to RGB by {flattening['rule']}: {kinds}")
+    if report.get("image_cache"):
+        lines.append(report["image_cache"])
     return lines

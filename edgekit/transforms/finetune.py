@@ -70,6 +70,8 @@ class FinetuneReport:
     resumed_from_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # files left out (file, split, reason); the counts above exclude them
+    flattening: dict[str, Any] = field(default_factory=dict)  # the flattening rule, images per kind, first names (edgekit.data.decode)
+    image_cache: str = ""  # the image cache's line after the warm-up (edgekit.data.cache)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,15 +113,14 @@ class _TrainImages:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from ..data import UnreadableImage, decoded_rgb
+        from PIL import Image
+
+        from ..data import UnreadableImage
+        from ..data.batches import cached_train_source
 
         path, label = self.items[i]
-        try:
-            with decoded_rgb(Path(path), self.prep) as image:  # the decode budget every reader shares
-                k = min(image.size) // max(self.prep.resize_size, self.prep.input_size)
-                if k >= 2:  # a photo far larger than the crop: box-reduce it before it becomes a tensor
-                    image = image.reduce(k)
-                return self.transform(image), label
+        try:  # decoded (under the decode budget) and box-reduced once, then read from the image cache
+            return self.transform(Image.fromarray(cached_train_source(Path(path), self.prep))), label
         except UnreadableImage as e:
             return _Skipped(path, e.reason)  # left out of its batch and named; every backend's evaluation skips it too
 
@@ -155,6 +156,17 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int):
         drop_last=shuffle and len(dataset) > batch_size, persistent_workers=False,
         worker_init_fn=_seed_worker if workers else None, collate_fn=_collate,
     )
+
+
+def _warm_image_cache(train: Sequence[tuple[str, int]], val: Sequence[tuple[str, int]], prep: Preprocessing, progress: Progress) -> str:
+    """Decode every training source and validation view once, before the first epoch, in a
+    process pool; every epoch then reads them from the image cache. Returns its summary line."""
+    from ..data.batches import WarmJob, warm_image_cache
+
+    jobs = [WarmJob(str(path)) for path, _ in train] + [WarmJob(str(path), 0) for path, _ in val]
+    line = warm_image_cache(jobs, prep, progress=progress).summary()
+    progress(line, None, None)
+    return line
 
 
 def _collate(items):
@@ -243,7 +255,13 @@ def finetune(
         raise EdgekitError(f"fine-tuning needs training and validation images (got {len(train)} and {len(val)})")
     torch.manual_seed(options.seed)
     phases = _phases(options)
+    totals = {"train": len(train), "val": len(val)}
+    flattening, unread = _check_images(train, val, prep, progress)  # unread: file -> reason, per split
+    said: set[str] = set()
+    _say_skipped(unread, said, totals["train"], totals["val"])
+    train, val = _readable(train, unread["train"], "training"), _readable(val, unread["val"], "validation")
     train_data, val_loader = _TrainImages(train, prep, options.augment), _loader(_ValImages(val, prep), 64, False, 0, 0)
+    image_cache = _warm_image_cache(train, val, prep, progress)
     steps_per_epoch = max(1, len(train) // options.batch_size)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
 
@@ -256,8 +274,6 @@ def finetune(
     optimizer = scheduler = None
     current_phase = None
     stale = state["stale"]
-    unread: dict[str, dict[str, str]] = {"train": {}, "val": {}}  # file -> reason, per split
-    said: set[str] = set()
     for epoch in range(resumed, len(phases)):
         phase = phases[epoch]
         head_only = phase in ("probe", "head")
@@ -290,9 +306,9 @@ def finetune(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             progress(f"epoch {epoch + 1}/{len(phases)} ({phase})", step, steps_per_epoch)
-        progress(f"epoch {epoch + 1}/{len(phases)}: validating on {len(val) - len(unread['val'])} images", None, None)
+        progress(f"epoch {epoch + 1}/{len(phases)}: validating on {totals['val'] - len(unread['val'])} images", None, None)
         val_top1 = evaluate_top1(module, val_loader, unread["val"])
-        _say_skipped(unread, said, len(train), len(val))
+        _say_skipped(unread, said, totals["train"], totals["val"])
         record = EpochRecord(epoch + 1, phase, losses / max(seen, 1), 100 * correct / max(seen, 1), val_top1, time.perf_counter() - begin)
         history.append(record)
         progress(
@@ -312,16 +328,46 @@ def finetune(
     module.to(memory_format=torch.contiguous_format)
     module.eval()
     return FinetuneReport(
-        train_images=len(train) - len(unread["train"]), val_images=len(val) - len(unread["val"]), best_epoch=best_epoch, best_val_top1=best_top1,
+        train_images=totals["train"] - len(unread["train"]), val_images=totals["val"] - len(unread["val"]), best_epoch=best_epoch, best_val_top1=best_top1,
         epochs_run=len(history), stopped_early=len(history) < len(phases), seconds=time.perf_counter() - started,
-        resumed_from_epoch=resumed, history=history,
+        resumed_from_epoch=resumed, history=history, image_cache=image_cache,
         skipped=[{"file": f, "split": split, "reason": r} for split, files in unread.items() for f, r in files.items()],
+        flattening=flattening,
     )
 
 
+def _check_images(train: Sequence[tuple[str, int]], val: Sequence[tuple[str, int]], prep: Preprocessing, progress: Progress) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Every file's header read once before the first epoch: what flattening to RGB does to
+    them (said once, returned for the report) and, per split, the files that cannot be read
+    (file -> reason), left out from the start. Truncated files show only when decoded."""
+    from ..data.decode import census
+
+    split_of = {str(Path(path)): ("train", path) for path, _ in train} | {str(Path(path)): ("val", path) for path, _ in val}
+    found = census(list(split_of), prep)
+    unread: dict[str, dict[str, str]] = {"train": {}, "val": {}}
+    for file, reason in found.unreadable:
+        split, path = split_of[file]
+        unread[split][path] = reason
+    if found.summary():
+        progress(found.summary(), None, None)
+    return found.to_dict(), unread
+
+
+def _readable(items: Sequence[tuple[str, int]], unread: dict[str, str], split: str) -> list[tuple[str, int]]:
+    from ..core import DataError
+    from ..data import skipped_summary
+
+    kept = [item for item in items if item[0] not in unread]
+    if not kept:
+        raise DataError(f"none of the {len(items)} {split} images can be read ({skipped_summary([(0, f, r) for f, r in unread.items()])})")
+    return kept
+
+
 def _say_skipped(unread: dict[str, dict[str, str]], said: set[str], train: int, val: int) -> None:
-    """One warning for the files found unreadable since the last one (the decoder's
-    reason, the counts that are left), as evaluation does."""
+    """One warning for the files found unreadable since the last one (before the first
+    epoch: those over the decode budget or not images; after an epoch: those whose pixels
+    failed to decode), so each file is named once per run with the decoder's reason and
+    the counts that are left, as evaluation does."""
     import warnings
 
     from ..data import skipped_summary
