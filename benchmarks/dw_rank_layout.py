@@ -55,11 +55,11 @@ def with_channel_multiplier(model: nn.Module) -> nn.Module:
 
 def sessions(path: Path) -> dict:
     import onnxruntime as ort
-    import openvino as ov
+    from edgekit.backends.openvino import shared_core
 
     ort_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = ort_session.get_inputs()[0].name
-    request = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    request = shared_core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
     return {"onnxruntime": lambda b: ort_session.run(None, {name: b}), "openvino": lambda b: request.infer([b])}
 
 

@@ -305,9 +305,9 @@ def _rounding_changes(fp32_path: Path, qdq_path: Path) -> dict | None:
 
 
 def _run_openvino(path: Path, x: np.ndarray) -> np.ndarray:
-    import openvino as ov
+    from edgekit.backends.openvino import shared_core
 
-    compiled = ov.Core().compile_model(str(path), "CPU")
+    compiled = shared_core().compile_model(str(path), "CPU")
     return np.concatenate([np.asarray(compiled(x[i : i + 1])[0]) for i in range(len(x))])
 
 

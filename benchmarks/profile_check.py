@@ -174,9 +174,9 @@ def ir_of(artifact_path: Path, profiled_file: str) -> tuple[Path, dict]:
 
 
 def input_shape(xml: Path) -> list[int]:
-    import openvino as ov
+    from edgekit.backends.openvino import shared_core
 
-    shape = ov.Core().read_model(str(xml)).inputs[0].get_partial_shape()
+    shape = shared_core().read_model(str(xml)).inputs[0].get_partial_shape()
     dims = [d.get_length() if d.is_static else 1 for d in shape]
     dims[0] = 1  # batch 1, as edgekit's profile
     return dims

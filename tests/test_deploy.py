@@ -119,7 +119,6 @@ def test_every_deployed_cpu_file_gives_the_portable_graphs_top1(exported, worksp
     uint8 levels where the portable graph has 128, so they may differ from it on an image
     whose top two classes nearly tie: at most 2 of the 200, and never less accurate."""
     import onnxruntime as ort
-    import openvino as ov
 
     from edgekit.backends.onnxruntime import plain_session
     from edgekit.data import evaluation_images, load_all
@@ -139,12 +138,12 @@ def test_every_deployed_cpu_file_gives_the_portable_graphs_top1(exported, worksp
         as_written = ort.InferenceSession(str(artifact.path / name), exact, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(axis=1)
         assert np.array_equal(top1, as_written), name
         assert np.sum(top1 != expected) <= 2 and np.sum(top1 == truth) >= np.sum(expected == truth), name
-    from edgekit.backends.openvino import cpu_form_here
+    from edgekit.backends.openvino import cpu_form_here, shared_core
 
     # OpenVINO's CPU plugin computes the form for this CPU exactly as written; the 'vnni' form
     # (0..255 for clamped tensors) differs from the portable graph like ONNX Runtime's forms
     here = artifact.path / {"vnni": "model.ov-cpu-vnni.onnx", "any": "model.ov-cpu.onnx"}[cpu_form_here()]
-    compiled = ov.Core().compile_model(str(here), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = shared_core().compile_model(str(here), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     top1 = compiled(x)[0].argmax(axis=1)
     as_written = ort.InferenceSession(str(here), exact, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(axis=1)
     assert np.array_equal(top1, as_written)

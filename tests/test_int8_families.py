@@ -56,7 +56,7 @@ def photos():
 def test_every_architecture_kind_quantizes_and_runs_on_both_cpu_backends(kind, photos, tmp_path):
     import onnx
     import onnxruntime as ort
-    import openvino as ov
+    from edgekit.backends.openvino import shared_core
 
     from edgekit.backends.int8_cpu_form import lower_qdq_for_cpu
     from edgekit.core import Preprocessing
@@ -91,7 +91,7 @@ def test_every_architecture_kind_quantizes_and_runs_on_both_cpu_backends(kind, p
             so.log_severity_level = 3
             got = ort.InferenceSession(str(lowered), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
         else:
-            got = ov.Core().compile_model(str(lowered), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+            got = shared_core().compile_model(str(lowered), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
         assert got.shape == exact.shape and np.isfinite(got).all(), f"{kind} on {runtime}"
         drift = np.linalg.norm(got - exact) / np.linalg.norm(exact)
         assert drift < 0.25, f"{kind}: {runtime}'s INT8 form {drift:.2f} away from the exact QDQ graph (relative L2)"

@@ -213,11 +213,10 @@ def test_openvino_runs_every_compute_node_as_asked(which, openvino, lite0_artifa
 def test_openvino_default_bf16_is_a_mismatch_and_asked_bf16_a_substitution(openvino, lite0_artifact):
     """OpenVINO left to itself runs an FP32 graph in bf16 on CPUs that have it: reported as
     a mismatch; --precision bf16 asks for it, so it is a declared substitution."""
-    import openvino as ov
 
-    from edgekit.backends.openvino import capabilities, read_graph_facts, runtime_layer_report
+    from edgekit.backends.openvino import capabilities, read_graph_facts, runtime_layer_report, shared_core
 
-    core = ov.Core()
+    core = shared_core()
     if "BF16" not in capabilities(core, "CPU"):
         pytest.skip("this CPU has no bf16 arithmetic: OpenVINO's default is f32 here")
     compiled = openvino.compile(lite0_artifact, CPU)
@@ -236,11 +235,10 @@ def test_openvino_default_bf16_is_a_mismatch_and_asked_bf16_a_substitution(openv
 
 
 def test_openvino_runs_an_fp16_graph_in_fp16(openvino, lite0_fp16, lite0_artifact, views):
-    import openvino as ov
 
-    from edgekit.backends.openvino import capabilities
+    from edgekit.backends.openvino import capabilities, shared_core
 
-    if "FP16" not in capabilities(ov.Core(), "CPU"):
+    if "FP16" not in capabilities(shared_core(), "CPU"):
         with pytest.raises(UsageError, match="no FP16 arithmetic.*--precision f32"):
             openvino.load(openvino.compile(lite0_fp16, CPU), CPU)
         return

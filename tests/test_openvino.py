@@ -91,6 +91,44 @@ def test_int8_qdq_artifact_runs_as_quantized(digits, digits_int8, tmp_path):
     assert abs((logits.argmax(1) == y_test).mean() - (exact.argmax(1) == y_test).mean()) <= 0.01
 
 
+SIGNALS_AFTER_TWO_SESSIONS = """
+import gc, signal, subprocess, sys
+import numpy as np
+from edgekit.backends import BackendOptions, get_backend
+from edgekit.core import Artifact
+
+backend = get_backend("openvino")
+compiled = backend.compile(Artifact.load(sys.argv[1]), BackendOptions())
+first = backend.load(compiled, BackendOptions())
+second = backend.load(compiled, BackendOptions())
+first.run(np.load(sys.argv[2])); second.run(np.load(sys.argv[2]))
+del first; gc.collect()
+del second; gc.collect()  # not in the reverse order of their making
+signal.signal(signal.SIGCHLD, lambda *_: None)  # as PyTorch's DataLoader leaves it
+subprocess.run(["true"])
+print("alive")
+"""
+
+
+def test_a_signal_after_two_sessions_does_not_kill_the_process(tiny_artifact, images, tmp_path):
+    """Two OpenVINO sessions in one process (profile, pricing, layer checks), released in
+    any order, leave the main thread a signal stack that exists: a handled signal
+    afterwards (here SIGCHLD, as in a test worker that once fine-tuned; Ctrl-C in a user's
+    notebook) used to end the process with SIGSEGV and no traceback (see shared_core)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    np.save(tmp_path / "x.npy", images[:1])
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNALS_AFTER_TWO_SESSIONS, str(tiny_artifact.path), str(tmp_path / "x.npy")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", (proc.returncode, proc.stderr[-2000:])
+
+
 def test_throughput_mode_uses_asynchronous_requests(tiny_artifact, images):
     backend = get_backend("openvino")
     session = backend.load(backend.compile(tiny_artifact, BackendOptions()), BackendOptions())

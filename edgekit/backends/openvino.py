@@ -57,10 +57,25 @@ def ov_device(device: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _available_devices() -> tuple[str, ...]:
+def shared_core():
+    """The one ov.Core of this process; every in-process use of OpenVINO goes through it.
+
+    OpenVINO 2026.4's CPU plugin swaps the calling thread's signal stack (sigaltstack) for
+    one of its own when a Core first compiles, and puts back the one it found when that
+    Core goes. Two Cores whose lives overlap undo each other: the first one gone frees the
+    stack the second will put back, so the main thread is left with a signal stack that
+    is no longer mapped. The next signal with a Python handler (Ctrl-C, SIGTERM, or the
+    SIGCHLD handler PyTorch's DataLoader installs) then kills the process with a
+    SIGSEGV and no traceback (tests/test_openvino.py reproduces it with two Cores). One
+    Core for the life of the process has nothing to undo."""
     import openvino as ov
 
-    return tuple(ov.Core().available_devices)
+    return ov.Core()
+
+
+@lru_cache(maxsize=1)
+def _available_devices() -> tuple[str, ...]:
+    return tuple(shared_core().available_devices)
 
 
 def check_device(core, device: str) -> str:
@@ -325,7 +340,7 @@ class OpenVinoSession(SessionBase):
         from ..layer_precision import summary
 
         own = OpenVinoBackend().own_options(options)
-        self._core = ov.Core()
+        self._core = shared_core()
         self._device = check_device(self._core, OpenVinoBackend().device_for(options))
         self.device = self._device
         self._model = self._core.read_model(str(xml))
@@ -549,9 +564,8 @@ class OpenVinoBackend(BackendBase):
         facts = super().machine_facts()
         if not facts["installed"] or facts["problem"]:
             return facts
-        import openvino as ov
 
-        core = ov.Core()
+        core = shared_core()
         devices = {}
         for device in facts["devices"]:
             capable = capabilities(core, device)
