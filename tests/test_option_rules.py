@@ -92,7 +92,7 @@ def _step_inputs(step: str, s: Settings) -> Any:
     """What each step's run() passes on (and hashes into its artifact key)."""
     from edgekit.data import evaluation_images, training_images
     from edgekit.steps.finetune import finetune_options
-    from edgekit.steps.int8 import calibration_images, pricing_backends, qat_options, quantize_options
+    from edgekit.steps.int8 import calibration_images, pricing_backends, qat_images, qat_options, quantize_options
     from edgekit.steps.prune import PruneTarget, prune_options
     from edgekit.steps.structural import distill_images, distill_options
 
@@ -100,7 +100,7 @@ def _step_inputs(step: str, s: Settings) -> Any:
         return (finetune_options(s), training_images(s["data"], s["labels"], s["val_split"], s["seed"]),
                 evaluation_images(s["data"], s["labels"], 1, None, s["seed"], s["val_split"]) if s["data"] else None)
     if step == "int8":
-        return quantize_options(s), qat_options(s), calibration_images(s), pricing_backends(s), _strict_exit(s)
+        return quantize_options(s), qat_options(s), calibration_images(s), qat_images(s), pricing_backends(s), _strict_exit(s)
     if step == "pruned":
         target = PruneTarget(s["prune_target"], s["prune"]) if s["prune_target"] else None
         return prune_options(s), target, distill_images(s), distill_options(s), s["sparsity"]

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ..artifacts import build_artifact_folder
 from ..core import ONNX_NAME, Artifact, stable_hash
-from ..data import ImageRequest, ImageSet, calibration_request, load_all
+from ..data import ImageRequest, ImageSet, ImageSettings, calibration_request, load_all
 from ..session import BenchSettings
 from ..options import Settings, declared
 from ..progress import Progress
@@ -29,7 +29,7 @@ from .lineage import calibration_identity, child_manifest, child_variant, requir
 # built by older code are not reused.
 QUANTIZER_VERSION = 6  # 6: Q/DQ only where integer regions stay whole, fallback priced on the target backends
 ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
-QAT_VERSION = 1  # bump when QAT's output changes for the same settings
+QAT_VERSION = 2  # bump when QAT's output changes for the same settings
 
 
 def quantize_options(settings: Settings) -> QuantizeOptions:
@@ -63,6 +63,7 @@ class Int8Policy:
     missed budget fails the command."""
 
     qat_epochs: int = declared("qat_epochs").field()  # 0 (its default): no QAT
+    qat_limit: int = declared("qat_limit").field()
     strict: bool = declared("strict").field()
 
 
@@ -75,6 +76,17 @@ def qat_options(settings: Settings) -> Optional[QATOptions]:
 
 def calibration_images(settings: Settings) -> ImageRequest:
     return calibration_request(settings)
+
+
+def qat_images(settings: Settings) -> Optional[ImageRequest]:
+    """QAT's images: the calibration source sampled up to --qat-limit rather than
+    --calib-limit (QAT needs far more images than range estimation: on the digits of
+    benchmarks/results/qat.md, 200 left it 1.2 points below FP32, 1,257 0.1); None
+    without QAT."""
+    policy = settings.bind(Int8Policy)
+    if not policy.qat_epochs:
+        return None
+    return dataclasses.replace(settings.bind(ImageSettings), calib_limit=policy.qat_limit).calibration()
 
 
 def pricing_backends(settings: Settings) -> tuple[str, ...]:
@@ -90,9 +102,10 @@ def pricing_backends(settings: Settings) -> tuple[str, ...]:
 
 
 def run(parent: Artifact, settings: Settings, root: Path, progress: Progress) -> tuple[Artifact, bool]:
+    qat_request = qat_images(settings)
     return quantize_artifact(
         parent, calibration_images(settings).resolve(parent.classes), quantize_options(settings), root, progress, qat_options(settings),
-        pricing_backends(settings),
+        pricing_backends(settings), qat_request.resolve(parent.classes) if qat_request is not None else None,
     )
 
 
@@ -122,10 +135,11 @@ def quantize_artifact(
     progress: Progress = lambda stage, done, total: None,
     qat: Optional[QATOptions] = None,
     price_on: tuple[str, ...] = (),
+    qat_set: Optional[ImageSet] = None,
 ) -> tuple[Artifact, bool]:
     """The INT8 QDQ child of an FP32 artifact (reused when already built); with ``qat``,
-    the post-training graph fine-tuned by quantization-aware training on the calibration
-    images (the variant is still int8: the same kind of QDQ graph)."""
+    the post-training graph fine-tuned by quantization-aware training on ``qat_set``
+    (default: the calibration images; the variant is still int8: the same kind of QDQ graph)."""
     require_fp32(parent)
     identity = calibration_identity(calibration, parent.manifest["preprocessing"])
     settings = dataclasses.asdict(options)
@@ -134,6 +148,8 @@ def quantize_artifact(
     payload = {"parent": parent.key, "int8": keyed, "calibration": identity, "quantizer": version, "priced_on": sorted(price_on)}
     if qat is not None:  # post-training-only keys stay what they were
         payload["qat"] = {**dataclasses.asdict(qat), "version": QAT_VERSION}
+        if qat_set is not None:
+            payload["qat"]["images"] = calibration_identity(qat_set, parent.manifest["preprocessing"])
     key = stable_hash(payload)
 
     random_weights = (parent.manifest.get("model", {}).get("weights_source") or {}).get("kind") == "random-init"
@@ -152,7 +168,11 @@ def quantize_artifact(
             with tempfile.TemporaryDirectory(prefix="edgekit-ptq-") as tmp:  # the PTQ graph is not kept
                 ptq_path = Path(tmp) / ONNX_NAME
                 report = quantize_onnx(parent.onnx_path, ptq_path, x, labels, options, progress, random_weights, price)
-                qat_report = qat_onnx(parent.onnx_path, ptq_path, staging / ONNX_NAME, x, labels, qat, progress)
+                x_qat, qat_labels = x, labels
+                if qat_set is not None:
+                    progress(f"loading {len(qat_set)} QAT images", None, None)
+                    x_qat, qat_labels = load_all(qat_set, parent.preprocessing)
+                qat_report = qat_onnx(parent.onnx_path, ptq_path, staging / ONNX_NAME, x_qat, qat_labels, qat, progress)
         manifest = child_manifest(
             parent,
             child_variant(parent, "int8"),
@@ -180,10 +200,7 @@ def quantize_artifact(
             q = manifest["quantization"]
             q["final"] = dataclasses.asdict(qat_report.after)
             q["budget_met"] = options.budget.met(qat_report.after)
-            q["notes"] = [*q["notes"], (
-                f"quantization-aware training, {qat.epochs} epochs: KL vs FP32 on the calibration images "
-                f"{qat_report.before.mean_kl:.4f} after post-training INT8 -> {qat_report.after.mean_kl:.4f}"
-            )]
+            q["notes"] = [*q["notes"], _qat_note(qat_report)]
             manifest["qat"] = qat_report.to_dict()
         return manifest
 
@@ -203,6 +220,16 @@ def _floats_to_fp16(parent: Artifact, path: Path, x, progress: Progress) -> dict
     return {"precision": "fp16", **report.to_dict()}
 
 
+def _qat_note(report) -> str:
+    """One line: what QAT changed, on the images it held back when it had some."""
+    line = (f"quantization-aware training, {report.options.epochs} epochs at lr {report.options.lr:g} on {report.images - report.selection_images} images: "
+            f"KL vs FP32 {report.before.mean_kl:.4f} after post-training INT8 -> {report.after.mean_kl:.4f} (all {report.images} images)")
+    if report.selection_images:
+        line += (f"; on the {report.selection_images} held back to judge it (epoch {report.best_epoch} written): "
+                 f"{report.selection_before.mean_kl:.4f} -> {report.selection_after.mean_kl:.4f}")
+    return line
+
+
 def _qat_summary(report) -> dict[str, Any]:
     """What the manifest's step records about QAT (the whole report is manifest["qat"])."""
     def figures(stats) -> dict[str, Any]:
@@ -213,10 +240,13 @@ def _qat_summary(report) -> dict[str, Any]:
         "lr": report.options.lr,
         "steps": report.steps,
         "images": report.images,
+        "selection_images": report.selection_images,
+        "best_epoch": report.best_epoch,
         "labelled": report.labelled,
         "activation_scales": report.scales,
         "fidelity_before": figures(report.before),  # the post-training graph, calibration images vs FP32
         "fidelity_after": figures(report.after),
+        **({"selection_before": figures(report.selection_before), "selection_after": figures(report.selection_after)} if report.selection_images else {}),
         "seconds": round(report.seconds, 1),
     }
 
