@@ -221,12 +221,16 @@ def _floats_to_fp16(parent: Artifact, path: Path, x, progress: Progress) -> dict
 
 
 def _qat_note(report) -> str:
-    """One line: what QAT changed, on the images it held back when it had some."""
-    line = (f"quantization-aware training, {report.options.epochs} epochs at lr {report.options.lr:g} on {report.images - report.selection_images} images: "
-            f"KL vs FP32 {report.before.mean_kl:.4f} after post-training INT8 -> {report.after.mean_kl:.4f} (all {report.images} images)")
+    """One line: what QAT changed, judged on the images it held back when it had some."""
+    epochs = f"{report.options.epochs} epoch{'s' if report.options.epochs != 1 else ''}"
+    trained = f"quantization-aware training, {epochs} at lr {report.options.lr:g} on {report.images - report.selection_images} images"
+    judged = f"the {report.selection_images} held back" if report.selection_images else "the images it trained on"
+    if report.best_epoch == 0:
+        return (f"{trained}: KL vs FP32 on {judged} {report.epoch_kl[0]:.4f} after post-training INT8 -> {report.epoch_kl[-1]:.4f}, "
+                "no better: the post-training graph is kept as it was")
+    line = (f"{trained}: KL vs FP32 {report.before.mean_kl:.4f} after post-training INT8 -> {report.after.mean_kl:.4f} (all {report.images} images)")
     if report.selection_images:
-        line += (f"; on the {report.selection_images} held back to judge it (epoch {report.best_epoch} written): "
-                 f"{report.selection_before.mean_kl:.4f} -> {report.selection_after.mean_kl:.4f}")
+        line += f"; on {judged}: {report.selection_before.mean_kl:.4f} -> {report.selection_after.mean_kl:.4f}"
     return line
 
 
