@@ -381,8 +381,9 @@ def qat_onnx(
     before_logits = run_logits(qdq_model, x_np)
     before = compare_to_baseline(before_logits, reference, label_list)
     teacher = graph_module(fp32_model, trainable=False).eval()
-    student = graph_module(qdq_model, float_weights(qdq_model, fp32_model), options.learn_scales)
-    missing = [k for k in student.weight_axes if k not in float_weights(qdq_model, fp32_model)]
+    starting = float_weights(qdq_model, fp32_model)
+    student = graph_module(qdq_model, starting, options.learn_scales)
+    missing = [k for k in student.weight_axes if k not in starting]
     if missing:
         notes.append(f"{len(missing)} quantized weights not found in the FP32 graph; they start from their INT8 values")
 
