@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
 # `make demo` installs what the demo needs (edgekit with the openvino extra; torch is a
-# CUDA build, most of the size); `make test` adds the test and ray extras to the same venv.
+# CUDA build, most of the size); `make test` adds the test, ray, litert and executorch extras to the same venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,9 +18,10 @@ $(DEMO_STAMP): setup.cfg constraints.txt | $(BIN)/python
 	$(PIP) -e '.[openvino]'
 	touch $@
 
-# After `make demo` this installs only the extras (pytest, scikit-learn, Ray).
+# After `make demo` this installs only the extras (pytest, scikit-learn, Ray, and the
+# LiteRT and ExecuTorch runtimes with their converters, whose tests skip without them).
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(PIP) -e '.[openvino,test,ray]'
+	$(PIP) -e '.[openvino,test,ray,litert,executorch]'
 	touch $@
 
 demo-env: $(DEMO_STAMP)

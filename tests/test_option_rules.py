@@ -253,7 +253,7 @@ def test_each_backend_option_is_declared_by_the_backends_that_read_it():
     (["bench", "--int8", "--calib-method", "minmax", "--percentile", "99"], "error: --percentile applies with --calib-method percentile"),
     (["bench", "--int8", "--qat-lr", "0.01"], "error: --qat-lr applies with --qat-epochs"),
     (["bench", "--throughput", "2"], "error: --throughput applies to the openvino backend; add --backend openvino"),
-    (["bench", "--backend", "tensorrt", "--threads", "2"], "error: --threads applies to the pytorch, onnxruntime and openvino backends"),
+    (["bench", "--backend", "tensorrt", "--threads", "2"], "error: --threads applies to the pytorch, onnxruntime, openvino, litert and executorch backends"),
     (["profile", "--sparsity", "0.5"], "error: --sparsity applies to pruning; add --prune"),
     (["export", MODEL, "--ft-epochs", "2"], "error: --ft-epochs applies to fine-tuning; add --finetune"),
     (["export", MODEL, "--data", "images"], "error: --data applies to a bench"),

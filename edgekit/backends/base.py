@@ -160,6 +160,9 @@ class BackendBase:
     default_device = "cpu"  # where it runs when --device names nothing for it
     takes_bare_device = True  # a bare --device (no BACKEND:) applies to it
     always_there: tuple[str, ...] = ("cpu",)  # devices it has wherever its runtime imports (not asked again)
+    # its deployed program is converted by its first compile or bundle (seconds of work, and
+    # its own extra), not by every export: deploy_files names nothing for it at export
+    converts_on_first_use = False
 
     def devices(self) -> tuple[str, ...]:
         return self.always_there
@@ -221,6 +224,8 @@ class BackendBase:
         return "unknown"
 
     def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
+        if self.converts_on_first_use:
+            return ()
         return (DeployFile(self.name, artifact.onnx_path.relative_to(artifact.path).as_posix()),)
 
     def prepare_bundle(self, artifact: Artifact) -> None:
@@ -290,6 +295,8 @@ BACKENDS.register("pytorch", "edgekit.backends.pytorch:PyTorchBackend")
 BACKENDS.register("onnxruntime", "edgekit.backends.onnxruntime:OnnxRuntimeBackend")
 BACKENDS.register("openvino", "edgekit.backends.openvino:OpenVinoBackend")
 BACKENDS.register("tensorrt", "edgekit.backends.tensorrt:TensorRTBackend")
+BACKENDS.register("litert", "edgekit.backends.litert:LiteRTBackend")
+BACKENDS.register("executorch", "edgekit.backends.executorch:ExecuTorchBackend")
 
 
 def _register_plugins() -> None:

@@ -23,11 +23,11 @@ from ..options import Settings, declared
 from ..progress import Progress
 from ..transforms.qat import QATOptions
 from ..transforms.quantize import Budget, QuantizeOptions, quantize_onnx
-from .lineage import calibration_identity, child_manifest, child_variant, require_fp32
+from .lineage import calibration_identity, calibration_views, child_manifest, child_variant, require_fp32
 
 # Bump when the quantizer's output changes for the same settings, so cached artifacts
 # built by older code are not reused.
-QUANTIZER_VERSION = 6  # 6: Q/DQ only where integer regions stay whole, fallback priced on the target backends
+QUANTIZER_VERSION = 7  # 6: Q/DQ only where integer regions stay whole, fallback priced on the target backends; 7: calibration views recorded
 ENTROPY_SEARCH = "tensorrt-kl"  # entropy thresholds: edgekit's search (was ONNX Runtime's)
 QAT_VERSION = 2  # bump when QAT's output changes for the same settings
 
@@ -181,6 +181,7 @@ def quantize_artifact(
                 "format": "QDQ, INT8 weights per-channel symmetric, INT8 activations symmetric (zero point 0)",
                 "settings": settings,
                 "calibration": identity,
+                "calibration_views": calibration_views(calibration),
                 "fallback": [f.node for f in report.fallback],
                 "fidelity_on_calibration": dataclasses.asdict(report.final if qat_report is None else qat_report.after),
                 "budget_met": report.budget_met if qat_report is None else options.budget.met(qat_report.after),

@@ -8,6 +8,7 @@ export to the deployed file.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..core import ONNX_NAME, Artifact, UsageError, numeric_format
@@ -50,3 +51,32 @@ def calibration_identity(images: ImageSet, preprocessing: dict[str, Any]) -> dic
         "labelled": images.labelled,
         "preprocessing": preprocessing,
     }
+
+
+def calibration_views(images: ImageSet) -> list[list[Any]]:
+    """[absolute path, view] per calibration view, in order: what the manifest records so
+    that a runtime quantizing in its own scheme (LiteRT, ExecuTorch) calibrates on exactly
+    these images (recorded_calibration). Not part of the key: the identity is."""
+    return [[str(v.image.path.resolve()), v.view] for v in images.views]
+
+
+def recorded_calibration(artifact: Artifact) -> ImageSet:
+    """The calibration images an INT8 artifact was made with, from its manifest; a one-line
+    UsageError where it records none (made before they were recorded: rebuild it) or where
+    they are no longer where they were."""
+    from ..data.images import ImageView, LabelledImage
+
+    step = next((s for s in reversed(artifact.manifest.get("steps", [])) if s.get("step") == "quantize"), None)
+    recorded = (step or {}).get("calibration_views")
+    identity = (step or {}).get("calibration") or {}
+    if not isinstance(recorded, list) or not recorded:
+        raise UsageError(f"{artifact.path} does not record its calibration images (made by an older edgekit); "
+                         "rebuild it (remove the folder and export again) to quantize in another runtime's scheme on the same images")
+    views = tuple(ImageView(LabelledImage(Path(str(path)), None), int(view)) for path, view in recorded)
+    images = ImageSet(views, str(identity.get("description", "calibration images")))
+    missing = next((v.image.path for v in views if not v.image.path.is_file()), None)
+    if missing is not None:
+        raise UsageError(f"{artifact.path} was calibrated on {missing}, which is no longer there; the target's INT8 is calibrated on the same images")
+    if images.identity != identity.get("files_hash"):
+        raise UsageError(f"{artifact.path}: its recorded calibration views do not match its calibration identity; rebuild it")
+    return images

@@ -109,15 +109,18 @@ def _topological(nodes: list, available: set[str]) -> list:
 _TORCH_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
 
-def graph_module(model, float_weights: Optional[dict[str, np.ndarray]] = None, learn_scales: bool = False, trainable: bool = True) -> "nn.Module":
+def graph_module(model, float_weights: Optional[dict[str, np.ndarray]] = None, learn_scales: bool = False, trainable: bool = True,
+                 for_export: bool = False) -> "nn.Module":
     """A torch module that computes ``model`` (an ONNX ModelProto, float or QDQ) as ONNX
     Runtime does, with the weights of Conv/Gemm/MatMul nodes as parameters.
 
     ``float_weights``: quantized weight initializer name -> float starting value (else the
     dequantized INT8 values). ``learn_scales``: activation scales become parameters too.
     ``trainable=False``: nothing needs gradients (the FP32 teacher).
+    ``for_export``: for torch.export: the graph's other constants (shapes, Clip bounds, pads)
+    stay plain tensors, not buffers, so export reads their values instead of tracing them.
     """
-    return _module_class()(model, float_weights, learn_scales, trainable)
+    return _module_class()(model, float_weights, learn_scales, trainable, for_export)
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,7 +132,8 @@ def _module_class():
         """Runs an ONNX graph (float, or QDQ) in PyTorch; weights of Conv/Gemm/MatMul
         nodes are trainable parameters (see the module docstring)."""
 
-        def __init__(self, model, float_weights: Optional[dict[str, np.ndarray]] = None, learn_scales: bool = False, trainable: bool = True):
+        def __init__(self, model, float_weights: Optional[dict[str, np.ndarray]] = None, learn_scales: bool = False, trainable: bool = True,
+                     for_export: bool = False):
             from onnx import numpy_helper
 
             super().__init__()
@@ -144,6 +148,7 @@ def _module_class():
             self.float_params: list[str] = []
             self.scale_params: list[str] = []
             self._int_dtypes: dict[str, np.dtype] = {}
+            self._constants: dict[str, "torch.Tensor"] = {}  # for_export: initializer name -> plain tensor
             float_weights = float_weights or {}
             nodes: list[_Node] = []
 
@@ -212,9 +217,12 @@ def _module_class():
                     continue
                 if value.dtype.kind in "iu" and value.dtype != np.int64:
                     self._int_dtypes[name] = value.dtype
+                tensor = torch.from_numpy(np.array(value))
+                if for_export:
+                    self._constants[name] = tensor
+                    continue
                 key = f"c{constants}"
                 constants += 1
-                tensor = torch.from_numpy(np.array(value))
                 self.register_buffer(key, tensor, persistent=False)
                 self._keys[name] = key
 
@@ -237,6 +245,7 @@ def _module_class():
             env: dict[str, Any] = {self.input_name: x, "": None}
             for name in self._keys:
                 env[name] = self.tensor(name)
+            env.update(self._constants)
             for node in self.nodes:
                 if node.special is not None:
                     env[node.outputs[0]] = self._special(node.special, env)
@@ -344,12 +353,20 @@ def _conv_transpose(node: _Node, module, x, w, b=None):
 
 
 def _gemm(node: _Node, module, a, b, c=None):
+    import torch
+
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    out = b.shape[0] if node.attrs.get("transB", 0) else b.shape[-1]
+    if a.dim() == 2 and not node.attrs.get("transA", 0) and alpha == 1.0 and beta == 1.0 and (c is None or c.numel() == out):
+        # a fully connected layer as torch.export's consumers know it (quantizers and
+        # delegates take aten.linear, and leave a matmul with a transposed constant float)
+        weight = b if node.attrs.get("transB", 0) else b.transpose(0, 1)
+        return torch.nn.functional.linear(a, weight, c if c is None or c.dim() == 1 else c.reshape(-1))
     if node.attrs.get("transA", 0):
         a = a.transpose(0, 1)
     if node.attrs.get("transB", 0):
         b = b.transpose(0, 1)
     y = a @ b
-    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
     y = y * alpha if alpha != 1.0 else y
     if c is not None:
         y = y + (c * beta if beta != 1.0 else c)
