@@ -397,7 +397,9 @@ def _calibration_images(artifact: Artifact, settings):
     from .steps.int8 import calibration_images
     from .steps.lineage import calibration_identity
 
-    recorded = next((s.get("calibration") for s in reversed(artifact.manifest.get("steps", [])) if s.get("step") == "quantize"), None)
+    from .core import quantize_step
+
+    recorded = quantize_step(artifact.manifest).get("calibration")
     image_set = calibration_images(settings).resolve(artifact.classes)
     if recorded is None or calibration_identity(image_set, artifact.manifest["preprocessing"])["files_hash"] != recorded.get("files_hash"):
         return None

@@ -218,6 +218,11 @@ def numeric_format(manifest: dict[str, Any]) -> str:
     return last if last in ("int8", "fp16") else "fp32"  # finetuned, pruned, dw-separable: still float
 
 
+def quantize_step(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The last quantize step an artifact's manifest records ({} where none)."""
+    return next((s for s in reversed(manifest.get("steps", [])) if isinstance(s, dict) and s.get("step") == "quantize"), {})
+
+
 def float_parts(manifest: dict[str, Any]) -> str:
     """'fp16' for an INT8 artifact whose float parts are FP16 (--int8-float fp16, for GPU
     targets), else 'fp32'."""

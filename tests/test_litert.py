@@ -136,7 +136,7 @@ def test_delegate_none_runs_the_built_in_kernels_and_says_so(backend, tiny_progr
     x = np.random.default_rng(1).uniform(-2, 2, (2, 3, 64, 64)).astype(np.float32)
     plain = backend.load(tiny_program, _options("none"))
     delegated = backend.load(tiny_program, _options())
-    assert plain.providers == (f"ai-edge-litert {litert._version('ai-edge-litert')} built-in kernels (no delegate)",)
+    assert plain.providers == (f"ai-edge-litert {litert.distribution_version('ai-edge-litert')} built-in kernels (no delegate)",)
     assert not any(op["op_name"] == "DELEGATE" for op in litert._ops(plain._interpreter))
     np.testing.assert_allclose(plain.run(x), delegated.run(x), atol=1e-3)
 

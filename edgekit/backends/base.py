@@ -214,13 +214,10 @@ class BackendBase:
         return False
 
     def runtime_version(self) -> str:
-        from importlib import metadata
-
         for distribution in self.distributions:
-            try:
-                return f"{distribution} {metadata.version(distribution)}"
-            except metadata.PackageNotFoundError:
-                continue
+            version = distribution_version(distribution)
+            if version != "unknown":
+                return f"{distribution} {version}"
         return "unknown"
 
     def deploy_files(self, artifact: Artifact) -> tuple[DeployFile, ...]:
@@ -276,6 +273,16 @@ def importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def distribution_version(distribution: str) -> str:
+    """The installed version of a pip distribution, or 'unknown'."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def require_module(module: str, backend: str, extra: Optional[str]) -> None:

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format
-from .base import THREADS, BackendBase, BackendOptions, SessionBase, backend_option, file_size_mb, require_module
+from .base import THREADS, BackendBase, BackendOptions, SessionBase, backend_option, distribution_version, file_size_mb, require_module
 
 DELEGATES = ("xnnpack", "none")
 DELEGATE = backend_option("executorch_delegate", "--executorch-delegate", "choice",
@@ -43,14 +43,6 @@ def program_name(int8: bool, delegate: str) -> str:
     """The program file beside the artifact: model.xnnpack.pte, model.portable.pte, model.int8.xnnpack.pte."""
     return f"model.{'int8.' if int8 else ''}{'xnnpack' if delegate == 'xnnpack' else 'portable'}.pte"
 
-
-def _version(distribution: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def require_converter(backend: str) -> None:
@@ -221,7 +213,7 @@ class ExecuTorchSession(SessionBase):
             raise UsageError(f"ExecuTorch could not load {program.name}: {_first_line(e)} (the runtime's log above names the layer)") from None
         self._tensor = torch.from_numpy  # the pip runtime takes torch tensors (it is built on torch)
         self.precision = compiled.manifest.get("variant_detail", "fp32")
-        version = _version("executorch")
+        version = distribution_version("executorch")
         self.providers = (f"executorch {version} XNNPACK delegate",) if delegate == "xnnpack" else (f"executorch {version} portable kernels (no delegate)",)
         self.device = "cpu"
         self.threads = options.threads
@@ -443,7 +435,7 @@ class ExecuTorchBackend(BackendBase):
 
         try:
             require_converter(self.name)
-            converter = f"executorch.exir {_version('executorch')}, torchao {_version('torchao')}"
+            converter = f"executorch.exir {distribution_version('executorch')}, torchao {distribution_version('torchao')}"
         except BackendUnavailableError as e:
             converter = f"missing: {e}"
         backends = Runtime.get().backend_registry.registered_backend_names

@@ -24,8 +24,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format
-from .base import THREADS, BackendBase, BackendOptions, SessionBase, backend_option, file_size_mb, require_module
+from ..core import Artifact, BackendUnavailableError, UsageError, numeric_format, quantize_step
+from .base import THREADS, BackendBase, BackendOptions, SessionBase, backend_option, distribution_version, file_size_mb, require_module
 from .torch_program import check_convertible, program_path
 
 DELEGATES = ("xnnpack", "none")
@@ -135,9 +135,7 @@ def make_program(artifact: Artifact, path: Path) -> None:
 
 
 def _calibration_count(artifact: Artifact) -> Optional[int]:
-    from .torch_program import made_from
-
-    count = (made_from(artifact, CONVERTER).get("calibration") or {}).get("count")
+    count = (quantize_step(artifact.manifest).get("calibration") or {}).get("count")
     return int(count) if isinstance(count, int) else None
 
 
@@ -299,7 +297,7 @@ def _from_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _provider(delegate: str) -> str:
-    return f"ai-edge-litert {_version('ai-edge-litert')} " + ("XNNPACK delegate" if delegate == "xnnpack" else "built-in kernels (no delegate)")
+    return f"ai-edge-litert {distribution_version('ai-edge-litert')} " + ("XNNPACK delegate" if delegate == "xnnpack" else "built-in kernels (no delegate)")
 
 
 class LiteRTBackend(BackendBase):
@@ -354,7 +352,7 @@ class LiteRTBackend(BackendBase):
         Interpreter nor CompiledModel returns per-op times)."""
         from ..core import ProfilerUnavailable
 
-        raise ProfilerUnavailable(f"ai-edge-litert {_version('ai-edge-litert')}'s Python interpreter has no per-op profiler; "
+        raise ProfilerUnavailable(f"ai-edge-litert {distribution_version('ai-edge-litert')}'s Python interpreter has no per-op profiler; "
                                   f"LiteRT's benchmark_model --enable_op_profiling=true --graph={program_path(artifact)} has one")
 
     def machine_facts(self) -> dict[str, Any]:
@@ -362,14 +360,6 @@ class LiteRTBackend(BackendBase):
 
         facts = super().machine_facts()
         converter = importable("litert_torch")
-        return {**facts, "converter": f"litert-torch {_version('litert-torch')}" if converter else "not installed (pip install 'edgekit[litert]')",
+        return {**facts, "converter": f"litert-torch {distribution_version('litert-torch')}" if converter else "not installed (pip install 'edgekit[litert]')",
                 "delegate": "XNNPACK (default), or --litert-delegate none", "program": "batch-1 .tflite, NCHW input, made on first use"}
 
-
-def _version(distribution: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "?"

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..core import Artifact, UsageError, numeric_format
+from ..core import Artifact, UsageError, numeric_format, quantize_step
 
 PROGRAM_BATCH = 1  # phones and boards run one image at a time; the programs are made for batch 1
 
@@ -51,7 +51,7 @@ def made_from(artifact: Artifact, converter: str, **more: Any) -> dict[str, Any]
     source = artifact.manifest.get("files", {}).get("onnx", "model.onnx")
     found = {"artifact": artifact.key, "source_sha256": (artifact.manifest.get("sha256") or {}).get(source), "converter": converter, **more}
     if numeric_format(artifact.manifest) == "int8":
-        found["calibration"] = _recorded_step(artifact).get("calibration")
+        found["calibration"] = quantize_step(artifact.manifest).get("calibration")
     return found
 
 
@@ -151,10 +151,6 @@ def tidy_parameters(module):
     graph.lint()
     module.recompile()
     return module
-
-
-def _recorded_step(artifact: Artifact) -> dict[str, Any]:
-    return next((s for s in reversed(artifact.manifest.get("steps", [])) if s.get("step") == "quantize"), {})
 
 
 def calibration_batch(artifact: Artifact, progress: Optional[Callable[[str], None]] = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core import ONNX_NAME, Artifact, UsageError, numeric_format
+from ..core import ONNX_NAME, Artifact, UsageError, numeric_format, quantize_step
 from ..data import ImageSet
 
 
@@ -66,9 +66,9 @@ def recorded_calibration(artifact: Artifact) -> ImageSet:
     they are no longer where they were."""
     from ..data.images import ImageView, LabelledImage
 
-    step = next((s for s in reversed(artifact.manifest.get("steps", [])) if s.get("step") == "quantize"), None)
-    recorded = (step or {}).get("calibration_views")
-    identity = (step or {}).get("calibration") or {}
+    step = quantize_step(artifact.manifest)
+    recorded = step.get("calibration_views")
+    identity = step.get("calibration") or {}
     if not isinstance(recorded, list) or not recorded:
         raise UsageError(f"{artifact.path} does not record its calibration images (made by an older edgekit); "
                          "rebuild it (remove the folder and export again) to quantize in another runtime's scheme on the same images")
