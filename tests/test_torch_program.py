@@ -55,3 +55,39 @@ def test_other_precisions_and_batch_sizes_are_refused(tiny_artifact):
     check_batch_one("litert", (1,))
     with pytest.raises(UsageError, match="--batch 1, not --batch 8"):
         check_batch_one("litert", (1, 8))
+
+
+def test_the_interpreter_runs_layer_norm_strided_slices_and_scalar_gathers(tmp_path):
+    """What ConvNeXt and Swin need (LayerNormalization, Slice with step 2) and a scalar
+    index into a shape, checked against ONNX Runtime on a small graph."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends.onnxruntime import plain_session
+    from edgekit.transforms.onnx_to_torch import graph_module
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "scale"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array([0], np.int64), "starts"), numpy_helper.from_array(np.array([8], np.int64), "ends"),
+             numpy_helper.from_array(np.array([2], np.int64), "axes"), numpy_helper.from_array(np.array([2], np.int64), "steps"),
+             numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array([-1], np.int64), "rest")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["ln"], axis=-1, epsilon=1e-5),
+             helper.make_node("Slice", ["ln", "starts", "ends", "axes", "steps"], ["sliced"]),
+             helper.make_node("Shape", ["sliced"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["channels"], axis=0),
+             helper.make_node("Unsqueeze", ["channels", "starts"], ["dims"]),
+             helper.make_node("Concat", ["dims", "rest"], ["new_shape"], axis=0),
+             helper.make_node("Reshape", ["sliced", "new_shape"], ["y"])]
+    graph = helper.make_graph(nodes, "families", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ours = graph_module(model, trainable=False, for_export=True)(torch.from_numpy(x)).numpy()
+    path = tmp_path / "g.onnx"
+    onnx.save(model, str(path))
+    session = plain_session(path)
+    np.testing.assert_allclose(ours, session.run(None, {"x": x})[0], atol=1e-5)

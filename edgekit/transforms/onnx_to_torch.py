@@ -485,12 +485,12 @@ def _slice(node: _Node, module, x, starts, ends, axes=None, steps=None):
     steps = _ints(steps) if steps is not None else [1] * len(starts)
     index: list[Any] = [slice(None)] * x.dim()
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        if step != 1:
-            raise UsageError(f"QAT cannot run Slice {node.name} with step {step}")
+        if step < 1:
+            raise UsageError(f"edgekit's ONNX interpreter cannot run Slice {node.name} with step {step}")
         size = x.shape[axis]
         start = max(0, min(size, start + size if start < 0 else start))
         end = max(0, min(size, end + size if end < 0 else end))
-        index[axis % x.dim()] = slice(start, end)
+        index[axis % x.dim()] = slice(start, end, step)
     return x[tuple(index)]
 
 
@@ -501,7 +501,7 @@ def _gather(node: _Node, module, x, indices):
     idx = indices.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))  # a tuple: () for a scalar index into a 1-D tensor
 
 
 def _shape(node: _Node, module, x):
@@ -589,6 +589,14 @@ def _cast(node: _Node, module, x):
 
     dtype = getattr(torch, _TORCH_DTYPES.get(node.attrs["to"], "float32"))
     return x.to(dtype)
+
+
+def _layer_norm(node: _Node, module, x, scale, bias=None):
+    """ONNX LayerNormalization: normalized over the axes from ``axis`` to the last."""
+    import torch.nn.functional as F
+
+    axis = int(node.attrs.get("axis", -1)) % x.dim()
+    return F.layer_norm(x, tuple(x.shape[axis:]), scale, bias, float(node.attrs.get("epsilon", 1e-5)))
 
 
 def _softmax(log: bool):
@@ -708,6 +716,7 @@ def _build_ops() -> dict[str, Any]:
         "HardSigmoid": hard_sigmoid,
         "HardSwish": functional("hardswish"),
         "Softplus": functional("softplus"),
+        "LayerNormalization": _layer_norm,
         "Softmax": _softmax(False),
         "LogSoftmax": _softmax(True),
         "Identity": lambda node, module, x: x,
